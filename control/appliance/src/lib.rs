@@ -1,0 +1,1 @@
+//! The appliance control plane: REST server, desired state, snapshot compilation, next hops.
