@@ -3,7 +3,7 @@
 //! The control plane compiles a new `Snapshot` on every change and publishes it atomically; a
 //! worker loads it once per RX batch and never sees a half-applied change.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 

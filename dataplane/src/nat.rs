@@ -1,0 +1,112 @@
+//! Address and port rewriting of an IPv4 TCP/UDP packet, with checksums kept correct.
+
+use crate::checksum::{self, is_partial, l4_full, pseudo_header_v4, update16, update32};
+use crate::snapshot::Proto;
+use crate::wire::{ipv4, tcp, udp, WireError};
+use std::net::Ipv4Addr;
+
+/// Which end of the packet is rewritten, and to what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewrite {
+    Source(Ipv4Addr, u16),
+    Destination(Ipv4Addr, u16),
+}
+
+/// Rewrites one address and port of the IPv4 packet in `ip_buf` (which starts at the IP header
+/// and was parsed before) and fixes the IP and L4 checksums.
+///
+/// A complete L4 checksum is updated incrementally (RFC 1624); a partial one, as left by an
+/// offloading sender, is recomputed over the whole segment, so the packet leaves complete.
+pub fn rewrite_v4(ip_buf: &mut [u8], proto: Proto, rw: Rewrite) -> Result<(), WireError> {
+    let mut ip = ipv4::Packet::new_checked(&mut *ip_buf)?;
+    let (src, dst) = (ip.src(), ip.dst());
+    let l4_len = ip.total_len() - ip.header_len();
+    let old_pseudo = pseudo_header_v4(src, dst, proto as u8, l4_len);
+    let (old_addr, new_addr, new_port) = match rw {
+        Rewrite::Source(a, p) => {
+            ip.set_src(a);
+            (src, a, p)
+        }
+        Rewrite::Destination(a, p) => {
+            ip.set_dst(a);
+            (dst, a, p)
+        }
+    };
+    let ip_check = update32(ip.checksum(), old_addr.octets(), new_addr.octets());
+    ip.set_checksum(ip_check);
+    let new_pseudo = pseudo_header_v4(ip.src(), ip.dst(), proto as u8, l4_len);
+    let (_, l4) = ip.split_l4_mut();
+
+    let field_at = match proto {
+        Proto::Tcp => tcp::CHECKSUM,
+        Proto::Udp => udp::CHECKSUM,
+    };
+    let (old_check, old_port) = match proto {
+        Proto::Tcp => {
+            let mut s = tcp::Segment::new_checked(&mut *l4)?;
+            let old_port = set_port(&mut s, rw);
+            (s.checksum(), old_port)
+        }
+        Proto::Udp => {
+            let mut d = udp::Datagram::new_checked(&mut *l4)?;
+            let old_port = set_port_udp(&mut d, rw);
+            // UDP over IPv4 may carry no checksum at all; then there is nothing to fix.
+            if d.checksum() == 0 {
+                return Ok(());
+            }
+            (d.checksum(), old_port)
+        }
+    };
+    let mut check = if is_partial(old_check, old_pseudo) {
+        l4_full(l4, field_at, new_pseudo)
+    } else {
+        let c = update32(old_check, old_addr.octets(), new_addr.octets());
+        update16(c, old_port, new_port)
+    };
+    if proto == Proto::Udp && check == 0 {
+        // Zero means "no checksum" in UDP; the same value in one's complement is all ones.
+        check = 0xffff;
+    }
+    l4[field_at..field_at + 2].copy_from_slice(&check.to_be_bytes());
+    Ok(())
+}
+
+fn set_port(s: &mut tcp::Segment<&mut [u8]>, rw: Rewrite) -> u16 {
+    match rw {
+        Rewrite::Source(_, p) => {
+            let old = s.src_port();
+            s.set_src_port(p);
+            old
+        }
+        Rewrite::Destination(_, p) => {
+            let old = s.dst_port();
+            s.set_dst_port(p);
+            old
+        }
+    }
+}
+
+fn set_port_udp(d: &mut udp::Datagram<&mut [u8]>, rw: Rewrite) -> u16 {
+    match rw {
+        Rewrite::Source(_, p) => {
+            let old = d.src_port();
+            d.set_src_port(p);
+            old
+        }
+        Rewrite::Destination(_, p) => {
+            let old = d.dst_port();
+            d.set_dst_port(p);
+            old
+        }
+    }
+}
+
+/// True when the L4 checksum of the IPv4 packet in `ip_buf` verifies (for tests and fuzzing).
+pub fn l4_checksum_ok(ip_buf: &[u8]) -> bool {
+    let Ok(ip) = ipv4::Packet::new_checked(ip_buf) else {
+        return false;
+    };
+    let l4 = &ip_buf[ip.header_len()..ip.total_len()];
+    let pseudo = pseudo_header_v4(ip.src(), ip.dst(), ip.protocol(), l4.len());
+    checksum::fold(pseudo + checksum::sum(l4)) == 0xffff
+}

@@ -1,0 +1,177 @@
+//! Per-worker counters, one per drop reason among them.
+//!
+//! The worker counts in plain integers (`Counters`) and copies them into its `WorkerStats`
+//! atomics once per batch, so the per-packet path has no atomic operations and readers on other
+//! threads (metrics, logs) never block the worker.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a packet was dropped. Every drop has exactly one reason; each is a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DropReason {
+    /// Shorter than its headers claim.
+    Truncated,
+    /// Inconsistent header fields.
+    Malformed,
+    /// Not IPv4 (this engine handles IPv4 only so far).
+    NotIpv4,
+    /// An IPv4 fragment (not reassembled or followed yet).
+    Fragment,
+    /// Neither TCP nor UDP.
+    UnsupportedProtocol,
+    /// No flow matches and the destination is no service (e.g. a reply after the flow expired).
+    NoFlowNoService,
+    /// A TCP packet without SYN for a flow we do not know: not allowed to create state.
+    TcpNotSyn,
+    /// The service has no endpoint to choose.
+    NoEndpoint,
+    /// The connection table is full.
+    ConntrackFull,
+    /// Another flow already owns this tuple.
+    TupleCollision,
+    /// The packet must leave by an interface this worker has no socket on.
+    NoEgressSocket,
+    /// The TX ring was full.
+    TxRingFull,
+    /// Handing the packet to the kernel (unresolved neighbour) failed.
+    KernelTxFailed,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 13] = [
+        DropReason::Truncated,
+        DropReason::Malformed,
+        DropReason::NotIpv4,
+        DropReason::Fragment,
+        DropReason::UnsupportedProtocol,
+        DropReason::NoFlowNoService,
+        DropReason::TcpNotSyn,
+        DropReason::NoEndpoint,
+        DropReason::ConntrackFull,
+        DropReason::TupleCollision,
+        DropReason::NoEgressSocket,
+        DropReason::TxRingFull,
+        DropReason::KernelTxFailed,
+    ];
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::Truncated => "truncated",
+            DropReason::Malformed => "malformed",
+            DropReason::NotIpv4 => "not_ipv4",
+            DropReason::Fragment => "fragment",
+            DropReason::UnsupportedProtocol => "unsupported_protocol",
+            DropReason::NoFlowNoService => "no_flow_no_service",
+            DropReason::TcpNotSyn => "tcp_not_syn",
+            DropReason::NoEndpoint => "no_endpoint",
+            DropReason::ConntrackFull => "conntrack_full",
+            DropReason::TupleCollision => "tuple_collision",
+            DropReason::NoEgressSocket => "no_egress_socket",
+            DropReason::TxRingFull => "tx_ring_full",
+            DropReason::KernelTxFailed => "kernel_tx_failed",
+        }
+    }
+}
+
+/// A worker's counters, owned and written by that worker only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    /// Packets handed to the kernel because their next hop's MAC was not known yet.
+    pub kernel_packets: u64,
+    pub flows_created: u64,
+    pub flows_expired: u64,
+    pub flows_active: u64,
+    pub drops: [u64; DropReason::COUNT],
+}
+
+impl Counters {
+    pub fn drop(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    pub fn dropped_total(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// Adds another worker's counters (for totals).
+    pub fn add(&mut self, o: &Counters) {
+        self.rx_packets += o.rx_packets;
+        self.tx_packets += o.tx_packets;
+        self.kernel_packets += o.kernel_packets;
+        self.flows_created += o.flows_created;
+        self.flows_expired += o.flows_expired;
+        self.flows_active += o.flows_active;
+        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *a += b;
+        }
+    }
+}
+
+/// The published copy of a worker's counters, readable from any thread.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    rx_packets: AtomicU64,
+    tx_packets: AtomicU64,
+    kernel_packets: AtomicU64,
+    flows_created: AtomicU64,
+    flows_expired: AtomicU64,
+    flows_active: AtomicU64,
+    drops: [AtomicU64; DropReason::COUNT],
+}
+
+impl WorkerStats {
+    /// Called by the owning worker only; relaxed stores are enough for monotonic counters
+    /// read for reporting.
+    pub fn publish(&self, c: &Counters) {
+        self.rx_packets.store(c.rx_packets, Ordering::Relaxed);
+        self.tx_packets.store(c.tx_packets, Ordering::Relaxed);
+        self.kernel_packets.store(c.kernel_packets, Ordering::Relaxed);
+        self.flows_created.store(c.flows_created, Ordering::Relaxed);
+        self.flows_expired.store(c.flows_expired, Ordering::Relaxed);
+        self.flows_active.store(c.flows_active, Ordering::Relaxed);
+        for (a, v) in self.drops.iter().zip(c.drops.iter()) {
+            a.store(*v, Ordering::Relaxed);
+        }
+    }
+
+    pub fn read(&self) -> Counters {
+        let mut drops = [0; DropReason::COUNT];
+        for (d, a) in drops.iter_mut().zip(self.drops.iter()) {
+            *d = a.load(Ordering::Relaxed);
+        }
+        Counters {
+            rx_packets: self.rx_packets.load(Ordering::Relaxed),
+            tx_packets: self.tx_packets.load(Ordering::Relaxed),
+            kernel_packets: self.kernel_packets.load(Ordering::Relaxed),
+            flows_created: self.flows_created.load(Ordering::Relaxed),
+            flows_expired: self.flows_expired.load(Ordering::Relaxed),
+            flows_active: self.flows_active.load(Ordering::Relaxed),
+            drops,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_drop_reason_has_its_own_slot_and_label() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        let mut labels: Vec<_> = DropReason::ALL.iter().map(|r| r.label()).collect();
+        labels.sort();
+        labels.dedup();
+        assert_eq!(labels.len(), DropReason::COUNT);
+    }
+}
