@@ -1,9 +1,221 @@
 //! AF_XDP workers: packet parsing, connection tracking, endpoint selection and NAT.
+//!
+//! `Dataplane` starts one worker thread per RX queue, each pinned to a core and owning one
+//! AF_XDP socket per interface on that queue. The control plane talks to it in two ways only:
+//! it publishes immutable `Snapshot`s (rules and next hops) and it sends `Command`s over each
+//! worker's own SPSC ring. Workers never block on anything the control plane holds.
+#![deny(unsafe_code)]
 
 pub mod checksum;
 pub mod conntrack;
 pub mod engine;
+mod kernel_tx;
 pub mod nat;
 pub mod snapshot;
 pub mod stats;
 pub mod wire;
+mod worker;
+pub mod xsk;
+
+pub use worker::Command;
+
+use arc_swap::ArcSwap;
+use snapshot::Snapshot;
+use stats::{Counters, WorkerStats};
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use xsk::{PortSpec, WorkerSockets, XskError};
+
+/// Default capacity of each worker's connection table.
+pub const DEFAULT_CONNTRACK_CAPACITY: usize = 262_144;
+const COMMAND_RING: usize = 1024;
+/// Snapshots kept alive after being replaced, so that the last reference a worker drops is
+/// never the one that frees a snapshot (freeing stays on the control plane's thread).
+const RETIRED_SNAPSHOTS: usize = 4;
+
+#[derive(Debug, Clone)]
+pub struct InterfaceConfig {
+    pub name: String,
+    pub ifindex: u32,
+    /// Number of RX queues; worker `q` binds to this interface if `q < queues`.
+    pub queues: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct DataplaneConfig {
+    pub interfaces: Vec<InterfaceConfig>,
+    pub conntrack_capacity: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(transparent)]
+    Socket(#[from] XskError),
+    #[error("could not open the raw socket used for unresolved next hops: {0}; it needs CAP_NET_RAW")]
+    RawSocket(std::io::Error),
+    #[error("could not register the AF_XDP socket of interface index {ifindex} queue {queue} with the XDP program: {reason}")]
+    Register {
+        ifindex: u32,
+        queue: u32,
+        reason: String,
+    },
+    #[error("no interface to serve: give at least one --iface")]
+    NoInterface,
+    #[error("could not start worker thread: {0}")]
+    Thread(std::io::Error),
+    #[error("worker {0}'s command ring is full; the worker may be stuck")]
+    CommandRingFull(usize),
+}
+
+struct WorkerHandle {
+    thread: Option<JoinHandle<()>>,
+    commands: Mutex<rtrb::Producer<Command>>,
+    stats: Arc<WorkerStats>,
+}
+
+pub struct Dataplane {
+    workers: Vec<WorkerHandle>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    retired: Mutex<VecDeque<Arc<Snapshot>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Dataplane {
+    /// Opens every socket, lets `register` put each into the XDP program's socket map, then
+    /// starts the workers. Fails as a whole: no worker runs unless every socket is bound.
+    pub fn start(
+        cfg: DataplaneConfig,
+        mut register: impl FnMut(u32, u32, RawFd) -> Result<(), String>,
+    ) -> Result<Dataplane, DataplaneError> {
+        let queues = cfg.interfaces.iter().map(|i| i.queues).max().unwrap_or(0);
+        if queues == 0 {
+            return Err(DataplaneError::NoInterface);
+        }
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut prepared = Vec::new();
+        for q in 0..queues {
+            let ports: Vec<PortSpec> = cfg
+                .interfaces
+                .iter()
+                .filter(|i| q < i.queues)
+                .map(|i| PortSpec {
+                    name: i.name.clone(),
+                    ifindex: i.ifindex,
+                })
+                .collect();
+            let sockets = WorkerSockets::open(&ports, q)?;
+            for (ifindex, fd) in sockets.fds() {
+                register(ifindex, q, fd).map_err(|reason| DataplaneError::Register {
+                    ifindex,
+                    queue: q,
+                    reason,
+                })?;
+            }
+            log::info!(
+                "queue {q}: AF_XDP sockets on {} bound in {:?} mode",
+                ports.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+                sockets.modes
+            );
+            prepared.push(sockets);
+        }
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let mut workers = Vec::new();
+        for (q, sockets) in prepared.into_iter().enumerate() {
+            let (tx, rx) = rtrb::RingBuffer::new(COMMAND_RING);
+            let stats = Arc::new(WorkerStats::default());
+            let worker = worker::Worker {
+                sockets,
+                engine: engine::Engine::new(cfg.conntrack_capacity),
+                snapshot: snapshot.clone(),
+                commands: rx,
+                stats: stats.clone(),
+                stop: stop.clone(),
+                kernel: kernel_tx::KernelTx::new().map_err(DataplaneError::RawSocket)?,
+            };
+            let core = (!cores.is_empty()).then(|| cores[q % cores.len()]);
+            let thread = std::thread::Builder::new()
+                .name(format!("oxlb-worker-{q}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        if !core_affinity::set_for_current(core) {
+                            log::warn!("worker {q}: could not pin to core {}", core.id);
+                        }
+                    }
+                    worker.run()
+                })
+                .map_err(DataplaneError::Thread)?;
+            workers.push(WorkerHandle {
+                thread: Some(thread),
+                commands: Mutex::new(tx),
+                stats,
+            });
+        }
+        Ok(Dataplane {
+            workers,
+            snapshot,
+            retired: Mutex::new(VecDeque::new()),
+            stop,
+        })
+    }
+
+    /// Makes `snap` the snapshot every worker reads from its next batch on.
+    pub fn publish(&self, mut snap: Snapshot) {
+        let old = self.snapshot.load_full();
+        snap.generation = old.generation + 1;
+        self.snapshot.store(Arc::new(snap));
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.push_back(old);
+        while retired.len() > RETIRED_SNAPSHOTS {
+            retired.pop_front();
+        }
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Sends `cmd` to every worker.
+    pub fn command(&self, cmd: Command) -> Result<(), DataplaneError> {
+        for (i, w) in self.workers.iter().enumerate() {
+            let mut ring = w.commands.lock().unwrap_or_else(|e| e.into_inner());
+            ring.push(cmd)
+                .map_err(|_| DataplaneError::CommandRingFull(i))?;
+        }
+        Ok(())
+    }
+
+    /// Each worker's counters as last published.
+    pub fn stats(&self) -> Vec<Counters> {
+        self.workers.iter().map(|w| w.stats.read()).collect()
+    }
+
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Stops the workers and waits for them; their sockets close when they end.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                if t.join().is_err() {
+                    log::error!("a worker thread panicked");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,111 @@
+//! A worker thread: owns its sockets, its engine (connection table, rotation) and its counters;
+//! reads the shared snapshot once per batch and its commands from its own SPSC ring.
+
+use crate::engine::{Engine, Verdict};
+use crate::kernel_tx::KernelTx;
+use crate::snapshot::{ServiceKey, Snapshot};
+use crate::stats::{DropReason, WorkerStats};
+use crate::wire::{ethernet, ipv4};
+use crate::xsk::{Disposition, WorkerSockets};
+use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Commands from the control plane to a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// A service was deleted: end its flows now instead of letting them time out.
+    ForgetService(ServiceKey),
+}
+
+/// Conntrack slots a worker inspects for expiry per loop iteration.
+const SWEEP_BUDGET: usize = 64;
+/// Frames that may wait for a full TX ring before the oldest are dropped and counted.
+const MAX_PENDING_TX: usize = 4096;
+const IDLE_WAIT: Duration = Duration::from_millis(10);
+
+pub(crate) struct Worker {
+    pub sockets: WorkerSockets,
+    pub engine: Engine,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub commands: rtrb::Consumer<Command>,
+    pub stats: Arc<WorkerStats>,
+    pub stop: Arc<AtomicBool>,
+    pub kernel: KernelTx,
+}
+
+impl Worker {
+    pub fn run(mut self) {
+        let start = Instant::now();
+        let egress: Vec<(u32, usize)> = self
+            .sockets
+            .fds()
+            .iter()
+            .enumerate()
+            .map(|(i, (ifindex, _))| (*ifindex, i))
+            .collect();
+        while !self.stop.load(Ordering::Relaxed) {
+            while let Ok(cmd) = self.commands.pop() {
+                match cmd {
+                    Command::ForgetService(k) => self.engine.forget_service(&k),
+                }
+            }
+            let snap = self.snapshot.load();
+            let now = start.elapsed().as_millis() as u64;
+            let mut received = 0;
+            for i in 0..self.sockets.port_count() {
+                let engine = &mut self.engine;
+                let kernel = &self.kernel;
+                received += self.sockets.receive(i, |ingress, frame| {
+                    match engine.process(frame, ingress, &snap, now) {
+                        Verdict::Transmit { ifindex } => {
+                            match egress.iter().find(|(ix, _)| *ix == ifindex) {
+                                Some((_, port)) => {
+                                    engine.counters.tx_packets += 1;
+                                    Disposition::Transmit(*port)
+                                }
+                                None => {
+                                    engine.counters.drop(DropReason::NoEgressSocket);
+                                    Disposition::Recycle
+                                }
+                            }
+                        }
+                        Verdict::Kernel => {
+                            hand_to_kernel(kernel, frame, engine);
+                            Disposition::Recycle
+                        }
+                        Verdict::Drop(_) => Disposition::Recycle,
+                    }
+                });
+            }
+            drop(snap);
+            let pending = self.sockets.flush();
+            if pending > MAX_PENDING_TX {
+                let shed = self.sockets.shed_pending(MAX_PENDING_TX);
+                self.engine.counters.drops[DropReason::TxRingFull as usize] += shed as u64;
+            }
+            self.sockets.reap();
+            self.sockets.top_up();
+            self.engine.sweep(now, SWEEP_BUDGET);
+            self.stats.publish(&self.engine.counters);
+            if received == 0 && pending == 0 {
+                if let Err(e) = self.sockets.wait(IDLE_WAIT) {
+                    log::error!("worker poll failed: {e}; retrying");
+                    std::thread::sleep(IDLE_WAIT);
+                }
+            }
+        }
+    }
+}
+
+fn hand_to_kernel(kernel: &KernelTx, frame: &[u8], engine: &mut Engine) {
+    let ip_buf = &frame[ethernet::HEADER_LEN..];
+    let sent = ipv4::Packet::new_checked(ip_buf)
+        .ok()
+        .map(|ip| kernel.send(&ip_buf[..ip.total_len()], ip.dst()));
+    match sent {
+        Some(Ok(())) => engine.counters.kernel_packets += 1,
+        _ => engine.counters.drop(DropReason::KernelTxFailed),
+    }
+}
