@@ -59,7 +59,10 @@ pub fn is_partial(field: u16, pseudo: u64) -> bool {
 
 /// Full L4 checksum over `segment` whose checksum field (at `field_at`) is ignored.
 pub fn l4_full(segment: &[u8], field_at: usize, pseudo: u64) -> u16 {
-    let field = u64::from(u16::from_be_bytes([segment[field_at], segment[field_at + 1]]));
+    let field = u64::from(u16::from_be_bytes([
+        segment[field_at],
+        segment[field_at + 1],
+    ]));
     !fold(pseudo + sum(segment) + (0xffff - field))
 }
 

@@ -202,11 +202,35 @@ mod tests {
         let vip = Ipv4Addr::new(198, 18, 100, 1);
         let ep = Ipv4Addr::new(198, 18, 31, 1);
         Flow {
-            original: FlowKey { src: client, dst: vip, src_port: client_port, dst_port: 2020, proto: Proto::Tcp },
-            reply: FlowKey { src: ep, dst: client, src_port: 8080, dst_port: client_port, proto: Proto::Tcp },
-            service: ServiceKey { vip, port: 2020, proto: Proto::Tcp },
-            endpoint: Endpoint { addr: ep, port: 8080, weight: 1 },
-            client: ClientL2 { ifindex: 1, peer_mac: [2; 6], own_mac: [3; 6] },
+            original: FlowKey {
+                src: client,
+                dst: vip,
+                src_port: client_port,
+                dst_port: 2020,
+                proto: Proto::Tcp,
+            },
+            reply: FlowKey {
+                src: ep,
+                dst: client,
+                src_port: 8080,
+                dst_port: client_port,
+                proto: Proto::Tcp,
+            },
+            service: ServiceKey {
+                vip,
+                port: 2020,
+                proto: Proto::Tcp,
+            },
+            endpoint: Endpoint {
+                addr: ep,
+                port: 8080,
+                weight: 1,
+            },
+            client: ClientL2 {
+                ifindex: 1,
+                peer_mac: [2; 6],
+                own_mac: [3; 6],
+            },
             state: FlowState::New,
             expires_at,
             idle_ms: 1000,
@@ -249,7 +273,8 @@ mod tests {
     fn the_sweep_removes_expired_flows_within_its_budget() {
         let mut ct = Conntrack::with_capacity(8);
         for p in 0..8 {
-            ct.insert(flow(p, if p % 2 == 0 { 5 } else { 500 })).unwrap();
+            ct.insert(flow(p, if p % 2 == 0 { 5 } else { 500 }))
+                .unwrap();
         }
         assert_eq!(ct.sweep(10, 8), 4);
         assert_eq!(ct.len(), 4);

@@ -20,7 +20,9 @@ pub const CLOSING_TIMEOUT_MS: u64 = 10_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Send the frame out of this interface.
-    Transmit { ifindex: u32 },
+    Transmit {
+        ifindex: u32,
+    },
     /// The next hop's MAC is unknown: hand the IP packet (the frame minus its Ethernet header)
     /// to the kernel, which resolves the neighbour and queues the packet meanwhile.
     Kernel,

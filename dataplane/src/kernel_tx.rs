@@ -16,7 +16,11 @@ impl KernelTx {
     pub fn new() -> io::Result<KernelTx> {
         // IPPROTO_RAW implies IP_HDRINCL: the kernel sends our header, filling only id/checksum
         // where they are zero.
-        let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))?;
+        let sock = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(libc::IPPROTO_RAW)),
+        )?;
         sock.set_nonblocking(true)?;
         Ok(KernelTx { sock })
     }

@@ -54,7 +54,9 @@ pub struct DataplaneConfig {
 pub enum DataplaneError {
     #[error(transparent)]
     Socket(#[from] XskError),
-    #[error("could not open the raw socket used for unresolved next hops: {0}; it needs CAP_NET_RAW")]
+    #[error(
+        "could not open the raw socket used for unresolved next hops: {0}; it needs CAP_NET_RAW"
+    )]
     RawSocket(std::io::Error),
     #[error("could not register the AF_XDP socket of interface index {ifindex} queue {queue} with the XDP program: {reason}")]
     Register {
@@ -117,7 +119,11 @@ impl Dataplane {
             }
             log::info!(
                 "queue {q}: AF_XDP sockets on {} bound in {:?} mode",
-                ports.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+                ports
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 sockets.modes
             );
             prepared.push(sockets);

@@ -134,7 +134,8 @@ impl WorkerStats {
     pub fn publish(&self, c: &Counters) {
         self.rx_packets.store(c.rx_packets, Ordering::Relaxed);
         self.tx_packets.store(c.tx_packets, Ordering::Relaxed);
-        self.kernel_packets.store(c.kernel_packets, Ordering::Relaxed);
+        self.kernel_packets
+            .store(c.kernel_packets, Ordering::Relaxed);
         self.flows_created.store(c.flows_created, Ordering::Relaxed);
         self.flows_expired.store(c.flows_expired, Ordering::Relaxed);
         self.flows_active.store(c.flows_active, Ordering::Relaxed);

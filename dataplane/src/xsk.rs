@@ -123,15 +123,24 @@ impl WorkerSockets {
         Ok(out)
     }
 
+    /// Binds one socket. The first socket of the UMEM tries zero-copy, then copy mode; later
+    /// ones share the UMEM and the kernel gives them the first socket's mode (bind flags are
+    /// not even passed on for a shared UMEM), so they are bound once and reported as such.
     fn bind(&self, spec: &PortSpec, queue: u32) -> Result<(Port, BindMode), XskError> {
-        let name = CString::new(spec.name.clone()).map_err(|_| XskError::BadName(spec.name.clone()))?;
+        let name =
+            CString::new(spec.name.clone()).map_err(|_| XskError::BadName(spec.name.clone()))?;
         let iface = Interface::new(name);
+        let attempts: Vec<(BindMode, BindFlags)> = match self.modes.first() {
+            None => vec![
+                (BindMode::ZeroCopy, BindFlags::XDP_ZEROCOPY),
+                (BindMode::Copy, BindFlags::XDP_COPY),
+            ],
+            Some(&BindMode::ZeroCopy) => vec![(BindMode::ZeroCopy, BindFlags::XDP_ZEROCOPY)],
+            Some(&BindMode::Copy) => vec![(BindMode::Copy, BindFlags::XDP_COPY)],
+        };
         let deadline = Instant::now() + BIND_RETRY_FOR;
         let mut last_err = String::new();
-        for (mode, flags) in [
-            (BindMode::ZeroCopy, BindFlags::XDP_ZEROCOPY),
-            (BindMode::Copy, BindFlags::XDP_COPY),
-        ] {
+        for (mode, flags) in attempts {
             let cfg = SocketConfig::builder()
                 .rx_queue_size(QueueSize::new(RING_SIZE).expect("power of two"))
                 .tx_queue_size(QueueSize::new(RING_SIZE).expect("power of two"))

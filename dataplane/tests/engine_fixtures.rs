@@ -23,8 +23,10 @@ const PARTIAL_IN: &str = "02000000000102000000000208004500003c0002400040064a92c6
 const PARTIAL_OUT: &str = "0200000001010200000001fe08004500003c0002400040068f92c6120002c6121f019c411f9000000005000000005002faf0642c000068656c6c6f20776f726c642c207061727469616c";
 const REPLY_IN: &str = "0200000001fe0200000001010800450000280007400040068fa1c6121f01c61200021f909c4000002328000003e95012fe8823400000";
 const REPLY_OUT: &str = "0200000000020200000000010800450000280007400040064aa1c6126401c612000207e49c4000002328000003e95012fe88f5eb0000";
-const UDP_IN: &str = "0200000000010200000000020800450000200003000040118aa2c6120002c6126401c35007e4000c65a870696e67";
-const UDP_OUT: &str = "0200000001010200000001fe080045000020000300004011cfa2c6120002c6121f01c3501f90000c92fc70696e67";
+const UDP_IN: &str =
+    "0200000000010200000000020800450000200003000040118aa2c6120002c6126401c35007e4000c65a870696e67";
+const UDP_OUT: &str =
+    "0200000001010200000001fe080045000020000300004011cfa2c6120002c6121f01c3501f90000c92fc70696e67";
 
 fn hex(s: &str) -> Vec<u8> {
     (0..s.len())
@@ -59,10 +61,18 @@ impl Fixture {
     }
 
     fn service(mut self, proto: Proto, backends: &[u8]) -> Self {
-        let key = ServiceKey { vip: VIP, port: 2020, proto };
+        let key = ServiceKey {
+            vip: VIP,
+            port: 2020,
+            proto,
+        };
         let endpoints = backends
             .iter()
-            .map(|&n| Endpoint { addr: backend(n), port: 8080, weight: 1 })
+            .map(|&n| Endpoint {
+                addr: backend(n),
+                port: 8080,
+                weight: 1,
+            })
             .collect();
         self.snap.services.insert(
             key,
@@ -81,7 +91,11 @@ impl Fixture {
     fn next_hop(mut self, n: u8) -> Self {
         self.snap.next_hops.insert(
             backend(n),
-            NextHop { ifindex: LB1_IF, src_mac: LB1_MAC, dst_mac: [2, 0, 0, 0, 1, n] },
+            NextHop {
+                ifindex: LB1_IF,
+                src_mac: LB1_MAC,
+                dst_mac: [2, 0, 0, 0, 1, n],
+            },
         );
         self
     }
@@ -95,7 +109,10 @@ impl Fixture {
 fn a_syn_to_the_vip_is_rewritten_to_the_first_backend_byte_for_byte() {
     let mut fx = Fixture::new().service(Proto::Tcp, &[1, 2, 3]).next_hop(1);
     let mut f = hex(SYN_IN);
-    assert_eq!(fx.run(&mut f, LB0_IF), Verdict::Transmit { ifindex: LB1_IF });
+    assert_eq!(
+        fx.run(&mut f, LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
     assert_eq!(f, hex(SYN_OUT));
 }
 
@@ -104,7 +121,10 @@ fn a_partial_checksum_from_an_offloading_sender_leaves_complete() {
     let mut fx = Fixture::new().service(Proto::Tcp, &[1]).next_hop(1);
     let mut f = hex(PARTIAL_IN);
     assert!(!l4_checksum_ok(&f[14..]), "input must really be partial");
-    assert_eq!(fx.run(&mut f, LB0_IF), Verdict::Transmit { ifindex: LB1_IF });
+    assert_eq!(
+        fx.run(&mut f, LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
     assert_eq!(f, hex(PARTIAL_OUT));
     assert!(l4_checksum_ok(&f[14..]));
 }
@@ -115,7 +135,10 @@ fn a_reply_from_the_backend_goes_back_to_the_client_from_the_vip() {
     let mut syn = hex(SYN_IN);
     fx.run(&mut syn, LB0_IF);
     let mut r = hex(REPLY_IN);
-    assert_eq!(fx.run(&mut r, LB1_IF), Verdict::Transmit { ifindex: LB0_IF });
+    assert_eq!(
+        fx.run(&mut r, LB1_IF),
+        Verdict::Transmit { ifindex: LB0_IF }
+    );
     assert_eq!(r, hex(REPLY_OUT));
 }
 
@@ -123,7 +146,10 @@ fn a_reply_from_the_backend_goes_back_to_the_client_from_the_vip() {
 fn a_udp_request_is_rewritten_byte_for_byte() {
     let mut fx = Fixture::new().service(Proto::Udp, &[1]).next_hop(1);
     let mut f = hex(UDP_IN);
-    assert_eq!(fx.run(&mut f, LB0_IF), Verdict::Transmit { ifindex: LB1_IF });
+    assert_eq!(
+        fx.run(&mut f, LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
     assert_eq!(f, hex(UDP_OUT));
 }
 
@@ -146,7 +172,10 @@ fn packets_of_one_flow_stay_on_its_endpoint() {
     let mut syn = hex(SYN_IN);
     fx.run(&mut syn, LB0_IF);
     let mut again = hex(SYN_IN);
-    assert_eq!(fx.run(&mut again, LB0_IF), Verdict::Transmit { ifindex: LB1_IF });
+    assert_eq!(
+        fx.run(&mut again, LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
     assert_eq!(again, hex(SYN_OUT));
 }
 
@@ -172,13 +201,19 @@ fn a_tcp_packet_without_syn_for_an_unknown_flow_is_dropped_and_counted() {
 fn a_packet_to_no_service_is_dropped_and_counted() {
     let mut fx = Fixture::new();
     let mut f = hex(SYN_IN);
-    assert_eq!(fx.run(&mut f, LB0_IF), Verdict::Drop(DropReason::NoFlowNoService));
+    assert_eq!(
+        fx.run(&mut f, LB0_IF),
+        Verdict::Drop(DropReason::NoFlowNoService)
+    );
     assert_eq!(fx.engine.counters.dropped(DropReason::NoFlowNoService), 1);
 }
 
 #[test]
 fn a_full_connection_table_refuses_the_next_flow_and_counts_it() {
-    let mut fx = Fixture::new().capacity(2).service(Proto::Tcp, &[1]).next_hop(1);
+    let mut fx = Fixture::new()
+        .capacity(2)
+        .service(Proto::Tcp, &[1])
+        .next_hop(1);
     for port in 0..3u16 {
         let mut f = hex(SYN_IN);
         f[34..36].copy_from_slice(&(41000 + port).to_be_bytes());
@@ -206,7 +241,10 @@ fn a_fragment_is_dropped_as_fragment() {
 
 #[test]
 fn an_idle_flow_expires_and_the_next_syn_starts_a_new_rotation_step() {
-    let mut fx = Fixture::new().service(Proto::Tcp, &[1, 2]).next_hop(1).next_hop(2);
+    let mut fx = Fixture::new()
+        .service(Proto::Tcp, &[1, 2])
+        .next_hop(1)
+        .next_hop(2);
     let mut f = hex(SYN_IN);
     fx.run(&mut f, LB0_IF);
     fx.now += oxlb_dataplane::engine::NEW_FLOW_TIMEOUT_MS + 1;

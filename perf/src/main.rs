@@ -19,14 +19,26 @@ const HEADERS: usize = 14 + 20 + 20;
 
 fn snapshot() -> Snapshot {
     let mut s = Snapshot::default();
-    let key = ServiceKey { vip: VIP, port: 2020, proto: Proto::Tcp };
+    let key = ServiceKey {
+        vip: VIP,
+        port: 2020,
+        proto: Proto::Tcp,
+    };
     let endpoints: Vec<Endpoint> = (1..=3)
-        .map(|n| Endpoint { addr: Ipv4Addr::new(198, 18, 31, n), port: 8080, weight: 1 })
+        .map(|n| Endpoint {
+            addr: Ipv4Addr::new(198, 18, 31, n),
+            port: 8080,
+            weight: 1,
+        })
         .collect();
     for e in &endpoints {
         s.next_hops.insert(
             e.addr,
-            NextHop { ifindex: 3, src_mac: [2, 0, 0, 0, 1, 0xfe], dst_mac: [2, 0, 0, 0, 1, 1] },
+            NextHop {
+                ifindex: 3,
+                src_mac: [2, 0, 0, 0, 1, 0xfe],
+                dst_mac: [2, 0, 0, 0, 1, 1],
+            },
         );
     }
     s.services.insert(
@@ -68,12 +80,7 @@ fn frame(client_port: u16, flags: u8, payload: usize, partial: bool) -> Vec<u8> 
     for (i, b) in tcp[20..].iter_mut().enumerate() {
         *b = i as u8;
     }
-    let pseudo = checksum::pseudo_header_v4(
-        Ipv4Addr::new(198, 18, 0, 2),
-        VIP,
-        6,
-        20 + payload,
-    );
+    let pseudo = checksum::pseudo_header_v4(Ipv4Addr::new(198, 18, 0, 2), VIP, 6, 20 + payload);
     let c = if partial {
         checksum::fold(pseudo)
     } else {
@@ -96,7 +103,10 @@ fn run_case(case: &Case, flows: usize, dur: Duration) -> f64 {
     // Open the flows with SYNs so every measured packet is established traffic.
     for i in 0..flows {
         let mut syn = frame(10_000 + i as u16, 0x02, 0, false);
-        assert!(matches!(engine.process(&mut syn, 2, &snap, 1), Verdict::Transmit { .. }));
+        assert!(matches!(
+            engine.process(&mut syn, 2, &snap, 1),
+            Verdict::Transmit { .. }
+        ));
     }
     let templates: Vec<Vec<u8>> = (0..flows)
         .map(|i| frame(10_000 + i as u16, 0x10, case.payload, case.partial))
@@ -117,7 +127,11 @@ fn run_case(case: &Case, flows: usize, dur: Duration) -> f64 {
             packets += BATCH as u64;
         }
     }
-    assert_eq!(engine.counters.dropped_total(), 0, "benchmark packets must not drop");
+    assert_eq!(
+        engine.counters.dropped_total(),
+        0,
+        "benchmark packets must not drop"
+    );
     packets as f64 / start.elapsed().as_secs_f64()
 }
 
@@ -136,12 +150,27 @@ fn main() {
     let runs: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
     let flows: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let cases = [
-        Case { name: "tcp ack, no payload, complete checksum (incremental update)", payload: 0, partial: false },
-        Case { name: "tcp 1400 B payload, complete checksum (incremental update)", payload: 1400, partial: false },
-        Case { name: "tcp 1400 B payload, partial checksum (full recompute)", payload: 1400, partial: true },
+        Case {
+            name: "tcp ack, no payload, complete checksum (incremental update)",
+            payload: 0,
+            partial: false,
+        },
+        Case {
+            name: "tcp 1400 B payload, complete checksum (incremental update)",
+            payload: 1400,
+            partial: false,
+        },
+        Case {
+            name: "tcp 1400 B payload, partial checksum (full recompute)",
+            payload: 1400,
+            partial: true,
+        },
     ];
     println!("engine benchmark: one core, batches of {BATCH}, {flows} established flows, {runs} runs of 1 s each");
-    println!("{:<64} {:>10} {:>10} {:>10} {:>9}", "case", "min Mpps", "median", "max", "ns/pkt");
+    println!(
+        "{:<64} {:>10} {:>10} {:>10} {:>9}",
+        "case", "min Mpps", "median", "max", "ns/pkt"
+    );
     for case in &cases {
         let v: Vec<f64> = (0..runs)
             .map(|_| run_case(case, flows, Duration::from_secs(1)))

@@ -1,1 +1,212 @@
-fn main() {}
+//! The oxlb appliance binary: command line, privilege checks and the wiring of the XDP program,
+//! the dataplane workers and the control plane.
+#![forbid(unsafe_code)]
+
+mod config;
+mod interfaces;
+mod privileges;
+
+use clap::{Parser, Subcommand};
+use oxlb_control::appliance::ApplianceCore;
+use oxlb_control::http::{self, Appliance};
+use oxlb_control::nexthop::NextHopResolver;
+use oxlb_control::state::DesiredState;
+use oxlb_dataplane::{Dataplane, DataplaneConfig, DEFAULT_CONNTRACK_CAPACITY};
+use oxlb_xdp::XdpRedirect;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "oxlb",
+    version,
+    about = "oxlb: an L4 service load balancer (XDP + AF_XDP)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Attach to the interfaces and serve the loxilb-compatible REST API until SIGINT/SIGTERM.
+    Run {
+        /// An interface to serve (client side, endpoint side, or both); repeat for several.
+        #[arg(long = "iface", required = true)]
+        ifaces: Vec<String>,
+        /// Address of the REST API.
+        #[arg(long, default_value = "127.0.0.1:11111")]
+        api: SocketAddr,
+        /// TOML file of services to install at start (see configs/oxlb.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Flows each worker can track; new flows beyond it are refused and counted.
+        #[arg(long, default_value_t = DEFAULT_CONNTRACK_CAPACITY)]
+        conntrack_capacity: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,netlink_packet_route=error"),
+    )
+    .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Run {
+            ifaces,
+            api,
+            config,
+            conntrack_capacity,
+        } => match run(ifaces, api, config, conntrack_capacity) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("oxlb: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(
+    ifaces: Vec<String>,
+    api: SocketAddr,
+    config: Option<PathBuf>,
+    conntrack_capacity: usize,
+) -> Result<(), String> {
+    let missing = privileges::missing();
+    if !missing.is_empty() {
+        return Err(format!(
+            "oxlb needs root or the capabilities CAP_NET_ADMIN, CAP_BPF and CAP_NET_RAW to load its XDP program and open AF_XDP sockets (missing: {}).",
+            missing.join(", ")
+        ));
+    }
+    // Everything that can be refused is checked before the first interface is touched.
+    let initial = match &config {
+        Some(path) => config::load(path).map_err(|e| e.to_string())?,
+        None => Vec::new(),
+    };
+    let interfaces = interfaces::discover(&ifaces).map_err(|e| e.to_string())?;
+    let listener = std::net::TcpListener::bind(api)
+        .map_err(|e| format!("cannot serve the API on {api}: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("API socket: {e}"))?;
+
+    let mut xdp = XdpRedirect::attach(&ifaces).map_err(|e| e.to_string())?;
+    let dataplane = Dataplane::start(
+        DataplaneConfig {
+            interfaces,
+            conntrack_capacity,
+        },
+        |ifindex, queue, fd| {
+            xdp.register_socket(ifindex, queue, fd)
+                .map_err(|e| e.to_string())
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    log::info!(
+        "serving {} with {} worker(s); API on http://{api}/netlox/v1/",
+        ifaces.join(", "),
+        dataplane.worker_count()
+    );
+    let resolver = NextHopResolver::new().map_err(|e| e.to_string())?;
+    let core = Arc::new(ApplianceCore::new(dataplane, xdp, resolver));
+
+    let mut state = DesiredState::default();
+    for spec in initial {
+        state.upsert(spec);
+    }
+    if !state.is_empty() {
+        let n = state.len();
+        core.apply(state).map_err(|e| e.to_string())?;
+        log::info!("installed {n} service(s) from the config file");
+    }
+
+    let control = {
+        let core = core.clone();
+        std::thread::Builder::new()
+            .name("oxlb-control".into())
+            .spawn(move || control_plane(core, listener))
+            .map_err(|e| format!("cannot start the control thread: {e}"))?
+    };
+    let result = control
+        .join()
+        .map_err(|_| "the control plane panicked".to_string())?;
+    log_totals(&core);
+    // Dropping the last reference stops the workers and detaches the XDP program.
+    drop(core);
+    log::info!("stopped; XDP program detached");
+    result
+}
+
+/// The tokio runtime of the control plane: the REST API, the next-hop refresher, and the
+/// signal handling that ends both.
+fn control_plane(core: Arc<ApplianceCore>, listener: std::net::TcpListener) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the control runtime: {e}"))?;
+    rt.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(|e| format!("API socket: {e}"))?;
+        let refresher = {
+            let core = core.clone();
+            tokio::spawn(async move {
+                loop {
+                    let c = core.clone();
+                    let pending = tokio::task::spawn_blocking(move || c.refresh_next_hops())
+                        .await
+                        .unwrap_or(true);
+                    let pause = if pending { 100 } else { 1000 };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+            })
+        };
+        let app: Arc<dyn Appliance> = core.clone();
+        let served = http::serve(listener, app, shutdown_signal()).await;
+        refresher.abort();
+        served.map_err(|e| format!("API server failed: {e}"))
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot listen for SIGTERM: {e}");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM received, stopping"),
+        _ = tokio::signal::ctrl_c() => log::info!("SIGINT received, stopping"),
+    }
+}
+
+fn log_totals(core: &ApplianceCore) {
+    let (workers, xdp) = core.stats();
+    let mut total = oxlb_dataplane::stats::Counters::default();
+    for w in &workers {
+        total.add(w);
+    }
+    let drops: Vec<String> = oxlb_dataplane::stats::DropReason::ALL
+        .iter()
+        .filter(|r| total.dropped(**r) > 0)
+        .map(|r| format!("{}={}", r.label(), total.dropped(*r)))
+        .collect();
+    log::info!(
+        "totals: rx={} tx={} to_kernel={} flows_created={} drops[{}] xdp={:?}",
+        total.rx_packets,
+        total.tx_packets,
+        total.kernel_packets,
+        total.flows_created,
+        drops.join(" "),
+        xdp
+    );
+}

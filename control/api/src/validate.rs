@@ -1,0 +1,441 @@
+//! Turns loxilb request bodies into typed service specs, refusing what oxlb does not implement
+//! instead of silently ignoring it; and turns specs back into loxilb bodies for listings.
+
+use crate::model::{Endpoint, LoadBalancerEntry, ServiceArguments};
+use crate::spec::{
+    EndpointSpec, NatMode, Protocol, Selection, ServiceKey, ServiceSpec,
+    DEFAULT_INACTIVE_TIMEOUT_SECS,
+};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Why a request body was refused. Every message names the field and what to send instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    /// The value is not an IP address at all.
+    #[error("{field} {value:?} is not an IPv4 address")]
+    BadAddress { field: String, value: String },
+    /// IPv6 is valid for loxilb but not implemented here.
+    #[error("{field} {value} is an IPv6 address; only IPv4 is implemented yet")]
+    Ipv6NotImplemented { field: String, value: String },
+    /// An address that cannot be a service or endpoint address.
+    #[error("{field} {addr} is {kind} address and cannot be used here")]
+    UnusableAddress {
+        field: String,
+        addr: Ipv4Addr,
+        kind: &'static str,
+    },
+    /// A number outside the range the field allows.
+    #[error("{field} {value} is out of range: use {min} to {max}")]
+    OutOfRange {
+        field: String,
+        value: i64,
+        min: i64,
+        max: i64,
+    },
+    /// A path segment that should have been a number.
+    #[error("{field} {value:?} is not a number")]
+    NotANumber { field: String, value: String },
+    #[error("protocol {0:?} is unknown: use tcp or udp")]
+    UnknownProtocol(String),
+    #[error("protocol {0} is not implemented yet; only tcp and udp")]
+    ProtocolNotImplemented(&'static str),
+    #[error("portMax {port_max} is below port {port}: use 0 (or {port}) for a single port")]
+    PortMaxBelowPort { port: u16, port_max: i64 },
+    #[error(
+        "portMax {port_max} asks for the port range {port}-{port_max}; port ranges are not \
+         implemented yet: leave portMax at 0 for a single port"
+    )]
+    PortRangeNotImplemented { port: u16, port_max: i64 },
+    #[error("sel {sel} ({name}) is not implemented yet; only sel 0 (round robin)")]
+    SelectionNotImplemented { sel: i64, name: &'static str },
+    #[error("sel {0} is unknown (loxilb defines 0 to 6); only sel 0 (round robin) is implemented")]
+    UnknownSelection(i64),
+    #[error("mode {mode} ({name}) is not implemented yet; only mode 0 (dnat)")]
+    ModeNotImplemented { mode: i64, name: &'static str },
+    #[error("mode {0} is unknown (loxilb defines 0 to 5); only mode 0 (dnat) is implemented")]
+    UnknownMode(i64),
+    #[error(
+        "oper {oper} ({name}) is not implemented yet; only oper 0, which creates the rule or \
+         replaces it with the endpoints given"
+    )]
+    OperNotImplemented { oper: i64, name: &'static str },
+    #[error("oper {0} is unknown (loxilb defines 0 create, 1 attach, 2 detach); only oper 0 is implemented")]
+    UnknownOper(i64),
+    #[error("security {security} ({name}) is not implemented yet; only security 0 (plain)")]
+    SecurityNotImplemented { security: i64, name: &'static str },
+    #[error(
+        "security {0} is unknown (loxilb defines 0 to 2); only security 0 (plain) is implemented"
+    )]
+    UnknownSecurity(i64),
+    /// A feature loxilb has and oxlb does not yet; `what` says what to send instead.
+    #[error("{field}: {what}")]
+    NotImplemented {
+        field: &'static str,
+        what: &'static str,
+    },
+    #[error("endpoints is empty: a rule needs at least one endpoint")]
+    NoEndpoints,
+    #[error("endpoints[{index}] {ip}:{port} is the same endpoint as endpoints[{first}]")]
+    DuplicateEndpoint {
+        index: usize,
+        first: usize,
+        ip: Ipv4Addr,
+        port: u16,
+    },
+}
+
+impl ValidationError {
+    /// The JSON path of the offending value, e.g. `serviceArguments.sel` or
+    /// `endpoints[1].targetPort`.
+    pub fn field(&self) -> String {
+        use ValidationError::*;
+        let fixed = match self {
+            BadAddress { field, .. }
+            | Ipv6NotImplemented { field, .. }
+            | UnusableAddress { field, .. }
+            | OutOfRange { field, .. }
+            | NotANumber { field, .. } => return field.clone(),
+            NotImplemented { field, .. } => field,
+            DuplicateEndpoint { index, .. } => return format!("endpoints[{index}]"),
+            UnknownProtocol(_) | ProtocolNotImplemented(_) => "serviceArguments.protocol",
+            PortMaxBelowPort { .. } | PortRangeNotImplemented { .. } => "serviceArguments.portMax",
+            SelectionNotImplemented { .. } | UnknownSelection(_) => "serviceArguments.sel",
+            ModeNotImplemented { .. } | UnknownMode(_) => "serviceArguments.mode",
+            OperNotImplemented { .. } | UnknownOper(_) => "serviceArguments.oper",
+            SecurityNotImplemented { .. } | UnknownSecurity(_) => "serviceArguments.security",
+            NoEndpoints => "endpoints",
+        };
+        fixed.to_owned()
+    }
+}
+
+const SA: &str = "serviceArguments";
+
+/// Validates a `POST /config/loadbalancer` body into a service spec. The first problem found
+/// is reported; nothing oxlb would not honour is accepted.
+pub fn validate(entry: &LoadBalancerEntry) -> Result<ServiceSpec, ValidationError> {
+    let sa = &entry.service_arguments;
+    let external_ip = address(&format!("{SA}.externalIP"), &sa.external_ip)?;
+    let port = port(&format!("{SA}.port"), sa.port)?;
+    let protocol = protocol(&sa.protocol)?;
+    check_port_max(port, sa.port_max)?;
+    let selection = selection(sa.sel)?;
+    let mode = mode(sa.mode)?;
+    check_unimplemented(sa)?;
+    let inactive_timeout_secs = match sa.inactive_timeout {
+        0 => DEFAULT_INACTIVE_TIMEOUT_SECS,
+        t => in_range(&format!("{SA}.inactiveTimeOut"), t, 1, i64::from(i32::MAX))? as u32,
+    };
+    if !entry.secondary_ips.is_empty() {
+        return Err(ValidationError::NotImplemented {
+            field: "secondaryIPs",
+            what:
+                "secondary addresses (multi-homed SCTP) are not implemented yet: send an empty list",
+        });
+    }
+    if !entry.allowed_sources.is_empty() {
+        return Err(ValidationError::NotImplemented {
+            field: "allowedSources",
+            what: "source filtering is not implemented yet: send an empty list, every source is allowed",
+        });
+    }
+    let endpoints = endpoints(&entry.endpoints)?;
+    Ok(ServiceSpec {
+        key: ServiceKey {
+            external_ip,
+            port,
+            protocol,
+        },
+        name: sa.name.clone(),
+        mode,
+        selection,
+        endpoints,
+        inactive_timeout_secs,
+    })
+}
+
+/// Parses the key of `DELETE /config/loadbalancer/externalipaddress/{ip}/port/{port}/protocol/{proto}`.
+pub fn service_key(ip: &str, port_text: &str, proto: &str) -> Result<ServiceKey, ValidationError> {
+    let external_ip = address("externalipaddress", ip)?;
+    let value: i64 = port_text.parse().map_err(|_| ValidationError::NotANumber {
+        field: "port".to_owned(),
+        value: port_text.to_owned(),
+    })?;
+    let port = port("port", value)?;
+    let protocol = protocol(proto)?;
+    Ok(ServiceKey {
+        external_ip,
+        port,
+        protocol,
+    })
+}
+
+/// The loxilb body that describes `spec`, as listings show it.
+pub fn to_entry(spec: &ServiceSpec) -> LoadBalancerEntry {
+    LoadBalancerEntry {
+        service_arguments: ServiceArguments {
+            external_ip: spec.key.external_ip.to_string(),
+            private_ip: String::new(),
+            port: i64::from(spec.key.port),
+            port_max: 0,
+            protocol: spec.key.protocol.as_str().to_owned(),
+            sel: match spec.selection {
+                Selection::RoundRobin => 0,
+            },
+            mode: match spec.mode {
+                NatMode::Dnat => 0,
+            },
+            bgp: false,
+            monitor: false,
+            probetype: String::new(),
+            probeport: 0,
+            probereq: String::new(),
+            proberesp: String::new(),
+            probe_timeout: 0,
+            probe_retries: 0,
+            inactive_timeout: i64::from(spec.inactive_timeout_secs),
+            block: 0,
+            managed: false,
+            security: 0,
+            name: spec.name.clone(),
+            snat: false,
+            oper: 0,
+            host: String::new(),
+            proxyprotocolv2: false,
+            egress: false,
+        },
+        endpoints: spec
+            .endpoints
+            .iter()
+            .map(|e| Endpoint {
+                endpoint_ip: e.ip.to_string(),
+                target_port: i64::from(e.target_port),
+                weight: i64::from(e.weight),
+                state: None,
+                counter: None,
+            })
+            .collect(),
+        secondary_ips: Vec::new(),
+        allowed_sources: Vec::new(),
+    }
+}
+
+fn address(field: &str, value: &str) -> Result<Ipv4Addr, ValidationError> {
+    let addr = match value.parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) => a,
+        Ok(IpAddr::V6(_)) => {
+            return Err(ValidationError::Ipv6NotImplemented {
+                field: field.to_owned(),
+                value: value.to_owned(),
+            })
+        }
+        Err(_) => {
+            return Err(ValidationError::BadAddress {
+                field: field.to_owned(),
+                value: value.to_owned(),
+            })
+        }
+    };
+    let kind = if addr.is_unspecified() {
+        "the unspecified"
+    } else if addr.is_loopback() {
+        "a loopback"
+    } else if addr.is_multicast() {
+        "a multicast"
+    } else if addr.is_broadcast() {
+        "the broadcast"
+    } else {
+        return Ok(addr);
+    };
+    Err(ValidationError::UnusableAddress {
+        field: field.to_owned(),
+        addr,
+        kind,
+    })
+}
+
+fn in_range(field: &str, value: i64, min: i64, max: i64) -> Result<i64, ValidationError> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ValidationError::OutOfRange {
+            field: field.to_owned(),
+            value,
+            min,
+            max,
+        })
+    }
+}
+
+fn port(field: &str, value: i64) -> Result<u16, ValidationError> {
+    Ok(in_range(field, value, 1, i64::from(u16::MAX))? as u16)
+}
+
+fn protocol(value: &str) -> Result<Protocol, ValidationError> {
+    match value {
+        "tcp" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
+        "sctp" => Err(ValidationError::ProtocolNotImplemented("sctp")),
+        "icmp" => Err(ValidationError::ProtocolNotImplemented("icmp")),
+        other => Err(ValidationError::UnknownProtocol(other.to_owned())),
+    }
+}
+
+fn check_port_max(port: u16, port_max: i64) -> Result<(), ValidationError> {
+    in_range(&format!("{SA}.portMax"), port_max, 0, i64::from(u16::MAX))?;
+    let port_i = i64::from(port);
+    if port_max == 0 || port_max == port_i {
+        Ok(())
+    } else if port_max < port_i {
+        Err(ValidationError::PortMaxBelowPort { port, port_max })
+    } else {
+        Err(ValidationError::PortRangeNotImplemented { port, port_max })
+    }
+}
+
+fn selection(sel: i64) -> Result<Selection, ValidationError> {
+    let name = match sel {
+        0 => return Ok(Selection::RoundRobin),
+        1 => "hash",
+        2 => "priority",
+        3 => "persist",
+        4 => "least connections",
+        5 => "n2",
+        6 => "n3; n2det in kube-loxilb's numbering",
+        7 => "n3 in kube-loxilb's numbering",
+        _ => return Err(ValidationError::UnknownSelection(sel)),
+    };
+    Err(ValidationError::SelectionNotImplemented { sel, name })
+}
+
+fn mode(mode: i64) -> Result<NatMode, ValidationError> {
+    let name = match mode {
+        0 => return Ok(NatMode::Dnat),
+        1 => "onearm",
+        2 => "fullnat",
+        3 => "dsr",
+        4 => "fullproxy",
+        5 => "hostonearm",
+        _ => return Err(ValidationError::UnknownMode(mode)),
+    };
+    Err(ValidationError::ModeNotImplemented { mode, name })
+}
+
+/// Fields loxilb honours and oxlb does not yet. Ignored fields are only those whose default
+/// behaviour is what oxlb does anyway: `name`, `managed`, and the probe settings while
+/// `monitor` is off (loxilb probes only monitored rules).
+fn check_unimplemented(sa: &ServiceArguments) -> Result<(), ValidationError> {
+    use ValidationError::{NotImplemented, OperNotImplemented, SecurityNotImplemented};
+    match sa.oper {
+        0 => {}
+        1 => {
+            return Err(OperNotImplemented {
+                oper: 1,
+                name: "attach endpoints",
+            })
+        }
+        2 => {
+            return Err(OperNotImplemented {
+                oper: 2,
+                name: "detach endpoints",
+            })
+        }
+        o => return Err(ValidationError::UnknownOper(o)),
+    }
+    match sa.security {
+        0 => {}
+        1 => {
+            return Err(SecurityNotImplemented {
+                security: 1,
+                name: "https/tls",
+            })
+        }
+        2 => {
+            return Err(SecurityNotImplemented {
+                security: 2,
+                name: "end-to-end https",
+            })
+        }
+        s => return Err(ValidationError::UnknownSecurity(s)),
+    }
+    let refusals: [(bool, &'static str, &'static str); 8] = [
+        (
+            sa.bgp,
+            "serviceArguments.bgp",
+            "advertising the service address by BGP is not implemented yet: send false",
+        ),
+        (
+            sa.monitor,
+            "serviceArguments.monitor",
+            "endpoint health probes are not implemented yet: send false",
+        ),
+        (
+            !sa.private_ip.is_empty(),
+            "serviceArguments.privateIP",
+            "a private (NAT'd) service address is not implemented yet: leave it empty",
+        ),
+        (
+            sa.block != 0,
+            "serviceArguments.block",
+            "rule blocks are not implemented yet: send 0",
+        ),
+        (
+            sa.snat,
+            "serviceArguments.snat",
+            "SNAT rules are not implemented yet: send false",
+        ),
+        (
+            !sa.host.is_empty(),
+            "serviceArguments.host",
+            "host URL matching (a fullproxy feature) is not implemented yet: leave it empty",
+        ),
+        (
+            sa.proxyprotocolv2,
+            "serviceArguments.proxyprotocolv2",
+            "PROXY protocol v2 is not implemented yet: send false",
+        ),
+        (
+            sa.egress,
+            "serviceArguments.egress",
+            "egress rules are not implemented yet: send false",
+        ),
+    ];
+    match refusals.into_iter().find(|(refused, _, _)| *refused) {
+        Some((_, field, what)) => Err(NotImplemented { field, what }),
+        None => Ok(()),
+    }
+}
+
+fn endpoints(eps: &[Endpoint]) -> Result<Vec<EndpointSpec>, ValidationError> {
+    if eps.is_empty() {
+        return Err(ValidationError::NoEndpoints);
+    }
+    let mut out: Vec<EndpointSpec> = Vec::with_capacity(eps.len());
+    let mut seen: HashMap<(Ipv4Addr, u16), usize> = HashMap::with_capacity(eps.len());
+    for (index, ep) in eps.iter().enumerate() {
+        let ip = address(&format!("endpoints[{index}].endpointIP"), &ep.endpoint_ip)?;
+        let target_port = port(&format!("endpoints[{index}].targetPort"), ep.target_port)?;
+        let weight = in_range(
+            &format!("endpoints[{index}].weight"),
+            ep.weight,
+            0,
+            i64::from(u8::MAX),
+        )? as u8;
+        if let Some(&first) = seen.get(&(ip, target_port)) {
+            return Err(ValidationError::DuplicateEndpoint {
+                index,
+                first,
+                ip,
+                port: target_port,
+            });
+        }
+        seen.insert((ip, target_port), index);
+        out.push(EndpointSpec {
+            ip,
+            target_port,
+            weight,
+        });
+    }
+    Ok(out)
+}

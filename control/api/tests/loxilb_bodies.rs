@@ -1,0 +1,497 @@
+//! loxilb request bodies as real clients send them, and every refusal of what oxlb does not do.
+
+use oxlb_api::{
+    service_key, to_entry, validate, EndpointSpec, ErrorResponse, LoadBalancerEntry,
+    LoadBalancerList, NatMode, Protocol, ResultResponse, Selection, ServiceKey, ValidationError,
+    DEFAULT_INACTIVE_TIMEOUT_SECS,
+};
+use serde_json::{json, Value};
+use std::net::Ipv4Addr;
+
+const ISSUE_EXAMPLE: &str = r#"{"serviceArguments":{"externalIP":"198.18.100.1","port":2020,"protocol":"tcp","sel":0,"mode":0,"name":"web"},"endpoints":[{"endpointIP":"198.18.31.1","targetPort":8080,"weight":1}]}"#;
+
+/// What kube-loxilb's `LoadBalancerModel` marshals to for a Service without loxilb
+/// annotations: Go's field order, capitalised `BGP`/`Monitor`, empty strings, `null` slices.
+const KUBE_LOXILB_BODY: &str = r#"{"serviceArguments":{"externalIP":"192.168.80.5","privateIP":"","port":80,"protocol":"tcp","sel":0,"mode":0,"BGP":false,"Monitor":false,"inactiveTimeOut":1800,"block":0,"managed":true,"probetype":"","probeport":0,"probereq":"","proberesp":"","name":"default_nginx-lb:llb-inst0"},"secondaryIPs":null,"allowedSources":null,"endpoints":[{"endpointIP":"10.244.1.5","targetPort":30080,"weight":1,"state":"","counter":""},{"endpointIP":"10.244.2.7","targetPort":30080,"weight":1,"state":"","counter":""}]}"#;
+
+fn issue_example() -> Value {
+    serde_json::from_str(ISSUE_EXAMPLE).unwrap()
+}
+
+fn parse(v: &Value) -> Result<LoadBalancerEntry, serde_json::Error> {
+    serde_json::from_value(v.clone())
+}
+
+/// The issue example with `f` applied, validated.
+fn validate_modified(f: impl FnOnce(&mut Value)) -> Result<oxlb_api::ServiceSpec, ValidationError> {
+    let mut v = issue_example();
+    f(&mut v);
+    validate(&parse(&v).expect("the body parses"))
+}
+
+fn refused(f: impl FnOnce(&mut Value)) -> ValidationError {
+    validate_modified(f).expect_err("the body is refused")
+}
+
+fn set_arg(name: &str, value: Value) -> impl FnOnce(&mut Value) + '_ {
+    move |v| {
+        v["serviceArguments"][name] = value;
+    }
+}
+
+#[test]
+fn the_issue_example_becomes_a_dnat_round_robin_service() {
+    let spec = validate(&serde_json::from_str(ISSUE_EXAMPLE).unwrap()).unwrap();
+    assert_eq!(
+        spec.key,
+        ServiceKey {
+            external_ip: Ipv4Addr::new(198, 18, 100, 1),
+            port: 2020,
+            protocol: Protocol::Tcp,
+        }
+    );
+    assert_eq!(spec.name, "web");
+    assert_eq!(spec.mode, NatMode::Dnat);
+    assert_eq!(spec.selection, Selection::RoundRobin);
+    assert_eq!(
+        spec.endpoints,
+        vec![EndpointSpec {
+            ip: Ipv4Addr::new(198, 18, 31, 1),
+            target_port: 8080,
+            weight: 1,
+        }]
+    );
+    assert_eq!(spec.inactive_timeout_secs, DEFAULT_INACTIVE_TIMEOUT_SECS);
+}
+
+#[test]
+fn the_exact_kube_loxilb_body_is_accepted_with_its_capitalised_fields_and_null_lists() {
+    let entry: LoadBalancerEntry = serde_json::from_str(KUBE_LOXILB_BODY).unwrap();
+    assert!(entry.secondary_ips.is_empty());
+    assert!(entry.allowed_sources.is_empty());
+    assert!(entry.service_arguments.managed);
+    let spec = validate(&entry).unwrap();
+    assert_eq!(spec.key.to_string(), "192.168.80.5:80/tcp");
+    assert_eq!(spec.name, "default_nginx-lb:llb-inst0");
+    assert_eq!(spec.endpoints.len(), 2);
+    assert_eq!(spec.inactive_timeout_secs, 1800);
+}
+
+#[test]
+fn lowercase_bgp_and_monitor_are_accepted_as_loxilb_spells_them() {
+    let spec = validate_modified(|v| {
+        v["serviceArguments"]["bgp"] = json!(false);
+        v["serviceArguments"]["monitor"] = json!(false);
+    });
+    assert!(spec.is_ok());
+}
+
+#[test]
+fn udp_is_accepted() {
+    let spec = validate_modified(set_arg("protocol", json!("udp"))).unwrap();
+    assert_eq!(spec.key.protocol, Protocol::Udp);
+}
+
+#[test]
+fn an_explicit_inactivity_timeout_is_kept() {
+    let spec = validate_modified(set_arg("inactiveTimeOut", json!(60))).unwrap();
+    assert_eq!(spec.inactive_timeout_secs, 60);
+}
+
+#[test]
+fn port_max_equal_to_port_means_a_single_port() {
+    assert!(validate_modified(set_arg("portMax", json!(2020))).is_ok());
+}
+
+#[test]
+fn probe_settings_are_ignored_while_monitoring_is_off() {
+    let spec = validate_modified(|v| {
+        let sa = &mut v["serviceArguments"];
+        sa["probetype"] = json!("http");
+        sa["probeport"] = json!(8080);
+        sa["probereq"] = json!("GET /");
+        sa["proberesp"] = json!("OK");
+        sa["probeTimeout"] = json!(10);
+        sa["probeRetries"] = json!(3);
+    });
+    assert!(spec.is_ok());
+}
+
+#[test]
+fn a_listing_entry_validates_back_to_the_same_spec() {
+    let spec = validate(&serde_json::from_str(KUBE_LOXILB_BODY).unwrap()).unwrap();
+    let entry = to_entry(&spec);
+    let again: LoadBalancerEntry =
+        serde_json::from_str(&serde_json::to_string(&entry).unwrap()).unwrap();
+    assert_eq!(validate(&again).unwrap(), spec);
+}
+
+#[test]
+fn a_listing_is_serialized_under_lb_attr_without_zero_valued_fields() {
+    let spec = validate(&serde_json::from_str(ISSUE_EXAMPLE).unwrap()).unwrap();
+    let list = LoadBalancerList {
+        lb_attr: vec![to_entry(&spec)],
+    };
+    assert_eq!(
+        serde_json::to_value(&list).unwrap(),
+        json!({"lbAttr": [{
+            "serviceArguments": {
+                "externalIP": "198.18.100.1",
+                "port": 2020,
+                "protocol": "tcp",
+                "inactiveTimeOut": 1800,
+                "name": "web"
+            },
+            "endpoints": [{"endpointIP": "198.18.31.1", "targetPort": 8080, "weight": 1}],
+            "secondaryIPs": [],
+            "allowedSources": []
+        }]})
+    );
+}
+
+#[test]
+fn a_kube_loxilb_style_listing_with_null_lists_parses() {
+    let list: LoadBalancerList = serde_json::from_str(
+        r#"{"lbAttr":[{"serviceArguments":{"externalIP":"1.2.3.4","port":80,"protocol":"tcp"},
+            "endpoints":[{"endpointIP":"10.0.0.1","targetPort":80,"weight":1,"state":"active","counter":"0:0"}],
+            "secondaryIPs":null,"allowedSources":null}]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        list.lb_attr[0].endpoints[0].state.as_deref(),
+        Some("active")
+    );
+}
+
+#[test]
+fn success_and_error_bodies_have_loxilbs_shape() {
+    assert_eq!(
+        serde_json::to_value(ResultResponse::success()).unwrap(),
+        json!({"result": "Success"})
+    );
+    let e = ErrorResponse::new(400, "port 0 is out of range").with_field("serviceArguments.port");
+    assert_eq!(
+        serde_json::to_value(e).unwrap(),
+        json!({
+            "code": 400,
+            "message": "port 0 is out of range",
+            "fields": ["serviceArguments.port"],
+            "result": "port 0 is out of range"
+        })
+    );
+}
+
+#[test]
+fn a_delete_path_parses_into_a_service_key() {
+    assert_eq!(
+        service_key("198.18.100.1", "2020", "udp").unwrap(),
+        ServiceKey {
+            external_ip: Ipv4Addr::new(198, 18, 100, 1),
+            port: 2020,
+            protocol: Protocol::Udp,
+        }
+    );
+    assert_eq!(
+        service_key("198.18.100.1", "http", "tcp")
+            .unwrap_err()
+            .field(),
+        "port"
+    );
+    assert_eq!(
+        service_key("nope", "80", "tcp").unwrap_err().field(),
+        "externalipaddress"
+    );
+}
+
+// --- parsing refusals ---
+
+#[test]
+fn an_unknown_field_is_refused_by_name() {
+    let mut v = issue_example();
+    v["serviceArguments"]["weight"] = json!(1);
+    let e = parse(&v).unwrap_err().to_string();
+    assert!(e.contains("unknown field `weight`"), "{e}");
+    let mut v = issue_example();
+    v["extra"] = json!(1);
+    assert!(parse(&v).unwrap_err().to_string().contains("`extra`"));
+    let mut v = issue_example();
+    v["endpoints"][0]["port"] = json!(1);
+    assert!(parse(&v).unwrap_err().to_string().contains("`port`"));
+}
+
+#[test]
+fn a_missing_external_ip_port_or_protocol_is_refused_by_name() {
+    for field in ["externalIP", "port", "protocol"] {
+        let mut v = issue_example();
+        v["serviceArguments"].as_object_mut().unwrap().remove(field);
+        let e = parse(&v).unwrap_err().to_string();
+        assert!(e.contains(&format!("missing field `{field}`")), "{e}");
+    }
+}
+
+#[test]
+fn a_port_given_as_a_string_is_refused_by_the_parser() {
+    let mut v = issue_example();
+    v["serviceArguments"]["port"] = json!("2020");
+    assert!(parse(&v).unwrap_err().to_string().contains("invalid type"));
+}
+
+// --- validation refusals ---
+
+#[test]
+fn an_external_ip_that_is_not_an_address_is_refused() {
+    let e = refused(set_arg("externalIP", json!("198.18.100")));
+    assert!(matches!(e, ValidationError::BadAddress { .. }));
+    assert_eq!(e.field(), "serviceArguments.externalIP");
+    assert!(e
+        .to_string()
+        .contains("\"198.18.100\" is not an IPv4 address"));
+}
+
+#[test]
+fn an_ipv6_external_ip_is_refused_as_not_implemented() {
+    let e = refused(set_arg("externalIP", json!("2001:db8::1")));
+    assert!(matches!(e, ValidationError::Ipv6NotImplemented { .. }));
+    assert!(e.to_string().contains("only IPv4"));
+}
+
+#[test]
+fn unspecified_loopback_multicast_and_broadcast_addresses_are_refused() {
+    for ip in ["0.0.0.0", "127.0.0.1", "224.0.0.1", "255.255.255.255"] {
+        let e = refused(set_arg("externalIP", json!(ip)));
+        assert!(
+            matches!(e, ValidationError::UnusableAddress { .. }),
+            "{ip}: {e}"
+        );
+    }
+}
+
+#[test]
+fn port_zero_is_refused() {
+    let e = refused(set_arg("port", json!(0)));
+    assert_eq!(e.field(), "serviceArguments.port");
+    assert_eq!(
+        e.to_string(),
+        "serviceArguments.port 0 is out of range: use 1 to 65535"
+    );
+}
+
+#[test]
+fn a_port_above_65535_is_refused() {
+    let e = refused(set_arg("port", json!(65536)));
+    assert!(matches!(
+        e,
+        ValidationError::OutOfRange { value: 65536, .. }
+    ));
+}
+
+#[test]
+fn an_unknown_protocol_is_refused() {
+    let e = refused(set_arg("protocol", json!("http")));
+    assert_eq!(e, ValidationError::UnknownProtocol("http".into()));
+    assert_eq!(e.field(), "serviceArguments.protocol");
+}
+
+#[test]
+fn sctp_and_icmp_are_refused_as_not_implemented_yet() {
+    for p in ["sctp", "icmp"] {
+        let e = refused(set_arg("protocol", json!(p)));
+        assert!(matches!(e, ValidationError::ProtocolNotImplemented(_)));
+        assert!(e.to_string().contains("not implemented yet"), "{e}");
+    }
+}
+
+#[test]
+fn a_port_range_is_refused_as_not_implemented_yet() {
+    let e = refused(set_arg("portMax", json!(2030)));
+    assert!(matches!(e, ValidationError::PortRangeNotImplemented { .. }));
+    assert_eq!(e.field(), "serviceArguments.portMax");
+    assert!(e.to_string().contains("not implemented yet"));
+}
+
+#[test]
+fn a_port_max_below_port_is_refused() {
+    let e = refused(set_arg("portMax", json!(2000)));
+    assert!(matches!(e, ValidationError::PortMaxBelowPort { .. }));
+}
+
+#[test]
+fn each_selection_but_round_robin_is_refused_by_name() {
+    for (sel, name) in [
+        (1, "hash"),
+        (2, "priority"),
+        (3, "persist"),
+        (4, "least connections"),
+        (5, "n2"),
+        (6, "n3"),
+        (7, "n3"),
+    ] {
+        let e = refused(set_arg("sel", json!(sel)));
+        assert_eq!(e.field(), "serviceArguments.sel");
+        let msg = e.to_string();
+        assert!(msg.contains(&format!("sel {sel} ({name}")), "{msg}");
+        assert!(msg.contains("only sel 0 (round robin)"), "{msg}");
+    }
+    let e = refused(set_arg("sel", json!(9)));
+    assert_eq!(e, ValidationError::UnknownSelection(9));
+}
+
+#[test]
+fn each_mode_but_dnat_is_refused_by_name() {
+    for (mode, name) in [
+        (1, "onearm"),
+        (2, "fullnat"),
+        (3, "dsr"),
+        (4, "fullproxy"),
+        (5, "hostonearm"),
+    ] {
+        let e = refused(set_arg("mode", json!(mode)));
+        assert_eq!(e.field(), "serviceArguments.mode");
+        assert_eq!(
+            e.to_string(),
+            format!("mode {mode} ({name}) is not implemented yet; only mode 0 (dnat)")
+        );
+    }
+    assert_eq!(
+        refused(set_arg("mode", json!(-1))),
+        ValidationError::UnknownMode(-1)
+    );
+}
+
+#[test]
+fn attach_and_detach_operations_are_refused_as_not_implemented_yet() {
+    for oper in [1, 2] {
+        let e = refused(set_arg("oper", json!(oper)));
+        assert!(matches!(e, ValidationError::OperNotImplemented { .. }));
+        assert_eq!(e.field(), "serviceArguments.oper");
+    }
+    assert_eq!(
+        refused(set_arg("oper", json!(3))),
+        ValidationError::UnknownOper(3)
+    );
+}
+
+#[test]
+fn tls_security_modes_are_refused_as_not_implemented_yet() {
+    for s in [1, 2] {
+        let e = refused(set_arg("security", json!(s)));
+        assert!(matches!(e, ValidationError::SecurityNotImplemented { .. }));
+    }
+    assert_eq!(
+        refused(set_arg("security", json!(5))),
+        ValidationError::UnknownSecurity(5)
+    );
+}
+
+#[test]
+fn features_oxlb_lacks_are_refused_naming_their_field() {
+    let cases: [(&str, Value, &str); 8] = [
+        ("BGP", json!(true), "bgp"),
+        ("Monitor", json!(true), "monitor"),
+        ("privateIP", json!("10.0.0.1"), "privateIP"),
+        ("block", json!(1), "block"),
+        ("snat", json!(true), "snat"),
+        ("host", json!("example.com"), "host"),
+        ("proxyprotocolv2", json!(true), "proxyprotocolv2"),
+        ("egress", json!(true), "egress"),
+    ];
+    for (key, value, field) in cases {
+        let e = refused(set_arg(key, value));
+        assert_eq!(e.field(), format!("serviceArguments.{field}"), "{e}");
+        assert!(e.to_string().contains("not implemented yet"), "{e}");
+    }
+}
+
+#[test]
+fn a_negative_inactivity_timeout_is_refused() {
+    let e = refused(set_arg("inactiveTimeOut", json!(-1)));
+    assert_eq!(e.field(), "serviceArguments.inactiveTimeOut");
+}
+
+#[test]
+fn secondary_ips_are_refused_as_not_implemented_yet() {
+    let e = refused(|v| v["secondaryIPs"] = json!([{"secondaryIP": "198.18.100.2"}]));
+    assert_eq!(e.field(), "secondaryIPs");
+    assert!(e.to_string().contains("not implemented yet"));
+}
+
+#[test]
+fn allowed_sources_are_refused_as_not_implemented_yet() {
+    let e = refused(|v| v["allowedSources"] = json!([{"prefix": "10.0.0.0/8"}]));
+    assert_eq!(e.field(), "allowedSources");
+    assert!(e.to_string().contains("not implemented yet"));
+}
+
+#[test]
+fn empty_secondary_ip_and_allowed_source_lists_are_accepted() {
+    let spec = validate_modified(|v| {
+        v["secondaryIPs"] = json!([]);
+        v["allowedSources"] = json!([]);
+    });
+    assert!(spec.is_ok());
+}
+
+#[test]
+fn a_rule_without_endpoints_is_refused() {
+    for endpoints in [json!([]), json!(null)] {
+        let e = refused(|v| v["endpoints"] = endpoints);
+        assert_eq!(e, ValidationError::NoEndpoints);
+        assert_eq!(e.field(), "endpoints");
+    }
+    let e = refused(|v| {
+        v.as_object_mut().unwrap().remove("endpoints");
+    });
+    assert_eq!(e, ValidationError::NoEndpoints);
+}
+
+#[test]
+fn an_endpoint_with_a_bad_address_is_refused_with_its_index() {
+    let e = refused(|v| {
+        v["endpoints"] = json!([
+            {"endpointIP": "198.18.31.1", "targetPort": 8080, "weight": 1},
+            {"endpointIP": "198.18.31.300", "targetPort": 8080, "weight": 1}
+        ])
+    });
+    assert_eq!(e.field(), "endpoints[1].endpointIP");
+}
+
+#[test]
+fn an_endpoint_with_target_port_zero_is_refused() {
+    let e = refused(|v| v["endpoints"][0]["targetPort"] = json!(0));
+    assert_eq!(e.field(), "endpoints[0].targetPort");
+    assert!(e.to_string().contains("out of range"));
+}
+
+#[test]
+fn an_endpoint_weight_above_255_is_refused() {
+    let e = refused(|v| v["endpoints"][0]["weight"] = json!(256));
+    assert_eq!(e.field(), "endpoints[0].weight");
+}
+
+#[test]
+fn a_duplicate_endpoint_is_refused_naming_both_positions() {
+    let e = refused(|v| {
+        v["endpoints"] = json!([
+            {"endpointIP": "198.18.31.1", "targetPort": 8080, "weight": 1},
+            {"endpointIP": "198.18.31.2", "targetPort": 8080, "weight": 1},
+            {"endpointIP": "198.18.31.1", "targetPort": 8080, "weight": 2}
+        ])
+    });
+    assert_eq!(e.field(), "endpoints[2]");
+    assert_eq!(
+        e.to_string(),
+        "endpoints[2] 198.18.31.1:8080 is the same endpoint as endpoints[0]"
+    );
+}
+
+#[test]
+fn the_same_endpoint_address_on_two_ports_is_two_endpoints() {
+    let spec = validate_modified(|v| {
+        v["endpoints"] = json!([
+            {"endpointIP": "198.18.31.1", "targetPort": 8080, "weight": 1},
+            {"endpointIP": "198.18.31.1", "targetPort": 8081, "weight": 1}
+        ])
+    })
+    .unwrap();
+    assert_eq!(spec.endpoints.len(), 2);
+}

@@ -1,0 +1,109 @@
+//! The desired state: every load-balancer rule the API accepted, keyed as loxilb keys them.
+
+use oxlb_api::{ServiceKey, ServiceSpec};
+use std::collections::BTreeMap;
+
+/// The rules the appliance should run. Ordered by key so listings and snapshots are stable.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DesiredState {
+    services: BTreeMap<ServiceKey, ServiceSpec>,
+}
+
+impl DesiredState {
+    /// Adds `spec`, or replaces the rule with the same key (its endpoint set included).
+    /// Returns the rule it replaced.
+    pub fn upsert(&mut self, spec: ServiceSpec) -> Option<ServiceSpec> {
+        self.services.insert(spec.key, spec)
+    }
+
+    /// Removes the rule with this key; false if there was none.
+    pub fn remove(&mut self, key: &ServiceKey) -> bool {
+        self.services.remove(key).is_some()
+    }
+
+    pub fn clear(&mut self) {
+        self.services.clear();
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &ServiceSpec> {
+        self.services.values()
+    }
+
+    pub fn get(&self, key: &ServiceKey) -> Option<&ServiceSpec> {
+        self.services.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oxlb_api::{EndpointSpec, NatMode, Protocol, Selection};
+    use std::net::Ipv4Addr;
+
+    fn spec(port: u16, endpoints: &[u8]) -> ServiceSpec {
+        ServiceSpec {
+            key: ServiceKey {
+                external_ip: Ipv4Addr::new(198, 18, 100, 1),
+                port,
+                protocol: Protocol::Tcp,
+            },
+            name: String::new(),
+            mode: NatMode::Dnat,
+            selection: Selection::RoundRobin,
+            endpoints: endpoints
+                .iter()
+                .map(|&last| EndpointSpec {
+                    ip: Ipv4Addr::new(198, 18, 31, last),
+                    target_port: 8080,
+                    weight: 1,
+                })
+                .collect(),
+            inactive_timeout_secs: 1800,
+        }
+    }
+
+    #[test]
+    fn upserting_the_same_key_replaces_the_whole_endpoint_set() {
+        let mut state = DesiredState::default();
+        assert!(state.upsert(spec(80, &[1, 2])).is_none());
+        let old = state.upsert(spec(80, &[3])).unwrap();
+        assert_eq!(old.endpoints.len(), 2);
+        assert_eq!(state.len(), 1);
+        assert_eq!(state.get(&spec(80, &[]).key).unwrap(), &spec(80, &[3]));
+    }
+
+    #[test]
+    fn services_are_listed_in_key_order() {
+        let mut state = DesiredState::default();
+        state.upsert(spec(443, &[1]));
+        state.upsert(spec(80, &[1]));
+        let ports: Vec<u16> = state.services().map(|s| s.key.port).collect();
+        assert_eq!(ports, [80, 443]);
+    }
+
+    #[test]
+    fn removing_reports_whether_the_rule_existed() {
+        let mut state = DesiredState::default();
+        state.upsert(spec(80, &[1]));
+        assert!(!state.remove(&spec(81, &[]).key));
+        assert!(state.remove(&spec(80, &[]).key));
+        assert!(state.is_empty());
+    }
+
+    #[test]
+    fn clearing_removes_every_rule() {
+        let mut state = DesiredState::default();
+        state.upsert(spec(80, &[1]));
+        state.upsert(spec(81, &[1]));
+        state.clear();
+        assert_eq!(state, DesiredState::default());
+    }
+}

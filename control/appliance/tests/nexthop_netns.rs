@@ -1,0 +1,369 @@
+//! The next-hop resolver against the real kernel, in throwaway network namespaces (needs root).
+//!
+//! Each test builds its own three namespaces (names carry the pid and a counter); the resolver
+//! always runs in `a`:
+//!
+//! ```text
+//!   a: va0 198.18.0.1/24 ── b: vb0 198.18.0.2/24      vb1 198.18.1.1/24 ── c: vc0 198.18.1.2/24
+//!      route 198.18.1.0/24 via 198.18.0.2
+//! ```
+
+use std::{
+    fs::File,
+    net::Ipv4Addr,
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use oxlb_control::nexthop::{NextHopResolver, Resolution, Resolved};
+
+const B_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const C_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+/// On a's connected subnet, owned by nobody.
+const SILENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 99);
+/// Covered by no route in a (a has no default route).
+const UNROUTED_ADDR: Ipv4Addr = Ipv4Addr::new(198, 19, 200, 1);
+
+/// Namespaces a, b and c wired as in the module docs; deleted on drop, also when a test panics.
+struct Lab {
+    a: String,
+    b: String,
+    c: String,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        // Own the names before creating anything, so Drop cleans up a half-built lab too.
+        let lab = Lab {
+            a: format!("oxlbn-{pid}-{n}-a"),
+            b: format!("oxlbn-{pid}-{n}-b"),
+            c: format!("oxlbn-{pid}-{n}-c"),
+        };
+        for ns in [&lab.a, &lab.b, &lab.c] {
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        lab.veth(
+            (&lab.a, "va0", "198.18.0.1/24"),
+            (&lab.b, "vb0", "198.18.0.2/24"),
+        );
+        lab.veth(
+            (&lab.b, "vb1", "198.18.1.1/24"),
+            (&lab.c, "vc0", "198.18.1.2/24"),
+        );
+        ip(&[
+            "-n",
+            &lab.a,
+            "route",
+            "add",
+            "198.18.1.0/24",
+            "via",
+            "198.18.0.2",
+        ]);
+        lab
+    }
+
+    fn veth(&self, (ns1, dev1, addr1): (&str, &str, &str), (ns2, dev2, addr2): (&str, &str, &str)) {
+        ip(&[
+            "link", "add", dev1, "netns", ns1, "type", "veth", "peer", "name", dev2, "netns", ns2,
+        ]);
+        for (ns, dev, addr) in [(ns1, dev1, addr1), (ns2, dev2, addr2)] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+    }
+
+    /// `ip -j link show dev <dev>` in `ns`, first (only) entry.
+    fn link(&self, ns: &str, dev: &str) -> serde_json::Value {
+        let links = ip_json(&["-n", ns, "-j", "link", "show", "dev", dev]);
+        links[0].clone()
+    }
+
+    fn mac(&self, ns: &str, dev: &str) -> [u8; 6] {
+        let link = self.link(ns, dev);
+        let text = link["address"].as_str().expect("link has an address");
+        parse_mac(text)
+    }
+
+    fn ifindex(&self, ns: &str, dev: &str) -> u32 {
+        let index = self.link(ns, dev)["ifindex"]
+            .as_u64()
+            .expect("link has an ifindex");
+        u32::try_from(index).expect("ifindex fits u32")
+    }
+
+    /// a's neighbour entry for `addr` (`ip -s -j neigh show`), if any.
+    fn neighbour_in_a(&self, addr: Ipv4Addr) -> Option<serde_json::Value> {
+        let entries = ip_json(&[
+            "-n",
+            &self.a,
+            "-s",
+            "-j",
+            "neigh",
+            "show",
+            &addr.to_string(),
+        ]);
+        entries.as_array().and_then(|e| e.first()).cloned()
+    }
+
+    /// Resolves `dst` in a, up to 20 times 50 ms apart, until it is Ready; returns every answer.
+    fn resolve_in_a_until_ready(&self, dst: Ipv4Addr) -> Vec<Resolution> {
+        in_netns(&self.a, move || {
+            let mut resolver = NextHopResolver::new().expect("open the resolver");
+            let mut answers = Vec::new();
+            for _ in 0..20 {
+                let answer = resolver.resolve(dst).expect("resolve");
+                answers.push(answer);
+                if matches!(answer, Resolution::Ready(_)) {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            answers
+        })
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b, &self.c] {
+            // Deleting a namespace destroys the veth ends inside it.
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ip_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ip -j prints JSON")
+}
+
+fn parse_mac(text: &str) -> [u8; 6] {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex MAC byte"))
+        .collect();
+    bytes.try_into().expect("six MAC bytes")
+}
+
+/// Runs `f` on a new thread that has entered network namespace `ns`; the resolver's netlink
+/// socket, opened inside `f`, then asks about that namespace.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = PathBuf::from("/var/run/netns").join(ns);
+    thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        // SAFETY: setns takes a valid namespace fd that `file` keeps open for the call; it
+        // changes only this thread's network namespace, and this thread ends with `f`.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("thread in the namespace panicked")
+}
+
+/// Every answer but the last is Pending for `next_hop` on `ifindex`; the last is returned.
+fn last_after_pending(answers: &[Resolution], ifindex: u32, next_hop: Ipv4Addr) -> Resolution {
+    let (last, before) = answers.split_last().expect("at least one answer");
+    for answer in before {
+        assert_eq!(*answer, Resolution::Pending { ifindex, next_hop });
+    }
+    *last
+}
+
+#[test]
+fn a_connected_neighbour_that_answers_arp_resolves_to_ready_with_its_mac() {
+    let lab = Lab::new();
+    let va0 = lab.ifindex(&lab.a, "va0");
+
+    let answers = lab.resolve_in_a_until_ready(B_ADDR);
+
+    let expected = Resolution::Ready(Resolved {
+        ifindex: va0,
+        src_mac: lab.mac(&lab.a, "va0"),
+        dst_mac: lab.mac(&lab.b, "vb0"),
+        gateway: None,
+    });
+    assert_eq!(
+        last_after_pending(&answers, va0, B_ADDR),
+        expected,
+        "{answers:?}"
+    );
+}
+
+#[test]
+fn an_address_behind_a_gateway_resolves_to_the_gateways_mac_with_the_gateway_set() {
+    let lab = Lab::new();
+    let va0 = lab.ifindex(&lab.a, "va0");
+
+    let answers = lab.resolve_in_a_until_ready(C_ADDR);
+
+    let expected = Resolution::Ready(Resolved {
+        ifindex: va0,
+        src_mac: lab.mac(&lab.a, "va0"),
+        dst_mac: lab.mac(&lab.b, "vb0"),
+        gateway: Some(B_ADDR),
+    });
+    assert_eq!(
+        last_after_pending(&answers, va0, B_ADDR),
+        expected,
+        "{answers:?}"
+    );
+    assert!(
+        lab.neighbour_in_a(C_ADDR).is_none(),
+        "no neighbour entry for the address behind the gateway"
+    );
+}
+
+#[test]
+fn an_address_with_no_route_is_no_route() {
+    let lab = Lab::new();
+
+    let answer = in_netns(&lab.a, || {
+        NextHopResolver::new()
+            .expect("open the resolver")
+            .resolve(UNROUTED_ADDR)
+            .expect("resolve")
+    });
+
+    assert_eq!(answer, Resolution::NoRoute);
+}
+
+#[test]
+fn addresses_on_blackhole_prohibit_and_unreachable_routes_are_no_route() {
+    let lab = Lab::new();
+    for (kind, prefix) in [
+        ("blackhole", "198.19.1.0/24"),
+        ("prohibit", "198.19.2.0/24"),
+        ("unreachable", "198.19.3.0/24"),
+    ] {
+        ip(&["-n", &lab.a, "route", "add", kind, prefix]);
+    }
+
+    let answers = in_netns(&lab.a, || {
+        let mut resolver = NextHopResolver::new().expect("open the resolver");
+        [[198, 19, 1, 1], [198, 19, 2, 1], [198, 19, 3, 1]]
+            .map(|octets| resolver.resolve(Ipv4Addr::from(octets)).expect("resolve"))
+    });
+
+    assert_eq!(answers, [Resolution::NoRoute; 3]);
+}
+
+#[test]
+fn a_silent_address_on_a_connected_subnet_stays_pending_and_the_kernel_is_asked_to_resolve_it() {
+    let lab = Lab::new();
+    let va0 = lab.ifindex(&lab.a, "va0");
+    assert!(lab.neighbour_in_a(SILENT_ADDR).is_none(), "no entry yet");
+
+    let answers = in_netns(&lab.a, || {
+        let mut resolver = NextHopResolver::new().expect("open the resolver");
+        let first = resolver.resolve(SILENT_ADDR).expect("resolve");
+        thread::sleep(Duration::from_millis(300));
+        let second = resolver.resolve(SILENT_ADDR).expect("resolve");
+        [first, second]
+    });
+
+    let pending = Resolution::Pending {
+        ifindex: va0,
+        next_hop: SILENT_ADDR,
+    };
+    assert_eq!(answers, [pending; 2]);
+    // The resolver created the entry and the kernel is resolving it: INCOMPLETE while it sends
+    // ARP requests, FAILED once they went unanswered; `probes` counts the requests sent.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let entry = lab
+            .neighbour_in_a(SILENT_ADDR)
+            .expect("the kernel has a neighbour entry for the silent address");
+        let state = entry["state"][0].as_str().unwrap_or_default().to_owned();
+        assert!(
+            state == "INCOMPLETE" || state == "FAILED",
+            "unexpected state: {entry}"
+        );
+        if entry["probes"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no ARP request sent: {entry}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_failed_neighbour_is_asked_again_on_the_next_resolve() {
+    let lab = Lab::new();
+    let va0 = lab.ifindex(&lab.a, "va0");
+    let state = |lab: &Lab| {
+        let entry = lab.neighbour_in_a(SILENT_ADDR).expect("an entry");
+        entry["state"][0].as_str().unwrap_or_default().to_owned()
+    };
+    in_netns(&lab.a, || {
+        NextHopResolver::new()
+            .expect("open the resolver")
+            .resolve(SILENT_ADDR)
+            .expect("resolve")
+    });
+    // Three unanswered broadcast probes, one a second (the defaults), then FAILED.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while state(&lab) != "FAILED" {
+        assert!(Instant::now() < deadline, "never FAILED: {}", state(&lab));
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    let answer = in_netns(&lab.a, || {
+        NextHopResolver::new()
+            .expect("open the resolver")
+            .resolve(SILENT_ADDR)
+            .expect("resolve")
+    });
+
+    assert_eq!(
+        answer,
+        Resolution::Pending {
+            ifindex: va0,
+            next_hop: SILENT_ADDR
+        }
+    );
+    assert_eq!(state(&lab), "INCOMPLETE", "resolution restarted");
+}
+
+#[test]
+fn link_macs_lists_the_namespaces_ethernet_interfaces_by_ifindex() {
+    let lab = Lab::new();
+
+    let macs = in_netns(&lab.a, || {
+        NextHopResolver::new()
+            .expect("open the resolver")
+            .link_macs()
+            .expect("dump links")
+    });
+
+    let va0 = lab.ifindex(&lab.a, "va0");
+    assert_eq!(macs.get(&va0), Some(&lab.mac(&lab.a, "va0")));
+    assert_eq!(macs.len(), 1, "lo is not Ethernet: {macs:?}");
+}

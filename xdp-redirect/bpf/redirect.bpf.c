@@ -1,0 +1,205 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
+//
+// oxlb_redirect: steers load-balancer traffic into AF_XDP sockets and leaves
+// everything else (ARP, ND, ICMP, SSH, the API, routing protocols) to the kernel.
+//
+// A packet is load-balancer traffic when its (dst addr, dst port, proto) is a
+// VIP in lb_dst, or its (src addr, src port, proto) is a known endpoint in
+// lb_src (replies in DNAT mode). The userspace loader (src/lib.rs) writes both
+// maps and mirrors struct lb_key byte for byte; change them together.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define MAX_QUEUES_PER_IFACE 64
+#define MAX_IFACES 4
+#define KEY_FAMILY_V4 4
+#define KEY_FAMILY_V6 6
+
+// Fragment offset and "more fragments" bits of iphdr.frag_off.
+#define IP_OFFSET_MASK 0x1fff
+
+struct lb_key {
+	__u8 addr[16]; // IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d)
+	__be16 port;
+	__u8 proto;
+	__u8 family;
+};
+_Static_assert(sizeof(struct lb_key) == 20, "lb_key must stay 20 bytes without padding");
+
+enum stat_index {
+	STAT_REDIRECTED = 0,
+	STAT_PASSED = 1,
+	STAT_NO_SOCKET = 2,
+	STAT_NOT_PARSED = 3,
+	STAT_MAX = 4,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct lb_key);
+	__type(value, __u32);
+} lb_dst SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct lb_key);
+	__type(value, __u32);
+} lb_src SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_IFACES);
+	__type(key, __u32);
+	__type(value, __u32);
+} iface_slot SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, MAX_IFACES * MAX_QUEUES_PER_IFACE);
+	__type(key, __u32);
+	__type(value, __u32);
+} xsks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline void count(__u32 index)
+{
+	__u64 *counter = bpf_map_lookup_elem(&stats, &index);
+
+	if (counter)
+		*counter += 1;
+}
+
+static __always_inline int pass(__u32 reason)
+{
+	count(reason);
+	return XDP_PASS;
+}
+
+static __always_inline void set_v4(__u8 addr[16], __be32 v4)
+{
+	__builtin_memset(addr, 0, 10);
+	addr[10] = 0xff;
+	addr[11] = 0xff;
+	__builtin_memcpy(&addr[12], &v4, 4);
+}
+
+// Reads the L4 ports of TCP or UDP at l4. Returns 0 on success, -1 when the
+// protocol has no ports we know or the header is truncated.
+static __always_inline int read_ports(void *l4, void *data_end, __u8 proto,
+				      __be16 *sport, __be16 *dport)
+{
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = l4;
+
+		if ((void *)(tcp + 1) > data_end)
+			return -1;
+		*sport = tcp->source;
+		*dport = tcp->dest;
+		return 0;
+	}
+	if (proto == IPPROTO_UDP) {
+		struct udphdr *udp = l4;
+
+		if ((void *)(udp + 1) > data_end)
+			return -1;
+		*sport = udp->source;
+		*dport = udp->dest;
+		return 0;
+	}
+	return -1;
+}
+
+SEC("xdp")
+int oxlb_redirect(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct lb_key dst = {};
+	struct lb_key src = {};
+	__be16 sport, dport;
+	__u8 proto;
+	void *l4;
+
+	if ((void *)(eth + 1) > data_end)
+		return pass(STAT_NOT_PARSED);
+
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		__u32 ihl_bytes;
+
+		if ((void *)(ip + 1) > data_end)
+			return pass(STAT_NOT_PARSED);
+		// Only the first fragment carries ports; later ones go to the kernel,
+		// which reassembles. A first fragment with MF set is still matched.
+		if (ip->frag_off & bpf_htons(IP_OFFSET_MASK))
+			return pass(STAT_PASSED);
+		ihl_bytes = ip->ihl * 4;
+		if (ihl_bytes < sizeof(*ip))
+			return pass(STAT_NOT_PARSED);
+		l4 = (void *)ip + ihl_bytes;
+		proto = ip->protocol;
+		if (read_ports(l4, data_end, proto, &sport, &dport))
+			return pass(STAT_PASSED);
+		set_v4(dst.addr, ip->daddr);
+		set_v4(src.addr, ip->saddr);
+		dst.family = KEY_FAMILY_V4;
+		src.family = KEY_FAMILY_V4;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > data_end)
+			return pass(STAT_NOT_PARSED);
+		// Extension headers are not walked: such packets go to the kernel.
+		proto = ip6->nexthdr;
+		l4 = ip6 + 1;
+		if (read_ports(l4, data_end, proto, &sport, &dport))
+			return pass(STAT_PASSED);
+		__builtin_memcpy(dst.addr, &ip6->daddr, 16);
+		__builtin_memcpy(src.addr, &ip6->saddr, 16);
+		dst.family = KEY_FAMILY_V6;
+		src.family = KEY_FAMILY_V6;
+	} else {
+		return pass(STAT_PASSED);
+	}
+
+	dst.port = dport;
+	dst.proto = proto;
+	src.port = sport;
+	src.proto = proto;
+
+	if (!bpf_map_lookup_elem(&lb_dst, &dst) && !bpf_map_lookup_elem(&lb_src, &src))
+		return pass(STAT_PASSED);
+
+	__u32 ifindex = ctx->ingress_ifindex;
+	__u32 *slot = bpf_map_lookup_elem(&iface_slot, &ifindex);
+
+	if (!slot || *slot >= MAX_IFACES || ctx->rx_queue_index >= MAX_QUEUES_PER_IFACE)
+		return pass(STAT_NO_SOCKET);
+
+	__u32 index = *slot * MAX_QUEUES_PER_IFACE + ctx->rx_queue_index;
+
+	if (!bpf_map_lookup_elem(&xsks, &index))
+		return pass(STAT_NO_SOCKET);
+
+	count(STAT_REDIRECTED);
+	return bpf_redirect_map(&xsks, index, XDP_PASS);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
