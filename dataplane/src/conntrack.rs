@@ -143,7 +143,8 @@ impl Conntrack {
         Ok(slot)
     }
 
-    fn remove(&mut self, slot: Slot) -> Option<Flow> {
+    /// Removes the flow in `slot` (if any) and frees the slot.
+    pub fn remove(&mut self, slot: Slot) -> Option<Flow> {
         let flow = self.slab[slot as usize].take()?;
         self.index.remove(&flow.original);
         self.index.remove(&flow.reply);

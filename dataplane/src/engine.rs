@@ -99,7 +99,17 @@ impl Engine {
         now_ms: u64,
     ) -> Result<Verdict, DropReason> {
         let pkt = parse(frame)?;
-        let (slot, dir) = match self.conntrack.lookup(&pkt.key, now_ms) {
+        let found = self.conntrack.lookup(&pkt.key, now_ms);
+        let (slot, dir) = match found {
+            // A client reusing the ports of a connection that is closing opens a new one: it
+            // gets a fresh endpoint choice instead of the lingering flow's.
+            Some((slot, Direction::Original))
+                if is_opening(&pkt)
+                    && self.conntrack.flow_mut(slot).state == FlowState::Closing =>
+            {
+                self.conntrack.remove(slot);
+                self.new_flow(&pkt, ingress_ifindex, snap, now_ms)?
+            }
             Some(found) => found,
             None => self.new_flow(&pkt, ingress_ifindex, snap, now_ms)?,
         };
@@ -166,9 +176,7 @@ impl Engine {
             .ok_or(DropReason::NoFlowNoService)?;
         // Only a connection opening may create state: stray ACKs (after a restart, or a flood)
         // would otherwise fill the table and be sent to endpoints that never saw the SYN.
-        if k.proto == Proto::Tcp
-            && pkt.tcp_flags & (tcp::FLAG_SYN | tcp::FLAG_ACK | tcp::FLAG_RST) != tcp::FLAG_SYN
-        {
+        if k.proto == Proto::Tcp && !is_opening(pkt) {
             return Err(DropReason::TcpNotSyn);
         }
         let endpoint = self.select(service)?;
@@ -231,6 +239,12 @@ fn advance(flow: &mut Flow, dir: Direction, proto: Proto, tcp_flags: u8, now_ms:
             FlowState::Established => flow.idle_ms,
             FlowState::Closing => CLOSING_TIMEOUT_MS,
         };
+}
+
+/// A TCP SYN without ACK or RST: the only packet allowed to open a TCP flow.
+fn is_opening(pkt: &PacketRepr) -> bool {
+    pkt.key.proto == Proto::Tcp
+        && pkt.tcp_flags & (tcp::FLAG_SYN | tcp::FLAG_ACK | tcp::FLAG_RST) == tcp::FLAG_SYN
 }
 
 fn wire_drop(e: WireError) -> DropReason {

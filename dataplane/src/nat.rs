@@ -49,7 +49,7 @@ pub fn rewrite_v4(ip_buf: &mut [u8], proto: Proto, rw: Rewrite) -> Result<(), Wi
         }
         Proto::Udp => {
             let mut d = udp::Datagram::new_checked(&mut *l4)?;
-            let old_port = set_port_udp(&mut d, rw);
+            let old_port = set_port(&mut d, rw);
             // UDP over IPv4 may carry no checksum at all; then there is nothing to fix.
             if d.checksum() == 0 {
                 return Ok(());
@@ -71,31 +71,55 @@ pub fn rewrite_v4(ip_buf: &mut [u8], proto: Proto, rw: Rewrite) -> Result<(), Wi
     Ok(())
 }
 
-fn set_port(s: &mut tcp::Segment<&mut [u8]>, rw: Rewrite) -> u16 {
-    match rw {
-        Rewrite::Source(_, p) => {
-            let old = s.src_port();
-            s.set_src_port(p);
-            old
-        }
-        Rewrite::Destination(_, p) => {
-            let old = s.dst_port();
-            s.set_dst_port(p);
-            old
-        }
+/// Port access shared by the TCP and UDP views, so the rewrite is written once.
+trait Ports {
+    fn src_port(&self) -> u16;
+    fn dst_port(&self) -> u16;
+    fn set_src_port(&mut self, p: u16);
+    fn set_dst_port(&mut self, p: u16);
+}
+
+impl Ports for tcp::Segment<&mut [u8]> {
+    fn src_port(&self) -> u16 {
+        tcp::Segment::src_port(self)
+    }
+    fn dst_port(&self) -> u16 {
+        tcp::Segment::dst_port(self)
+    }
+    fn set_src_port(&mut self, p: u16) {
+        tcp::Segment::set_src_port(self, p)
+    }
+    fn set_dst_port(&mut self, p: u16) {
+        tcp::Segment::set_dst_port(self, p)
     }
 }
 
-fn set_port_udp(d: &mut udp::Datagram<&mut [u8]>, rw: Rewrite) -> u16 {
+impl Ports for udp::Datagram<&mut [u8]> {
+    fn src_port(&self) -> u16 {
+        udp::Datagram::src_port(self)
+    }
+    fn dst_port(&self) -> u16 {
+        udp::Datagram::dst_port(self)
+    }
+    fn set_src_port(&mut self, p: u16) {
+        udp::Datagram::set_src_port(self, p)
+    }
+    fn set_dst_port(&mut self, p: u16) {
+        udp::Datagram::set_dst_port(self, p)
+    }
+}
+
+/// Writes the rewritten port and returns the one it replaced.
+fn set_port(v: &mut impl Ports, rw: Rewrite) -> u16 {
     match rw {
         Rewrite::Source(_, p) => {
-            let old = d.src_port();
-            d.set_src_port(p);
+            let old = v.src_port();
+            v.set_src_port(p);
             old
         }
         Rewrite::Destination(_, p) => {
-            let old = d.dst_port();
-            d.set_dst_port(p);
+            let old = v.dst_port();
+            v.set_dst_port(p);
             old
         }
     }

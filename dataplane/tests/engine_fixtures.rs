@@ -254,3 +254,41 @@ fn an_idle_flow_expires_and_the_next_syn_starts_a_new_rotation_step() {
     fx.run(&mut f, LB0_IF);
     assert_eq!(f[14 + 19], 2);
 }
+
+#[test]
+fn a_syn_reusing_the_ports_of_a_closing_flow_opens_a_new_flow() {
+    let mut fx = Fixture::new()
+        .service(Proto::Tcp, &[1, 2])
+        .next_hop(1)
+        .next_hop(2);
+    let mut syn = hex(SYN_IN);
+    fx.run(&mut syn, LB0_IF);
+    assert_eq!(syn[14 + 19], 1);
+    let mut fin = hex(SYN_IN);
+    fin[14 + 20 + 13] = 0x11; // FIN+ACK
+    fx.run(&mut fin, LB0_IF);
+    let mut again = hex(SYN_IN);
+    assert_eq!(
+        fx.run(&mut again, LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
+    assert_eq!(
+        again[14 + 19],
+        2,
+        "the new connection gets the next endpoint"
+    );
+    assert_eq!(fx.engine.conntrack().len(), 1);
+}
+
+#[test]
+fn a_retransmitted_syn_of_an_open_flow_keeps_its_endpoint() {
+    let mut fx = Fixture::new()
+        .service(Proto::Tcp, &[1, 2])
+        .next_hop(1)
+        .next_hop(2);
+    for _ in 0..3 {
+        let mut syn = hex(SYN_IN);
+        fx.run(&mut syn, LB0_IF);
+        assert_eq!(syn[14 + 19], 1);
+    }
+}

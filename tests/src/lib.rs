@@ -264,6 +264,15 @@ impl ChildGuard {
             .unwrap_or_default()
     }
 
+    /// Sends SIGKILL and reaps the process; `None` if it was already stopped.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        // Child::kill sends SIGKILL to our own, not yet reaped child; an error means it has
+        // exited already, and wait() below reaps it either way.
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
     /// SIGTERM, bounded wait, SIGKILL. Returns the exit status and whether SIGKILL was needed.
     pub fn stop(&mut self) -> Option<(ExitStatus, bool)> {
         let mut child = self.child.take()?;
@@ -312,6 +321,12 @@ impl OxlbGuard {
     /// Everything oxlb printed so far (stdout and stderr).
     pub fn log(&self) -> String {
         self.child.log()
+    }
+
+    /// Kills oxlb with SIGKILL, as a crash would, and waits for it: nothing of its own cleanup
+    /// runs, so whatever it leaves behind is what a crash leaves.
+    pub fn kill(mut self) -> ExitStatus {
+        self.child.kill().expect("oxlb already stopped")
     }
 
     /// Stops oxlb with SIGTERM and panics unless it exits by itself within the grace period:

@@ -237,3 +237,37 @@ fn bad_input_is_refused_with_a_json_error_and_nothing_applied() {
     }
     assert_eq!(listing(), before, "a refused request changed the listing");
 }
+
+#[test]
+fn a_killed_oxlb_leaves_no_xdp_program_attached_and_it_starts_again() {
+    let topo = topology();
+    let _backends = topo.start_backends();
+    let oxlb = topo.start_oxlb(&[]);
+    topo.add_vip("tcp");
+    get_via_vip(&topo, &oxlb_log(&oxlb));
+    assert!(
+        xdp_attached(&topo, "lb0"),
+        "no XDP program on lb0 while oxlb runs"
+    );
+
+    // SIGKILL runs none of oxlb's cleanup: only the kernel closing its bpf_link fds detaches.
+    let log = oxlb.log();
+    let status = oxlb.kill();
+    for dev in ["lb0", "lb1"] {
+        assert!(
+            !xdp_attached(&topo, dev),
+            "an XDP program is still attached to {dev} after oxlb was killed ({status}); output:\n{log}"
+        );
+    }
+
+    let oxlb = topo.start_oxlb(&[]);
+    let (_, listing) = topo.api("GET", "/netlox/v1/config/loadbalancer/all", None);
+    if !listing.contains(VIP) {
+        topo.add_vip("tcp");
+    }
+    let a = get_via_vip(&topo, &oxlb_log(&oxlb));
+    assert!(
+        BACKEND_NAMES.contains(&a.backend.as_str()),
+        "unexpected answer {a:?}"
+    );
+}

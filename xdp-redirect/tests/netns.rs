@@ -8,7 +8,6 @@
 use std::{
     collections::BTreeSet,
     fs::File,
-    io::{BufRead, BufReader},
     net::{Ipv4Addr, UdpSocket},
     os::fd::AsRawFd,
     path::PathBuf,
@@ -25,8 +24,6 @@ const ADDR_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const IFACE_A: &str = "vxa";
 const UDP: u8 = 17;
 const TCP: u8 = 6;
-const HOLDER_ENV: &str = "OXLB_XDP_TEST_HOLD_IFACE";
-const HOLDER_READY: &str = "OXLB-XDP-HOLDER-ATTACHED";
 
 /// Two namespaces and a veth between them; deleted on drop, also when the test panics.
 struct NetnsPair {
@@ -395,66 +392,4 @@ fn registering_a_socket_for_an_interface_that_is_not_attached_is_refused() {
         matches!(error, XdpError::Map { map: "xsks", .. }),
         "{error}"
     );
-}
-
-#[test]
-fn a_killed_process_leaves_no_xdp_program_attached() {
-    let pair = NetnsPair::new();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &pair.a])
-        .arg(std::env::current_exe().expect("test binary path"))
-        .args([
-            "--exact",
-            "holder_process_keeps_an_attachment_until_killed",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(HOLDER_ENV, IFACE_A)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn holder process");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let ready = thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            // libtest prints "test <name> ... " without a newline before the test body runs.
-            .any(|line| line.ends_with(HOLDER_READY))
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ready.is_finished() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("holder process did not attach in time");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let attached = ready.join().expect("reader thread");
-    if !attached {
-        let _ = child.kill();
-        panic!("holder process exited without attaching");
-    }
-    assert!(
-        pair.xdp_of(IFACE_A).is_some(),
-        "holder attached, so ip must show it"
-    );
-
-    child.kill().expect("SIGKILL the holder"); // no destructor runs
-    child.wait().expect("reap the holder");
-    pair.wait_until_detached(IFACE_A);
-}
-
-/// Not a test on its own: the process `a_killed_process_leaves_no_xdp_program_attached` starts
-/// (inside the namespace) and then kills.
-#[test]
-#[ignore = "helper process for a_killed_process_leaves_no_xdp_program_attached"]
-fn holder_process_keeps_an_attachment_until_killed() {
-    let Ok(iface) = std::env::var(HOLDER_ENV) else {
-        return;
-    };
-    let _xdp = XdpRedirect::attach(&[iface]).expect("attach in holder");
-    println!("{HOLDER_READY}");
-    thread::sleep(Duration::from_secs(60));
 }

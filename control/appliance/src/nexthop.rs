@@ -292,7 +292,8 @@ impl NextHopResolver {
     /// `ip route get`), then looks up the neighbour of the next hop (the gateway, or dst itself
     /// on a connected route) on the output interface, and the interface's own MAC.
     /// A neighbour in state REACHABLE/STALE/DELAY/PROBE/PERMANENT/NOARP counts as Ready
-    /// (STALE is still a usable MAC); INCOMPLETE/FAILED/absent -> the kernel is asked to resolve
+    /// (STALE is still a usable MAC, and the kernel is asked to re-confirm it);
+    /// INCOMPLETE/FAILED/absent -> the kernel is asked to resolve
     /// it (RTM_NEWNEIGH with NTF_USE, see the module docs) and Pending is returned. An entry
     /// owned by someone else (externally learned or managed) is not asked about: its owner
     /// resolves it, and the answer stays Pending until it does.
@@ -308,6 +309,15 @@ impl NextHopResolver {
         let neighbour = self.neighbour(ifindex, next_hop)?;
         match neighbour {
             Some(neighbour) if neighbour.state & NUD_USABLE != 0 => {
+                // Frames the workers send never confirm the kernel's entry, so a STALE MAC would
+                // stay STALE (and possibly wrong, after a backend moved) for ever. Asking again
+                // makes the kernel re-probe it with one unicast ARP; the MAC stays usable
+                // meanwhile, so a failure to ask is not an error for this lookup.
+                if neighbour.state == NUD_STALE && !neighbour.owned_elsewhere {
+                    if let Err(e) = self.ask_to_resolve(ifindex, next_hop) {
+                        log::debug!("re-probing stale neighbour {next_hop}: {e}");
+                    }
+                }
                 let dst_mac = neighbour
                     .mac
                     .ok_or_else(|| NextHopError::NeighbourWithoutMac {

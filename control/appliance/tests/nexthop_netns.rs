@@ -367,3 +367,49 @@ fn link_macs_lists_the_namespaces_ethernet_interfaces_by_ifindex() {
     assert_eq!(macs.get(&va0), Some(&lab.mac(&lab.a, "va0")));
     assert_eq!(macs.len(), 1, "lo is not Ethernet: {macs:?}");
 }
+
+#[test]
+fn a_stale_neighbour_is_still_ready_and_the_kernel_is_asked_to_confirm_it() {
+    let lab = Lab::new();
+    lab.resolve_in_a_until_ready(B_ADDR);
+    let b_mac = lab.mac(&lab.b, "vb0");
+    let mac_text = b_mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    ip(&[
+        "-n",
+        &lab.a,
+        "neigh",
+        "replace",
+        "198.18.0.2",
+        "dev",
+        "va0",
+        "lladdr",
+        &mac_text,
+        "nud",
+        "stale",
+    ]);
+    let state = |lab: &Lab| {
+        lab.neighbour_in_a(B_ADDR).expect("entry exists")["state"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(state(&lab), "STALE");
+
+    let answer = in_netns(&lab.a, move || {
+        NextHopResolver::new()
+            .expect("open the resolver")
+            .resolve(B_ADDR)
+            .expect("resolve")
+    });
+
+    assert!(
+        matches!(answer, Resolution::Ready(r) if r.dst_mac == b_mac),
+        "{answer:?}"
+    );
+    // NTF_USE moved the entry on from STALE (to DELAY, then PROBE/REACHABLE).
+    assert_ne!(state(&lab), "STALE");
+}
