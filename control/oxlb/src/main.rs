@@ -80,7 +80,7 @@ fn run(
     let missing = privileges::missing();
     if !missing.is_empty() {
         return Err(format!(
-            "oxlb needs root or the capabilities CAP_NET_ADMIN, CAP_BPF and CAP_NET_RAW to load its XDP program and open AF_XDP sockets (missing: {}).",
+            "run it as root or with the capabilities CAP_NET_ADMIN, CAP_BPF and CAP_NET_RAW, which loading the XDP program and opening AF_XDP sockets need (missing: {}).",
             missing.join(", ")
         ));
     }
