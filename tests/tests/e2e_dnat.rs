@@ -11,6 +11,7 @@ use oxlb_tests::{
     BACKEND_IPS, BACKEND_NAMES, BACKEND_PORT, CLIENT_IP, LB_BACKEND_SIDE_IP, LB_CLIENT_SIDE_IP,
     VIP,
 };
+use std::process::ExitStatus;
 
 fn topology() -> Topology {
     Topology::build(&unique_prefix(), TopologyOptions::default())
@@ -168,8 +169,9 @@ fn xdp_attached(topo: &Topology, dev: &str) -> bool {
         .is_some_and(|l| l.iter().any(|link| link.get("xdp").is_some()))
 }
 
-#[test]
-fn stopping_oxlb_leaves_no_xdp_program_attached_and_it_starts_again() {
+/// Runs a VIP, ends oxlb with `end` (returning how it exited), checks that no XDP program is
+/// left on the LB's interfaces, and that a new oxlb serves the VIP again.
+fn ends_without_leaving_xdp_and_restarts(how: &str, end: impl FnOnce(OxlbGuard) -> ExitStatus) {
     let topo = topology();
     let _backends = topo.start_backends();
     let oxlb = topo.start_oxlb(&[]);
@@ -181,11 +183,11 @@ fn stopping_oxlb_leaves_no_xdp_program_attached_and_it_starts_again() {
     );
 
     let log = oxlb.log();
-    let status = oxlb.stop();
+    let status = end(oxlb);
     for dev in ["lb0", "lb1"] {
         assert!(
             !xdp_attached(&topo, dev),
-            "an XDP program is still attached to {dev} after oxlb exited ({status}); output:\n{log}"
+            "an XDP program is still attached to {dev} after oxlb was {how} ({status}); output:\n{log}"
         );
     }
 
@@ -200,6 +202,17 @@ fn stopping_oxlb_leaves_no_xdp_program_attached_and_it_starts_again() {
         BACKEND_NAMES.contains(&a.backend.as_str()),
         "unexpected answer {a:?}"
     );
+}
+
+#[test]
+fn stopping_oxlb_leaves_no_xdp_program_attached_and_it_starts_again() {
+    ends_without_leaving_xdp_and_restarts("stopped with SIGTERM", OxlbGuard::stop);
+}
+
+#[test]
+fn a_killed_oxlb_leaves_no_xdp_program_attached_and_it_starts_again() {
+    // SIGKILL runs none of oxlb's cleanup: only the kernel closing its bpf_link fds detaches.
+    ends_without_leaving_xdp_and_restarts("killed with SIGKILL", OxlbGuard::kill);
 }
 
 #[test]
@@ -236,38 +249,4 @@ fn bad_input_is_refused_with_a_json_error_and_nothing_applied() {
         );
     }
     assert_eq!(listing(), before, "a refused request changed the listing");
-}
-
-#[test]
-fn a_killed_oxlb_leaves_no_xdp_program_attached_and_it_starts_again() {
-    let topo = topology();
-    let _backends = topo.start_backends();
-    let oxlb = topo.start_oxlb(&[]);
-    topo.add_vip("tcp");
-    get_via_vip(&topo, &oxlb_log(&oxlb));
-    assert!(
-        xdp_attached(&topo, "lb0"),
-        "no XDP program on lb0 while oxlb runs"
-    );
-
-    // SIGKILL runs none of oxlb's cleanup: only the kernel closing its bpf_link fds detaches.
-    let log = oxlb.log();
-    let status = oxlb.kill();
-    for dev in ["lb0", "lb1"] {
-        assert!(
-            !xdp_attached(&topo, dev),
-            "an XDP program is still attached to {dev} after oxlb was killed ({status}); output:\n{log}"
-        );
-    }
-
-    let oxlb = topo.start_oxlb(&[]);
-    let (_, listing) = topo.api("GET", "/netlox/v1/config/loadbalancer/all", None);
-    if !listing.contains(VIP) {
-        topo.add_vip("tcp");
-    }
-    let a = get_via_vip(&topo, &oxlb_log(&oxlb));
-    assert!(
-        BACKEND_NAMES.contains(&a.backend.as_str()),
-        "unexpected answer {a:?}"
-    );
 }
