@@ -96,6 +96,16 @@ impl Dataplane {
         if queues == 0 {
             return Err(DataplaneError::NoInterface);
         }
+        if queues > 1 {
+            // Connection tables are per worker, and RSS hashes a reply independently of its
+            // request, so a reply may reach a worker that never saw the flow (and be dropped as
+            // no_flow_no_service). Until flows are steered to their owner, say so loudly.
+            log::warn!(
+                "{queues} RX queues: each worker tracks its own flows, so replies that RSS puts on \
+                 another queue than their request are dropped; reduce to one queue \
+                 (ethtool -L <iface> combined 1) until cross-queue flow ownership lands"
+            );
+        }
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let mut prepared = Vec::new();

@@ -9,7 +9,7 @@ use oxlb_tests::checks::{self, get_via_vip, vip_url};
 use oxlb_tests::{
     parse_answer, unique_prefix, vip_request_body, Node, OxlbGuard, Topology, TopologyOptions,
     BACKEND_IPS, BACKEND_NAMES, BACKEND_PORT, CLIENT_IP, LB_BACKEND_SIDE_IP, LB_CLIENT_SIDE_IP,
-    VIP,
+    VIP, VIP_PORT,
 };
 use std::process::ExitStatus;
 
@@ -249,4 +249,34 @@ fn bad_input_is_refused_with_a_json_error_and_nothing_applied() {
         );
     }
     assert_eq!(listing(), before, "a refused request changed the listing");
+}
+
+#[test]
+fn the_first_datagram_to_backends_whose_macs_are_unknown_is_delivered_not_dropped() {
+    let topo = topology();
+    let _backends = topo.start_backends();
+    let oxlb = topo.start_oxlb(&[]);
+    // Starting the backends probed them from the LB namespace; forget their MACs so the
+    // service starts with unresolved next hops, as after a reboot.
+    topo.exec_ok(Node::Lb, &["ip", "neigh", "flush", "dev", "lb1"]);
+    topo.add_vip("udp");
+
+    // One datagram, no retry: while the MAC is unknown oxlb hands it to the kernel, which
+    // resolves the neighbour and sends it, instead of dropping it.
+    let target = format!("{VIP}:{VIP_PORT}");
+    let out = topo.testpeer(
+        Node::Client,
+        &["udp-request", &target, "first", "--timeout-ms", "3000"],
+    );
+    assert!(
+        out.status.success(),
+        "the first datagram got no answer: {out:?}\n{}",
+        oxlb_log(&oxlb)()
+    );
+    let a = parse_answer(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        (a.peer_ip.as_str(), a.rest.as_str()),
+        (CLIENT_IP, "first"),
+        "{a:?}"
+    );
 }
