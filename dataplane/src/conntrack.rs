@@ -5,7 +5,7 @@
 //! direction). The table never grows past its capacity: a new flow is refused (and counted by
 //! the caller) instead. Expired flows are removed lazily on lookup and by a bounded sweep.
 
-use crate::snapshot::{Endpoint, Proto, ServiceKey};
+use crate::snapshot::{Endpoint, NatMode, Proto, ServiceKey};
 use hashbrown::HashMap;
 use std::net::Ipv4Addr;
 
@@ -52,7 +52,10 @@ pub struct Flow {
     pub original: FlowKey,
     pub reply: FlowKey,
     pub service: ServiceKey,
+    pub mode: NatMode,
     pub endpoint: Endpoint,
+    /// Source-translating modes: the address and port requests leave with.
+    pub snat: Option<(Ipv4Addr, u16)>,
     pub client: ClientL2,
     pub state: FlowState,
     /// Milliseconds on the worker's clock after which the flow is gone.
@@ -66,11 +69,22 @@ pub struct Flow {
 /// Index of a flow in the slab.
 pub type Slot = u32;
 
+/// What the owner must undo when a flow goes: its SNAT port and its share of the endpoint's load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    pub service: ServiceKey,
+    pub endpoint: Endpoint,
+    pub snat: Option<(Ipv4Addr, u16)>,
+    pub proto: Proto,
+}
+
 pub struct Conntrack {
     index: HashMap<FlowKey, (Slot, Direction)>,
     slab: Vec<Option<Flow>>,
     free: Vec<Slot>,
     sweep_cursor: usize,
+    /// Flows removed since the owner last drained this (bounded by the table's capacity).
+    removed: Vec<Removed>,
 }
 
 /// Why a flow could not be inserted.
@@ -89,6 +103,7 @@ impl Conntrack {
             slab: Vec::with_capacity(capacity),
             free: Vec::new(),
             sweep_cursor: 0,
+            removed: Vec::with_capacity(capacity.min(4096)),
         }
         .filled(capacity)
     }
@@ -149,6 +164,12 @@ impl Conntrack {
         self.index.remove(&flow.original);
         self.index.remove(&flow.reply);
         self.free.push(slot);
+        self.removed.push(Removed {
+            service: flow.service,
+            endpoint: flow.endpoint,
+            snat: flow.snat,
+            proto: flow.original.proto,
+        });
         Some(flow)
     }
 
@@ -189,6 +210,16 @@ impl Conntrack {
         slots.len()
     }
 
+    /// Hands over the flows removed since the last call, for releasing what they held.
+    pub fn drain_removed(&mut self) -> std::vec::Drain<'_, Removed> {
+        self.removed.drain(..)
+    }
+
+    /// Whether some flow owns this tuple (in either direction).
+    pub fn contains(&self, key: &FlowKey) -> bool {
+        self.index.contains_key(key)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Flow> {
         self.slab.iter().flatten()
     }
@@ -222,11 +253,13 @@ mod tests {
                 port: 2020,
                 proto: Proto::Tcp,
             },
+            mode: NatMode::Dnat,
             endpoint: Endpoint {
                 addr: ep,
                 port: 8080,
                 weight: 1,
             },
+            snat: None,
             client: ClientL2 {
                 ifindex: 1,
                 peer_mac: [2; 6],

@@ -5,8 +5,10 @@
 //! the engine with byte arrays.
 
 use crate::conntrack::{ClientL2, Conntrack, Direction, Flow, FlowKey, FlowState, InsertError};
-use crate::nat::{rewrite_v4, Rewrite};
-use crate::snapshot::{Endpoint, Proto, Selection, Service, ServiceKey, Snapshot};
+use crate::nat::{complete_checksum_v4, rewrite_v4, Rewrite};
+use crate::ports::PortPools;
+use crate::select::{EndpointKey, FlowTuple, SelectorState};
+use crate::snapshot::{Endpoint, NatMode, PortRange, Proto, Service, ServiceKey, Snapshot};
 use crate::stats::{Counters, DropReason};
 use crate::wire::{ethernet, ipv4, tcp, udp, WireError};
 use hashbrown::HashMap;
@@ -15,6 +17,8 @@ use hashbrown::HashMap;
 pub const NEW_FLOW_TIMEOUT_MS: u64 = 30_000;
 /// How long a TCP flow lingers after FIN or RST, for retransmissions and the last ACK.
 pub const CLOSING_TIMEOUT_MS: u64 = 10_000;
+/// Clients a worker remembers per persisting service (about 48 bytes each).
+pub const PERSIST_CAPACITY: usize = 4096;
 
 /// What the worker should do with the (already rewritten) frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,20 +43,48 @@ struct PacketRepr {
     ip_len: usize,
 }
 
+/// What an engine is given at start and keeps for its life.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    pub conntrack_capacity: usize,
+    /// This worker's index and the number of workers: they split the SNAT port range.
+    pub worker: u16,
+    pub workers: u16,
+    pub snat_ports: PortRange,
+}
+
 pub struct Engine {
     conntrack: Conntrack,
-    /// Next rotation index per service. Worker-local: each worker rotates on its own.
-    rotation: HashMap<ServiceKey, usize>,
+    /// Selection state per service (rotation, weights, persistence, flow counts), owned by
+    /// this worker: each worker rotates on its own.
+    selectors: HashMap<ServiceKey, SelectorState>,
+    ports: PortPools,
     pub counters: Counters,
 }
 
 impl Engine {
+    /// An engine for a single worker with the default SNAT port range.
     pub fn new(conntrack_capacity: usize) -> Self {
+        Self::with_config(EngineConfig {
+            conntrack_capacity,
+            worker: 0,
+            workers: 1,
+            snat_ports: PortRange::default(),
+        })
+    }
+
+    pub fn with_config(cfg: EngineConfig) -> Self {
         Engine {
-            conntrack: Conntrack::with_capacity(conntrack_capacity),
-            rotation: HashMap::new(),
+            conntrack: Conntrack::with_capacity(cfg.conntrack_capacity),
+            selectors: HashMap::new(),
+            ports: PortPools::new(cfg.snat_ports, cfg.worker, cfg.workers),
             counters: Counters::default(),
         }
+    }
+
+    /// Free SNAT ports of this worker for `addr` (for tests and stats).
+    pub fn free_snat_ports(&self, addr: std::net::Ipv4Addr, proto: Proto) -> usize {
+        self.ports.free(addr, proto)
     }
 
     pub fn conntrack(&self) -> &Conntrack {
@@ -68,26 +100,46 @@ impl Engine {
         now_ms: u64,
     ) -> Verdict {
         self.counters.rx_packets += 1;
-        match self.process_inner(frame, ingress_ifindex, snap, now_ms) {
+        let verdict = match self.process_inner(frame, ingress_ifindex, snap, now_ms) {
             Ok(v) => v,
             Err(reason) => {
                 self.counters.drop(reason);
                 Verdict::Drop(reason)
             }
-        }
+        };
+        self.settle(snap);
+        verdict
     }
 
     /// Removes expired flows, looking at no more than `budget` slots.
-    pub fn sweep(&mut self, now_ms: u64, budget: usize) {
+    pub fn sweep(&mut self, now_ms: u64, budget: usize, snap: &Snapshot) {
         let n = self.conntrack.sweep(now_ms, budget);
         self.counters.flows_expired += n as u64;
-        self.counters.flows_active = self.conntrack.len() as u64;
+        self.settle(snap);
     }
 
-    /// Ends every flow of a service (it was deleted) and forgets its rotation.
-    pub fn forget_service(&mut self, key: &ServiceKey) {
+    /// Ends every flow of a service (it was deleted) and forgets its selection state.
+    pub fn forget_service(&mut self, key: &ServiceKey, snap: &Snapshot) {
         self.conntrack.forget_service(key);
-        self.rotation.remove(key);
+        self.selectors.remove(key);
+        self.settle(snap);
+    }
+
+    /// Releases what removed flows held (their SNAT ports, their endpoint's flow count) and
+    /// refreshes the flow gauge.
+    fn settle(&mut self, snap: &Snapshot) {
+        for r in self.conntrack.drain_removed() {
+            if let Some((addr, port)) = r.snat {
+                self.ports.release(addr, r.proto, port);
+            }
+            let state = self.selectors.get_mut(&r.service);
+            if let (Some(state), Some(svc)) = (state, snap.services.get(&r.service)) {
+                let key = EndpointKey::v4(r.endpoint.addr, r.endpoint.port);
+                if let Some(i) = svc.selector.index_of(&key) {
+                    state.on_flow_close(&svc.selector, i);
+                }
+            }
+        }
         self.counters.flows_active = self.conntrack.len() as u64;
     }
 
@@ -119,18 +171,38 @@ impl Engine {
         flow.packets[d] += 1;
         flow.bytes[d] += pkt.ip_len as u64;
         advance(flow, dir, pkt.key.proto, pkt.tcp_flags, now_ms);
-        let (endpoint, service, client) = (flow.endpoint, flow.service, flow.client);
+        let (endpoint, service, client, mode, snat, original) = (
+            flow.endpoint,
+            flow.service,
+            flow.client,
+            flow.mode,
+            flow.snat,
+            flow.original,
+        );
 
         let ip_buf = &mut frame[ethernet::HEADER_LEN..];
+        let proto = pkt.key.proto;
         match dir {
             Direction::Original => {
-                rewrite_v4(
-                    ip_buf,
-                    pkt.key.proto,
-                    Rewrite::Destination(endpoint.addr, endpoint.port),
-                )
-                .map_err(wire_drop)?;
+                if mode == NatMode::Dsr {
+                    complete_checksum_v4(ip_buf, proto).map_err(wire_drop)?;
+                } else {
+                    rewrite_v4(
+                        ip_buf,
+                        proto,
+                        Rewrite::Destination(endpoint.addr, endpoint.port),
+                    )
+                    .map_err(wire_drop)?;
+                }
+                if let Some((addr, port)) = snat {
+                    rewrite_v4(ip_buf, proto, Rewrite::Source(addr, port)).map_err(wire_drop)?;
+                }
                 let Some(nh) = snap.next_hops.get(&endpoint.addr) else {
+                    // The kernel can deliver a packet addressed to the endpoint while it learns
+                    // the MAC; a DSR packet is still addressed to the VIP, which it cannot.
+                    if mode == NatMode::Dsr {
+                        return Err(DropReason::NextHopUnresolved);
+                    }
                     return Ok(Verdict::Kernel);
                 };
                 let mut eth = ethernet::Frame::new_checked(&mut *frame).map_err(wire_drop)?;
@@ -141,12 +213,16 @@ impl Engine {
                 })
             }
             Direction::Reply => {
-                rewrite_v4(
-                    ip_buf,
-                    pkt.key.proto,
-                    Rewrite::Source(service.vip, service.port),
-                )
-                .map_err(wire_drop)?;
+                rewrite_v4(ip_buf, proto, Rewrite::Source(service.vip, service.port))
+                    .map_err(wire_drop)?;
+                if snat.is_some() {
+                    rewrite_v4(
+                        ip_buf,
+                        proto,
+                        Rewrite::Destination(original.src, original.src_port),
+                    )
+                    .map_err(wire_drop)?;
+                }
                 let mut eth = ethernet::Frame::new_checked(&mut *frame).map_err(wire_drop)?;
                 eth.set_dst(client.peer_mac);
                 eth.set_src(client.own_mac);
@@ -179,18 +255,57 @@ impl Engine {
         if k.proto == Proto::Tcp && !is_opening(pkt) {
             return Err(DropReason::TcpNotSyn);
         }
-        let endpoint = self.select(service)?;
-        let flow = Flow {
-            original: k,
-            reply: FlowKey {
+        let (endpoint, chosen) = self.select(service, &k, now_ms)?;
+        let snat = match service.mode {
+            NatMode::FullNat => Some(service.snat_addr.unwrap_or(service.key.vip)),
+            NatMode::OneArm => Some(
+                *snap
+                    .sources
+                    .get(&endpoint.addr)
+                    .ok_or(DropReason::NoSourceAddress)?,
+            ),
+            NatMode::Dnat | NatMode::Dsr => None,
+        }
+        .map(|addr| {
+            self.ports
+                .allocate(addr, k.proto)
+                .map(|port| (addr, port))
+                .ok_or(DropReason::SnatPortsExhausted)
+        })
+        .transpose()?;
+        // The tuple the endpoint's answer carries: to our SNAT address and port, or straight
+        // to the client. A DSR endpoint answers the client itself; its key only has to be
+        // unique, it is never seen.
+        let reply = match (snat, service.mode) {
+            (Some((addr, port)), _) => FlowKey {
+                src: endpoint.addr,
+                dst: addr,
+                src_port: endpoint.port,
+                dst_port: port,
+                proto: k.proto,
+            },
+            (None, NatMode::Dsr) => FlowKey {
+                src: endpoint.addr,
+                dst: k.src,
+                src_port: k.dst_port,
+                dst_port: k.src_port,
+                proto: k.proto,
+            },
+            (None, _) => FlowKey {
                 src: endpoint.addr,
                 dst: k.src,
                 src_port: endpoint.port,
                 dst_port: k.src_port,
                 proto: k.proto,
             },
+        };
+        let flow = Flow {
+            original: k,
+            reply,
             service: skey,
+            mode: service.mode,
             endpoint,
+            snat,
             client: ClientL2 {
                 ifindex: ingress_ifindex,
                 peer_mac: pkt.eth_src,
@@ -202,27 +317,46 @@ impl Engine {
             packets: [0; 2],
             bytes: [0; 2],
         };
-        let slot = self.conntrack.insert(flow).map_err(|e| match e {
-            InsertError::Full => DropReason::ConntrackFull,
-            InsertError::Collision => DropReason::TupleCollision,
+        let slot = self.conntrack.insert(flow).map_err(|e| {
+            if let Some((addr, port)) = snat {
+                self.ports.release(addr, k.proto, port);
+            }
+            match e {
+                InsertError::Full => DropReason::ConntrackFull,
+                InsertError::Collision => DropReason::TupleCollision,
+            }
         })?;
+        if let Some(state) = self.selectors.get_mut(&skey) {
+            state.on_flow_open(&service.selector, chosen);
+        }
         self.counters.flows_created += 1;
-        self.counters.flows_active = self.conntrack.len() as u64;
         Ok((slot, Direction::Original))
     }
 
-    fn select(&mut self, service: &Service) -> Result<Endpoint, DropReason> {
-        if service.endpoints.is_empty() {
-            return Err(DropReason::NoEndpoint);
-        }
-        match service.selection {
-            Selection::RoundRobin => {
-                let next = self.rotation.entry(service.key).or_insert(0);
-                let ep = service.endpoints[*next % service.endpoints.len()];
-                *next = (*next + 1) % service.endpoints.len();
-                Ok(ep)
-            }
-        }
+    /// Picks the endpoint of a new flow; returns it and its index in the service's list.
+    fn select(
+        &mut self,
+        service: &Service,
+        k: &FlowKey,
+        now_ms: u64,
+    ) -> Result<(Endpoint, usize), DropReason> {
+        let state = self
+            .selectors
+            .entry(service.key)
+            .or_insert_with(|| SelectorState::new(&service.selector, PERSIST_CAPACITY));
+        let tuple = FlowTuple::v4(k.src, k.src_port, k.dst, k.dst_port, k.proto as u8);
+        // Every endpoint counts as live until health checks report otherwise.
+        let i = state
+            .pick(
+                &service.selector,
+                &tuple,
+                |_| true,
+                now_ms,
+                service.inactive_timeout.as_millis() as u64,
+            )
+            .ok_or(DropReason::NoEndpoint)?;
+        let ep = *service.endpoints.get(i).ok_or(DropReason::NoEndpoint)?;
+        Ok((ep, i))
     }
 }
 

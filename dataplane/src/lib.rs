@@ -11,6 +11,8 @@ pub mod conntrack;
 pub mod engine;
 mod kernel_tx;
 pub mod nat;
+pub mod ports;
+pub mod select;
 pub mod snapshot;
 pub mod stats;
 pub mod wire;
@@ -48,6 +50,8 @@ pub struct InterfaceConfig {
 pub struct DataplaneConfig {
     pub interfaces: Vec<InterfaceConfig>,
     pub conntrack_capacity: usize,
+    /// Source ports of one-arm and full-NAT flows.
+    pub snat_ports: snapshot::PortRange,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,12 +144,18 @@ impl Dataplane {
         }
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut workers = Vec::new();
+        let worker_count = prepared.len() as u16;
         for (q, sockets) in prepared.into_iter().enumerate() {
             let (tx, rx) = rtrb::RingBuffer::new(COMMAND_RING);
             let stats = Arc::new(WorkerStats::default());
             let worker = worker::Worker {
                 sockets,
-                engine: engine::Engine::new(cfg.conntrack_capacity),
+                engine: engine::Engine::with_config(engine::EngineConfig {
+                    conntrack_capacity: cfg.conntrack_capacity,
+                    worker: q as u16,
+                    workers: worker_count,
+                    snat_ports: cfg.snat_ports,
+                }),
                 snapshot: snapshot.clone(),
                 commands: rx,
                 stats: stats.clone(),

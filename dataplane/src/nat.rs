@@ -125,6 +125,32 @@ fn set_port(v: &mut impl Ports, rw: Rewrite) -> u16 {
     }
 }
 
+/// Completes a partial L4 checksum (as an offloading sender leaves it) in a packet forwarded
+/// without any rewrite (DSR): nobody downstream would finish it.
+pub fn complete_checksum_v4(ip_buf: &mut [u8], proto: Proto) -> Result<(), WireError> {
+    let mut ip = ipv4::Packet::new_checked(&mut *ip_buf)?;
+    let l4_len = ip.total_len() - ip.header_len();
+    let pseudo = pseudo_header_v4(ip.src(), ip.dst(), proto as u8, l4_len);
+    let (_, l4) = ip.split_l4_mut();
+    let field_at = match proto {
+        Proto::Tcp => tcp::CHECKSUM,
+        Proto::Udp => udp::CHECKSUM,
+    };
+    if l4.len() < field_at + 2 {
+        return Err(WireError::Truncated);
+    }
+    let current = u16::from_be_bytes([l4[field_at], l4[field_at + 1]]);
+    if (proto == Proto::Udp && current == 0) || !is_partial(current, pseudo) {
+        return Ok(());
+    }
+    let mut check = l4_full(l4, field_at, pseudo);
+    if proto == Proto::Udp && check == 0 {
+        check = 0xffff;
+    }
+    l4[field_at..field_at + 2].copy_from_slice(&check.to_be_bytes());
+    Ok(())
+}
+
 /// True when the L4 checksum of the IPv4 packet in `ip_buf` verifies (for tests and fuzzing).
 pub fn l4_checksum_ok(ip_buf: &[u8]) -> bool {
     let Ok(ip) = ipv4::Packet::new_checked(ip_buf) else {

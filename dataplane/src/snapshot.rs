@@ -3,8 +3,10 @@
 //! The control plane compiles a new `Snapshot` on every change and publishes it atomically; a
 //! worker loads it once per RX batch and never sees a half-applied change.
 
+use crate::select::{Algorithm, EndpointKey, SelectorError, ServiceSelector, WeightedEndpoint};
 use hashbrown::HashMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// IP protocol numbers the engine handles.
@@ -33,16 +35,26 @@ pub struct ServiceKey {
     pub proto: Proto,
 }
 
-/// How packets of a service are rewritten.
+/// How packets of a service are rewritten (loxilb's `mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NatMode {
+    /// Destination rewritten; the endpoint sees the client's address and answers through us.
     Dnat,
+    /// Destination rewritten and source rewritten to our own address on the interface toward
+    /// the endpoint, so endpoints need no route back through us.
+    OneArm,
+    /// Destination rewritten and source rewritten to the VIP (or the service's SNAT address).
+    FullNat,
+    /// Only the MAC rewritten: the endpoint holds the VIP itself and answers the client
+    /// directly; we see the client's direction only.
+    Dsr,
 }
 
-/// How a new flow picks its endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Selection {
-    RoundRobin,
+impl NatMode {
+    /// Whether the source is translated, so replies come back to an address and port we chose.
+    pub fn translates_source(self) -> bool {
+        matches!(self, NatMode::OneArm | NatMode::FullNat)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,15 +64,49 @@ pub struct Endpoint {
     pub weight: u8,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Service {
     pub key: ServiceKey,
     pub name: String,
     pub mode: NatMode,
-    pub selection: Selection,
+    /// Endpoint selection: built once per publication (a Maglev table for hashing), shared by
+    /// every worker; its endpoint indices are those of `endpoints`.
+    pub selector: Arc<ServiceSelector>,
     pub endpoints: Vec<Endpoint>,
     /// Idle time after which an established flow is forgotten.
     pub inactive_timeout: Duration,
+    /// Full NAT: the source address written into requests; the VIP when not set.
+    pub snat_addr: Option<Ipv4Addr>,
+}
+
+impl Service {
+    /// A service whose selector is built from `endpoints` with the default Maglev table size.
+    pub fn new(
+        key: ServiceKey,
+        name: String,
+        mode: NatMode,
+        algorithm: Algorithm,
+        endpoints: Vec<Endpoint>,
+        inactive_timeout: Duration,
+    ) -> Result<Service, SelectorError> {
+        let weighted: Vec<WeightedEndpoint> = endpoints
+            .iter()
+            .map(|e| WeightedEndpoint {
+                key: EndpointKey::v4(e.addr, e.port),
+                weight: e.weight,
+            })
+            .collect();
+        let selector = ServiceSelector::new(algorithm, &weighted, crate::select::DEFAULT_TABLE_SIZE)?;
+        Ok(Service {
+            key,
+            name,
+            mode,
+            selector: Arc::new(selector),
+            endpoints,
+            inactive_timeout,
+            snat_addr: None,
+        })
+    }
 }
 
 /// Where a packet to some IPv4 address leaves: interface and the two MACs to write.
@@ -71,6 +117,24 @@ pub struct NextHop {
     pub dst_mac: [u8; 6],
 }
 
+/// Ports the source-translating modes allocate from, fixed for the life of the process. The
+/// XDP program steers replies to these ports on our addresses; they must be kept out of the
+/// kernel's own ephemeral range (the appliance reserves them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        PortRange {
+            first: 40000,
+            last: 49999,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// Increases with every publication; lets workers notice a change cheaply.
@@ -79,4 +143,7 @@ pub struct Snapshot {
     /// Resolved next hops by destination (endpoint) address. A missing entry means the
     /// neighbour is not resolved yet: the worker hands the packet to the kernel instead.
     pub next_hops: HashMap<Ipv4Addr, NextHop>,
+    /// Our own address on the route toward each endpoint (one-arm's source), known as soon as
+    /// the route is, even before the neighbour's MAC.
+    pub sources: HashMap<Ipv4Addr, Ipv4Addr>,
 }

@@ -4,7 +4,9 @@
 //! atomics once per batch, so the per-packet path has no atomic operations and readers on other
 //! threads (metrics, logs) never block the worker.
 
+use crate::xsk::SocketStats;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// Why a packet was dropped. Every drop has exactly one reason; each is a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,10 +38,17 @@ pub enum DropReason {
     TxRingFull,
     /// Handing the packet to the kernel (unresolved neighbour) failed.
     KernelTxFailed,
+    /// One-arm: no route (so no own address) toward the chosen endpoint.
+    NoSourceAddress,
+    /// Every source port of this worker for the SNAT address is in use.
+    SnatPortsExhausted,
+    /// DSR needs the endpoint's MAC, and it is not resolved yet (the kernel cannot send a
+    /// packet addressed to the VIP for us).
+    NextHopUnresolved,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::NotIpv4,
@@ -53,6 +62,9 @@ impl DropReason {
         DropReason::NoEgressSocket,
         DropReason::TxRingFull,
         DropReason::KernelTxFailed,
+        DropReason::NoSourceAddress,
+        DropReason::SnatPortsExhausted,
+        DropReason::NextHopUnresolved,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -72,6 +84,9 @@ impl DropReason {
             DropReason::NoEgressSocket => "no_egress_socket",
             DropReason::TxRingFull => "tx_ring_full",
             DropReason::KernelTxFailed => "kernel_tx_failed",
+            DropReason::NoSourceAddress => "no_source_address",
+            DropReason::SnatPortsExhausted => "snat_ports_exhausted",
+            DropReason::NextHopUnresolved => "next_hop_unresolved",
         }
     }
 }
@@ -87,6 +102,8 @@ pub struct Counters {
     pub flows_expired: u64,
     pub flows_active: u64,
     pub drops: [u64; DropReason::COUNT],
+    /// What the kernel dropped at this worker's sockets (read about once a second).
+    pub sockets: SocketStats,
 }
 
 impl Counters {
@@ -113,6 +130,10 @@ impl Counters {
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }
+        self.sockets.rx_dropped += o.sockets.rx_dropped;
+        self.sockets.rx_ring_full += o.sockets.rx_ring_full;
+        self.sockets.fill_ring_empty += o.sockets.fill_ring_empty;
+        self.sockets.invalid_descs += o.sockets.invalid_descs;
     }
 }
 
@@ -126,6 +147,8 @@ pub struct WorkerStats {
     flows_expired: AtomicU64,
     flows_active: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
+    /// Written once a second at most, so a lock costs nothing that matters.
+    sockets: Mutex<SocketStats>,
 }
 
 impl WorkerStats {
@@ -142,6 +165,9 @@ impl WorkerStats {
         for (a, v) in self.drops.iter().zip(c.drops.iter()) {
             a.store(*v, Ordering::Relaxed);
         }
+        if let Ok(mut s) = self.sockets.try_lock() {
+            *s = c.sockets;
+        }
     }
 
     pub fn read(&self) -> Counters {
@@ -157,6 +183,7 @@ impl WorkerStats {
             flows_expired: self.flows_expired.load(Ordering::Relaxed),
             flows_active: self.flows_active.load(Ordering::Relaxed),
             drops,
+            sockets: self.sockets.lock().map(|s| *s).unwrap_or_default(),
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::kernel_tx::KernelTx;
 use crate::snapshot::{ServiceKey, Snapshot};
 use crate::stats::{DropReason, WorkerStats};
 use crate::wire::{ethernet, ipv4};
-use crate::xsk::{Disposition, WorkerSockets};
+use crate::xsk::{Disposition, WorkerSockets, RING_SIZE};
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,8 +21,11 @@ pub enum Command {
 
 /// Conntrack slots a worker inspects for expiry per loop iteration.
 const SWEEP_BUDGET: usize = 64;
-/// Frames that may wait for a full TX ring before the oldest are dropped and counted.
-const MAX_PENDING_TX: usize = 4096;
+/// Frames that may wait for a full TX ring (one ring's worth) before the oldest are dropped
+/// and counted; more would only hold frames the fill rings need.
+const MAX_PENDING_TX: usize = RING_SIZE as usize;
+/// How often the kernel's per-socket drop counters are read (a syscall per socket).
+const SOCKET_STATS_EVERY: Duration = Duration::from_secs(1);
 const IDLE_WAIT: Duration = Duration::from_millis(10);
 
 pub(crate) struct Worker {
@@ -45,13 +48,14 @@ impl Worker {
             .enumerate()
             .map(|(i, (ifindex, _))| (*ifindex, i))
             .collect();
+        let mut socket_stats_at = start;
         while !self.stop.load(Ordering::Relaxed) {
+            let snap = self.snapshot.load();
             while let Ok(cmd) = self.commands.pop() {
                 match cmd {
-                    Command::ForgetService(k) => self.engine.forget_service(&k),
+                    Command::ForgetService(k) => self.engine.forget_service(&k, &snap),
                 }
             }
-            let snap = self.snapshot.load();
             let now = start.elapsed().as_millis() as u64;
             let mut received = 0;
             for i in 0..self.sockets.port_count() {
@@ -79,6 +83,7 @@ impl Worker {
                     }
                 });
             }
+            self.engine.sweep(now, SWEEP_BUDGET, &snap);
             drop(snap);
             let pending = self.sockets.flush();
             if pending > MAX_PENDING_TX {
@@ -87,7 +92,10 @@ impl Worker {
             }
             self.sockets.reap();
             self.sockets.top_up();
-            self.engine.sweep(now, SWEEP_BUDGET);
+            if socket_stats_at.elapsed() >= SOCKET_STATS_EVERY {
+                socket_stats_at = Instant::now();
+                self.engine.counters.sockets = self.sockets.socket_stats();
+            }
             self.stats.publish(&self.engine.counters);
             if received == 0 && pending == 0 {
                 if let Err(e) = self.sockets.wait(IDLE_WAIT) {

@@ -21,7 +21,11 @@ use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 /// Frames per worker UMEM (4 KiB each: 16 MiB per worker).
 pub const FRAME_COUNT: u32 = 4096;
 const FRAME_SIZE: u32 = 4096;
-const RING_SIZE: u32 = 2048;
+/// Entries of every ring (RX, TX, fill, completion).
+pub const RING_SIZE: u32 = 2048;
+/// sendto() calls per port and flush. In copy mode one call transmits at most a small batch
+/// (32 frames on Linux 6.x), so a single kick per loop would cap TX below RX.
+const MAX_KICKS: usize = 16;
 /// How long to keep retrying a bind that fails with EBUSY: a queue released by a previous
 /// process stays busy for about two seconds.
 const BIND_RETRY_FOR: Duration = Duration::from_secs(5);
@@ -38,6 +42,18 @@ pub enum XskError {
     },
     #[error("interface name {0:?} contains a NUL byte")]
     BadName(String),
+}
+
+/// Packets the kernel dropped at an AF_XDP socket before a worker could see them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketStats {
+    /// Dropped for other reasons (e.g. a frame too large for the UMEM chunk).
+    pub rx_dropped: u64,
+    /// The RX ring was full: the worker fell behind.
+    pub rx_ring_full: u64,
+    /// No frame in the fill ring to receive into.
+    pub fill_ring_empty: u64,
+    pub invalid_descs: u64,
 }
 
 /// What the caller decided for a received frame.
@@ -234,22 +250,34 @@ impl WorkerSockets {
     }
 
     /// Produces pending frames on every TX ring and kicks the kernel (copy mode transmits only
-    /// on a syscall). Frames that do not fit stay pending for the next call. Returns how many
-    /// frames are still pending.
+    /// on a syscall) until the ring is empty or the kick budget is spent. Frames that do not
+    /// fit stay pending for the next call. Returns how many frames are still pending.
     pub fn flush(&mut self) -> usize {
         let mut left = 0;
         for p in &mut self.ports {
-            if p.pending_tx.is_empty() {
-                continue;
+            if !p.pending_tx.is_empty() {
+                // libxdp reserves all or nothing: ask only for what fits, or a backlog larger
+                // than the free slots would never be produced at all.
+                let room = (p.tx.nb_free(p.pending_tx.len() as u32) as usize)
+                    .min(p.pending_tx.len());
+                if room > 0 {
+                    // SAFETY: pending frames belong to this UMEM and are referenced nowhere
+                    // else; once produced they are the kernel's until completed.
+                    let sent = unsafe { p.tx.produce(&p.pending_tx[..room]) };
+                    p.pending_tx.drain(..sent);
+                }
             }
-            // SAFETY: pending frames belong to this UMEM and are referenced nowhere else.
-            let sent = unsafe { p.tx.produce(&p.pending_tx) };
-            p.pending_tx.drain(..sent);
+            for _ in 0..MAX_KICKS {
+                if p.tx.nb_free_exact() == RING_SIZE {
+                    break;
+                }
+                // Transient errors (EAGAIN, ENOBUFS, EBUSY) are swallowed by xsk-rs; anything
+                // else leaves frames in the ring for the next flush to kick again.
+                if p.tx.wakeup().is_err() {
+                    break;
+                }
+            }
             left += p.pending_tx.len();
-            if sent > 0 || p.tx.needs_wakeup() {
-                // A failed kick (EAGAIN/ENOBUFS) is retried by the next flush.
-                let _ = p.tx.wakeup();
-            }
         }
         left
     }
@@ -282,12 +310,15 @@ impl WorkerSockets {
     }
 
     fn refill(&mut self, i: usize, want: usize) {
-        let n = want.min(self.free.len());
+        let p = &mut self.ports[i];
+        // All or nothing, as for TX: never ask for more than the ring can take.
+        let n = want
+            .min(self.free.len())
+            .min(p.fill.nb_free(want as u32) as usize);
         if n == 0 {
             return;
         }
         let start = self.free.len() - n;
-        let p = &mut self.ports[i];
         // SAFETY: frames from the pool are owned by nobody else; once produced they belong to
         // the kernel until they come back through RX.
         let produced = unsafe { p.fill.produce(&self.free[start..]) };
@@ -334,6 +365,20 @@ impl WorkerSockets {
             }
         }
         Ok(())
+    }
+
+    /// The kernel's drop counters of every socket of this worker, summed.
+    pub fn socket_stats(&self) -> SocketStats {
+        let mut sum = SocketStats::default();
+        for p in &self.ports {
+            if let Ok(s) = p.rx.fd().xdp_statistics() {
+                sum.rx_dropped += s.rx_dropped();
+                sum.rx_ring_full += s.rx_ring_full();
+                sum.fill_ring_empty += s.rx_fill_ring_empty_descs();
+                sum.invalid_descs += s.rx_invalid_descs() + s.tx_invalid_descs();
+            }
+        }
+        sum
     }
 
     /// Frames in the pool (for tests and stats).

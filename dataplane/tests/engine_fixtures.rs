@@ -3,10 +3,11 @@
 //! Expected frames were produced independently (scapy computing every checksum), so these
 //! tests do not share the engine's own checksum code.
 
-use oxlb_dataplane::engine::{Engine, Verdict};
+use oxlb_dataplane::engine::{Engine, EngineConfig, Verdict};
 use oxlb_dataplane::nat::l4_checksum_ok;
+use oxlb_dataplane::select::Algorithm;
 use oxlb_dataplane::snapshot::{
-    Endpoint, NatMode, NextHop, Proto, Selection, Service, ServiceKey, Snapshot,
+    Endpoint, NatMode, NextHop, PortRange, Proto, Service, ServiceKey, Snapshot,
 };
 use oxlb_dataplane::stats::DropReason;
 use std::net::Ipv4Addr;
@@ -27,6 +28,17 @@ const UDP_IN: &str =
     "0200000000010200000000020800450000200003000040118aa2c6120002c6126401c35007e4000c65a870696e67";
 const UDP_OUT: &str =
     "0200000001010200000001fe080045000020000300004011cfa2c6120002c6121f01c3501f90000c92fc70696e67";
+
+const FULLNAT_OUT: &str = "0200000001010200000001fe0800450000280001400040062ba8c6126401c6121f01afc81f90000003e8000000005002faf0d2890000";
+const FULLNAT_REPLY_IN: &str = "0200000001fe0200000001010800450000280007400040062ba2c6121f01c61264011f90afc800002328000003e95012fe88abb80000";
+const ONEARM_OUT: &str = "0200000001010200000001fe0800450000280001400040066fabc6121ffec6121f01afc81f90000003e8000000005002faf0168d0000";
+const ONEARM_REPLY_IN: &str = "0200000001fe0200000001010800450000280007400040066fa5c6121f01c6121ffe1f90afc800002328000003e95012fe88efbb0000";
+const DSR_OUT: &str = "0200000001010200000001fe0800450000280001400040064aa7c6120002c61264019c4007e4000003e8000000005002faf01cbd0000";
+const UDP_FULLNAT_OUT: &str =
+    "0200000001010200000001fe0800450000200003000040116ba3c6126401c6121f01afc81f90000c428570696e67";
+/// First port of the SNAT range in these fixtures: distinct from the client's port 40000.
+const SNAT_FIRST: u16 = 45000;
+const LB1_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 31, 254);
 
 fn hex(s: &str) -> Vec<u8> {
     (0..s.len())
@@ -60,6 +72,30 @@ impl Fixture {
         self
     }
 
+    fn snat_ports(mut self, first: u16, last: u16) -> Self {
+        self.engine = Engine::with_config(EngineConfig {
+            conntrack_capacity: 1024,
+            worker: 0,
+            workers: 1,
+            snat_ports: PortRange { first, last },
+        });
+        self
+    }
+
+    /// Switches every service to `mode`.
+    fn mode(mut self, mode: NatMode) -> Self {
+        for s in self.snap.services.values_mut() {
+            s.mode = mode;
+        }
+        self
+    }
+
+    /// Our own address toward backend `n`, as the route lookup reports it.
+    fn source(mut self, n: u8, addr: Ipv4Addr) -> Self {
+        self.snap.sources.insert(backend(n), addr);
+        self
+    }
+
     fn service(mut self, proto: Proto, backends: &[u8]) -> Self {
         let key = ServiceKey {
             vip: VIP,
@@ -76,14 +112,15 @@ impl Fixture {
             .collect();
         self.snap.services.insert(
             key,
-            Service {
+            Service::new(
                 key,
-                name: "web".into(),
-                mode: NatMode::Dnat,
-                selection: Selection::RoundRobin,
+                "web".into(),
+                NatMode::Dnat,
+                Algorithm::RoundRobin,
                 endpoints,
-                inactive_timeout: Duration::from_secs(1800),
-            },
+                Duration::from_secs(1800),
+            )
+            .unwrap(),
         );
         self
     }
@@ -97,6 +134,22 @@ impl Fixture {
                 dst_mac: [2, 0, 0, 0, 1, n],
             },
         );
+        self
+    }
+
+    /// Rebuilds every service's selector for `alg`.
+    fn selection(mut self, alg: Algorithm) -> Self {
+        for s in self.snap.services.values_mut() {
+            *s = Service::new(
+                s.key,
+                s.name.clone(),
+                s.mode,
+                alg,
+                s.endpoints.clone(),
+                s.inactive_timeout,
+            )
+            .unwrap();
+        }
         self
     }
 
@@ -248,7 +301,7 @@ fn an_idle_flow_expires_and_the_next_syn_starts_a_new_rotation_step() {
     let mut f = hex(SYN_IN);
     fx.run(&mut f, LB0_IF);
     fx.now += oxlb_dataplane::engine::NEW_FLOW_TIMEOUT_MS + 1;
-    fx.engine.sweep(fx.now, 1024);
+    fx.engine.sweep(fx.now, 1024, &fx.snap);
     assert!(fx.engine.conntrack().is_empty());
     let mut f = hex(SYN_IN);
     fx.run(&mut f, LB0_IF);
@@ -291,4 +344,213 @@ fn a_retransmitted_syn_of_an_open_flow_keeps_its_endpoint() {
         fx.run(&mut syn, LB0_IF);
         assert_eq!(syn[14 + 19], 1);
     }
+}
+
+#[test]
+fn full_nat_rewrites_the_source_to_the_vip_and_an_allocated_port() {
+    let mut fx = Fixture::new()
+        .snat_ports(SNAT_FIRST, SNAT_FIRST + 99)
+        .service(Proto::Tcp, &[1])
+        .mode(NatMode::FullNat)
+        .next_hop(1);
+    let mut f = hex(SYN_IN);
+    assert_eq!(
+        fx.run(&mut f, LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
+    assert_eq!(f, hex(FULLNAT_OUT));
+}
+
+#[test]
+fn a_full_nat_reply_goes_back_to_the_client_address_and_port() {
+    let mut fx = Fixture::new()
+        .snat_ports(SNAT_FIRST, SNAT_FIRST + 99)
+        .service(Proto::Tcp, &[1])
+        .mode(NatMode::FullNat)
+        .next_hop(1);
+    fx.run(&mut hex(SYN_IN), LB0_IF);
+    let mut r = hex(FULLNAT_REPLY_IN);
+    assert_eq!(
+        fx.run(&mut r, LB1_IF),
+        Verdict::Transmit { ifindex: LB0_IF }
+    );
+    assert_eq!(r, hex(REPLY_OUT));
+}
+
+#[test]
+fn full_nat_udp_is_rewritten_byte_for_byte() {
+    let mut fx = Fixture::new()
+        .snat_ports(SNAT_FIRST, SNAT_FIRST + 99)
+        .service(Proto::Udp, &[1])
+        .mode(NatMode::FullNat)
+        .next_hop(1);
+    let mut f = hex(UDP_IN);
+    assert_eq!(
+        fx.run(&mut f, LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
+    assert_eq!(f, hex(UDP_FULLNAT_OUT));
+}
+
+#[test]
+fn one_arm_uses_the_lbs_own_address_toward_the_endpoint_and_back() {
+    let mut fx = Fixture::new()
+        .snat_ports(SNAT_FIRST, SNAT_FIRST + 99)
+        .service(Proto::Tcp, &[1])
+        .mode(NatMode::OneArm)
+        .next_hop(1)
+        .source(1, LB1_ADDR);
+    let mut f = hex(SYN_IN);
+    assert_eq!(
+        fx.run(&mut f, LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
+    assert_eq!(f, hex(ONEARM_OUT));
+    let mut r = hex(ONEARM_REPLY_IN);
+    assert_eq!(
+        fx.run(&mut r, LB1_IF),
+        Verdict::Transmit { ifindex: LB0_IF }
+    );
+    assert_eq!(r, hex(REPLY_OUT));
+}
+
+#[test]
+fn one_arm_without_a_route_to_the_endpoint_is_dropped_and_counted() {
+    let mut fx = Fixture::new()
+        .service(Proto::Tcp, &[1])
+        .mode(NatMode::OneArm)
+        .next_hop(1);
+    let mut f = hex(SYN_IN);
+    assert_eq!(
+        fx.run(&mut f, LB0_IF),
+        Verdict::Drop(DropReason::NoSourceAddress)
+    );
+}
+
+#[test]
+fn dsr_rewrites_only_the_macs() {
+    let mut fx = Fixture::new()
+        .service(Proto::Tcp, &[1])
+        .mode(NatMode::Dsr)
+        .next_hop(1);
+    let mut f = hex(SYN_IN);
+    assert_eq!(
+        fx.run(&mut f, LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
+    assert_eq!(f, hex(DSR_OUT));
+    assert_eq!(fx.engine.conntrack().len(), 1, "the flow is still tracked");
+}
+
+#[test]
+fn dsr_to_an_endpoint_with_an_unknown_mac_is_dropped_not_sent_to_the_kernel() {
+    let mut fx = Fixture::new().service(Proto::Tcp, &[1]).mode(NatMode::Dsr);
+    let mut f = hex(SYN_IN);
+    assert_eq!(
+        fx.run(&mut f, LB0_IF),
+        Verdict::Drop(DropReason::NextHopUnresolved)
+    );
+}
+
+#[test]
+fn snat_ports_run_out_cleanly_and_come_back_when_flows_end() {
+    let mut fx = Fixture::new()
+        .snat_ports(SNAT_FIRST, SNAT_FIRST + 1)
+        .service(Proto::Tcp, &[1])
+        .mode(NatMode::FullNat)
+        .next_hop(1);
+    for port in 0..3u16 {
+        let mut f = hex(SYN_IN);
+        f[34..36].copy_from_slice(&(41000 + port).to_be_bytes());
+        fx.run(&mut f, LB0_IF);
+    }
+    assert_eq!(
+        fx.engine.counters.dropped(DropReason::SnatPortsExhausted),
+        1
+    );
+    assert_eq!(fx.engine.conntrack().len(), 2);
+    fx.now += oxlb_dataplane::engine::NEW_FLOW_TIMEOUT_MS + 1;
+    fx.engine.sweep(fx.now, 1024, &fx.snap);
+    assert_eq!(fx.engine.free_snat_ports(VIP, Proto::Tcp), 2);
+    let mut f = hex(SYN_IN);
+    assert_eq!(
+        fx.run(&mut f, LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
+}
+
+/// The backend a SYN from client port `port` is sent to (last octet of the new destination).
+fn backend_for(fx: &mut Fixture, port: u16) -> u8 {
+    let mut f = hex(SYN_IN);
+    f[34..36].copy_from_slice(&port.to_be_bytes());
+    fx.run(&mut f, LB0_IF);
+    f[14 + 19]
+}
+
+#[test]
+fn hashing_sends_the_same_client_port_to_the_same_backend_every_time() {
+    let mut fx = Fixture::new()
+        .service(Proto::Tcp, &[1, 2, 3])
+        .selection(Algorithm::Hash);
+    let first = backend_for(&mut fx, 41234);
+    for _ in 0..12 {
+        // A new engine each time: the choice depends on the tuple only, not on history.
+        let mut again = Fixture::new()
+            .service(Proto::Tcp, &[1, 2, 3])
+            .selection(Algorithm::Hash);
+        assert_eq!(backend_for(&mut again, 41234), first);
+    }
+}
+
+#[test]
+fn weights_80_and_20_split_100_new_flows_80_and_20() {
+    let mut fx = Fixture::new().service(Proto::Tcp, &[1, 2]);
+    for s in fx.snap.services.values_mut() {
+        s.endpoints[0].weight = 80;
+        s.endpoints[1].weight = 20;
+    }
+    let mut fx = fx.selection(Algorithm::Weighted);
+    let mut counts = [0u32; 3];
+    for port in 0..100u16 {
+        counts[usize::from(backend_for(&mut fx, 42000 + port))] += 1;
+    }
+    assert_eq!(counts[1..], [80, 20]);
+}
+
+#[test]
+fn least_connections_sends_new_flows_where_fewest_are_open_and_counts_closes() {
+    let mut fx = Fixture::new()
+        .service(Proto::Tcp, &[1, 2])
+        .selection(Algorithm::LeastConnections);
+    let a = backend_for(&mut fx, 43000);
+    let b = backend_for(&mut fx, 43001);
+    assert_ne!(a, b, "the second flow goes to the idle backend");
+    // Close the first flow (RST): its backend has the fewest flows again.
+    let mut rst = hex(SYN_IN);
+    rst[34..36].copy_from_slice(&43000u16.to_be_bytes());
+    rst[14 + 20 + 13] = 0x04;
+    fx.run(&mut rst, LB0_IF);
+    fx.now += oxlb_dataplane::engine::CLOSING_TIMEOUT_MS + 1;
+    fx.engine.sweep(fx.now, 1024, &fx.snap);
+    assert_eq!(backend_for(&mut fx, 43002), a);
+}
+
+#[test]
+fn a_persisting_client_sticks_to_one_backend_across_ports() {
+    let mut fx = Fixture::new()
+        .service(Proto::Tcp, &[1, 2, 3])
+        .selection(Algorithm::Persist);
+    let first = backend_for(&mut fx, 44000);
+    for port in 1..10u16 {
+        assert_eq!(backend_for(&mut fx, 44000 + port), first);
+    }
+}
+
+#[test]
+fn dsr_completes_a_partial_checksum_it_does_not_otherwise_touch() {
+    const DSR_PARTIAL_OUT: &str = "0200000001010200000001fe08004500003c0002400040064a92c6120002c61264019c4107e400000005000000005002faf036d8000068656c6c6f20776f726c642c207061727469616c";
+    let mut fx = Fixture::new().service(Proto::Tcp, &[1]).mode(NatMode::Dsr).next_hop(1);
+    let mut f = hex(PARTIAL_IN);
+    assert_eq!(fx.run(&mut f, LB0_IF), Verdict::Transmit { ifindex: LB1_IF });
+    assert_eq!(f, hex(DSR_PARTIAL_OUT));
 }

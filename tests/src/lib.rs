@@ -559,10 +559,19 @@ impl Topology {
             .collect()
     }
 
-    /// Starts `oxlb run --iface lb0 --iface lb1 EXTRA...` in the LB namespace and waits (bounded)
-    /// until `GET /netlox/v1/` answers 200. Panics with oxlb's output if it exits or times out.
+    /// This topology's oxlb state directory (`<scratch>/state`): every oxlb started by
+    /// [`Topology::start_oxlb`] uses it, so a restarted oxlb finds what the previous one saved,
+    /// and no test touches the host's `/var/lib/oxlb`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.logs.join("state")
+    }
+
+    /// Starts `oxlb run --iface lb0 --iface lb1 --state-dir <state_dir> EXTRA...` in the LB
+    /// namespace and waits (bounded) until `GET /netlox/v1/` answers 200. Panics with oxlb's
+    /// output if it exits or times out. `EXTRA` may name another `--state-dir`.
     pub fn start_oxlb(&self, extra_args: &[&str]) -> OxlbGuard {
         let bin = oxlb_binary();
+        let state_dir = self.state_dir();
         let mut args = vec![
             bin.to_str().expect("utf-8 path"),
             "run",
@@ -571,6 +580,9 @@ impl Topology {
             "--iface",
             "lb1",
         ];
+        if !extra_args.contains(&"--state-dir") {
+            args.extend_from_slice(&["--state-dir", state_dir.to_str().expect("utf-8 path")]);
+        }
         args.extend_from_slice(extra_args);
         let mut child = self.spawn(Node::Lb, &args, "oxlb");
         let deadline = Instant::now() + OXLB_READY_TIMEOUT;

@@ -67,7 +67,7 @@ fn an_invalid_config_file_is_refused_before_any_interface_is_touched() {
     let cfg = dir.join("bad.toml");
     std::fs::write(
         &cfg,
-        "[[loadbalancer]]\nserviceArguments = { externalIP = \"198.18.100.1\", port = 2020, protocol = \"tcp\", mode = 2 }\nendpoints = [ { endpointIP = \"198.18.31.1\", targetPort = 8080, weight = 1 } ]\n",
+        "[[loadbalancer]]\nserviceArguments = { externalIP = \"198.18.100.1\", port = 2020, protocol = \"tcp\", mode = 4 }\nendpoints = [ { endpointIP = \"198.18.31.1\", targetPort = 8080, weight = 1 } ]\n",
     )
     .unwrap();
     let out = ns
@@ -85,7 +85,7 @@ fn an_invalid_config_file_is_refused_before_any_interface_is_touched() {
     assert_eq!(out.status.code(), Some(1));
     let line = error_line(&out);
     assert!(
-        line.contains("loadbalancer #1") && line.contains("fullnat"),
+        line.contains("loadbalancer #1") && line.contains("fullproxy"),
         "{line}"
     );
     let links = ns.exec_ok(&["ip", "-j", "link", "show", "dev", "v0"]);

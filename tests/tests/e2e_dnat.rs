@@ -170,7 +170,8 @@ fn xdp_attached(topo: &Topology, dev: &str) -> bool {
 }
 
 /// Runs a VIP, ends oxlb with `end` (returning how it exited), checks that no XDP program is
-/// left on the LB's interfaces, and that a new oxlb serves the VIP again.
+/// left on the LB's interfaces, and that a new oxlb with the same state directory lists and
+/// serves the VIP again without it being re-added.
 fn ends_without_leaving_xdp_and_restarts(how: &str, end: impl FnOnce(OxlbGuard) -> ExitStatus) {
     let topo = topology();
     let _backends = topo.start_backends();
@@ -192,11 +193,28 @@ fn ends_without_leaving_xdp_and_restarts(how: &str, end: impl FnOnce(OxlbGuard) 
     }
 
     let oxlb = topo.start_oxlb(&[]);
-    // Accepted rules may survive a restart; only create the VIP if it did not.
-    let (_, listing) = topo.api("GET", "/netlox/v1/config/loadbalancer/all", None);
-    if !listing.contains(VIP) {
-        topo.add_vip("tcp");
-    }
+    let (status, listing) = topo.api("GET", "/netlox/v1/config/loadbalancer/all", None);
+    assert_eq!(status, 200, "listing after the restart: {listing}");
+    let listing: serde_json::Value = serde_json::from_str(&listing).expect("listing is JSON");
+    let restored = &listing["lbAttr"];
+    assert_eq!(
+        restored.as_array().map(Vec::len),
+        Some(1),
+        "after being {how}, the restarted oxlb does not list exactly the one VIP: {listing}"
+    );
+    let args = &restored[0]["serviceArguments"];
+    assert_eq!(
+        (&args["externalIP"], &args["port"], &args["protocol"]),
+        (&VIP.into(), &VIP_PORT.into(), &"tcp".into()),
+        "{listing}"
+    );
+    let endpoints: Vec<&str> = restored[0]["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .map(|e| e["endpointIP"].as_str().expect("endpointIP"))
+        .collect();
+    assert_eq!(endpoints, BACKEND_IPS, "{listing}");
     let a = get_via_vip(&topo, &oxlb_log(&oxlb));
     assert!(
         BACKEND_NAMES.contains(&a.backend.as_str()),

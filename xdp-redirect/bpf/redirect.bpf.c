@@ -5,7 +5,8 @@
 //
 // A packet is load-balancer traffic when its (dst addr, dst port, proto) is a
 // VIP in lb_dst, or its (src addr, src port, proto) is a known endpoint in
-// lb_src (replies in DNAT mode). The userspace loader (src/lib.rs) writes both
+// lb_src (replies in DNAT mode), or its destination is one of our source-translation
+// addresses with a port in the range of lb_snat (replies in one-arm and full-NAT modes). The userspace loader (src/lib.rs) writes both
 // maps and mirrors struct lb_key byte for byte; change them together.
 
 #include <linux/bpf.h>
@@ -55,6 +56,16 @@ struct {
 	__type(key, struct lb_key);
 	__type(value, __u32);
 } lb_src SEC(".maps");
+
+// Our own addresses that source-translated flows (one-arm, full NAT) use: key with port 0,
+// value (first << 16 | last), the port range replies come back to. Other ports on these
+// addresses (SSH, the API, BGP) stay with the kernel.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct lb_key);
+	__type(value, __u32);
+} lb_snat SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -125,6 +136,18 @@ static __always_inline int read_ports(void *l4, void *data_end, __u8 proto,
 	return -1;
 }
 
+// True when dst's address is one of ours for source-translated flows and dport lies in the
+// port range replies use. Clobbers dst->port.
+static __always_inline int in_snat_range(struct lb_key *dst, __be16 dport)
+{
+	__u32 *range;
+	__u16 port = bpf_ntohs(dport);
+
+	dst->port = 0;
+	range = bpf_map_lookup_elem(&lb_snat, dst);
+	return range && port >= (*range >> 16) && port <= (*range & 0xffff);
+}
+
 SEC("xdp")
 int oxlb_redirect(struct xdp_md *ctx)
 {
@@ -184,7 +207,8 @@ int oxlb_redirect(struct xdp_md *ctx)
 	src.port = sport;
 	src.proto = proto;
 
-	if (!bpf_map_lookup_elem(&lb_dst, &dst) && !bpf_map_lookup_elem(&lb_src, &src))
+	if (!bpf_map_lookup_elem(&lb_dst, &dst) && !bpf_map_lookup_elem(&lb_src, &src) &&
+	    !in_snat_range(&dst, dport))
 		return pass(STAT_PASSED);
 
 	__u32 ifindex = ctx->ingress_ifindex;

@@ -19,6 +19,9 @@ static PROGRAM_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "
 const PROGRAM_NAME: &str = "oxlb_redirect";
 const MAP_LB_DST: &str = "lb_dst";
 const MAP_LB_SRC: &str = "lb_src";
+const MAP_LB_SNAT: &str = "lb_snat";
+/// Capacity of `lb_snat` (our source-translation addresses).
+pub const MAX_SNAT_ADDRS: usize = 4096;
 const MAP_IFACE_SLOT: &str = "iface_slot";
 const MAP_XSKS: &str = "xsks";
 const MAP_STATS: &str = "stats";
@@ -68,6 +71,7 @@ pub struct XdpRedirect {
     interfaces: Vec<AttachedInterface>,
     lb_dst: HashMap<MapData, LbKey, u32>,
     lb_src: HashMap<MapData, LbKey, u32>,
+    lb_snat: HashMap<MapData, LbKey, u32>,
     xsks: XskMap<MapData>,
     stats: PerCpuArray<MapData, u64>,
     _ebpf: Ebpf,
@@ -87,6 +91,8 @@ impl XdpRedirect {
             HashMap::try_from(take_map(&mut ebpf, MAP_LB_DST)?).map_err(map_error(MAP_LB_DST))?;
         let lb_src =
             HashMap::try_from(take_map(&mut ebpf, MAP_LB_SRC)?).map_err(map_error(MAP_LB_SRC))?;
+        let lb_snat = HashMap::try_from(take_map(&mut ebpf, MAP_LB_SNAT)?)
+            .map_err(map_error(MAP_LB_SNAT))?;
         // Written only here; dropping this handle later is fine, the program keeps the map.
         let mut iface_slot: HashMap<MapData, u32, u32> =
             HashMap::try_from(take_map(&mut ebpf, MAP_IFACE_SLOT)?)
@@ -145,6 +151,7 @@ impl XdpRedirect {
             interfaces: attached,
             lb_dst,
             lb_src,
+            lb_snat,
             xsks,
             stats,
             _ebpf: ebpf,
@@ -210,6 +217,26 @@ impl XdpRedirect {
         delta_dst.remove(&mut self.lb_dst)?;
         delta_src.remove(&mut self.lb_src)?;
         Ok(())
+    }
+
+    /// Makes `lb_snat` hold exactly these addresses (keys with port 0), each steering replies
+    /// to ports `first..=last`. Entries are written before stale ones are removed.
+    pub fn sync_snat(&mut self, addrs: &BTreeSet<LbKey>, first: u16, last: u16) -> Result<(), XdpError> {
+        if addrs.len() > MAX_SNAT_ADDRS {
+            return Err(XdpError::TooManyKeys {
+                map: MAP_LB_SNAT,
+                count: addrs.len(),
+                max: MAX_SNAT_ADDRS,
+            });
+        }
+        let range = (u32::from(first) << 16) | u32::from(last);
+        let mut delta = KeyDelta::read(&self.lb_snat, MAP_LB_SNAT, addrs)?;
+        for key in addrs {
+            self.lb_snat
+                .insert(key, range, 0)
+                .map_err(map_error(MAP_LB_SNAT))?;
+        }
+        delta.remove(&mut self.lb_snat)
     }
 
     /// Reads back the keys of `lb_dst` and `lb_src` as the kernel holds them.

@@ -40,18 +40,57 @@ impl fmt::Display for ServiceKey {
     }
 }
 
-/// How the load balancer rewrites packets (loxilb's `mode`). This slice implements DNAT only.
+/// How the load balancer rewrites packets (loxilb's `mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NatMode {
     /// mode 0: the destination is rewritten, the endpoint sees the client's address.
     Dnat,
+    /// mode 1: the source is also rewritten, to the LB's own address toward the endpoint.
+    OneArm,
+    /// mode 2: the source is also rewritten, to the VIP.
+    FullNat,
+    /// mode 3: only the MAC is rewritten; the endpoint holds the VIP and answers directly.
+    Dsr,
 }
 
-/// How a new flow picks its endpoint (loxilb's `sel`). This slice implements round robin only.
+impl NatMode {
+    /// loxilb's number for the mode.
+    pub fn number(self) -> i64 {
+        match self {
+            NatMode::Dnat => 0,
+            NatMode::OneArm => 1,
+            NatMode::FullNat => 2,
+            NatMode::Dsr => 3,
+        }
+    }
+}
+
+/// How a new flow picks its endpoint (loxilb's `sel`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Selection {
     /// sel 0: strict rotation over the endpoints.
     RoundRobin,
+    /// sel 1: consistent hash (Maglev) of the flow's addresses and ports.
+    Hash,
+    /// sel 2: by endpoint weight, deterministically (weights 80/20 give 80 % / 20 %).
+    Priority,
+    /// sel 3: a client address sticks to one endpoint for the inactivity timeout.
+    Persist,
+    /// sel 4: the endpoint with the fewest open flows.
+    LeastConnections,
+}
+
+impl Selection {
+    /// loxilb's number for the algorithm.
+    pub fn number(self) -> i64 {
+        match self {
+            Selection::RoundRobin => 0,
+            Selection::Hash => 1,
+            Selection::Priority => 2,
+            Selection::Persist => 3,
+            Selection::LeastConnections => 4,
+        }
+    }
 }
 
 /// One backend of a service.

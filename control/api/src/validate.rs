@@ -47,14 +47,20 @@ pub enum ValidationError {
          implemented yet: leave portMax at 0 for a single port"
     )]
     PortRangeNotImplemented { port: u16, port_max: i64 },
-    #[error("sel {sel} ({name}) is not implemented yet; only sel 0 (round robin)")]
+    #[error("sel {sel} ({name}) is not implemented; use 0 (round robin), 1 (hash), 2 (priority), 3 (persist) or 4 (least connections)")]
     SelectionNotImplemented { sel: i64, name: &'static str },
-    #[error("sel {0} is unknown (loxilb defines 0 to 6); only sel 0 (round robin) is implemented")]
+    #[error("sel {0} is unknown (loxilb defines 0 to 6); use 0 (round robin), 1 (hash), 2 (priority), 3 (persist) or 4 (least connections)")]
     UnknownSelection(i64),
-    #[error("mode {mode} ({name}) is not implemented yet; only mode 0 (dnat)")]
+    #[error("mode {mode} ({name}) is an L7/host mode and not implemented; use 0 (dnat), 1 (onearm), 2 (fullnat) or 3 (dsr)")]
     ModeNotImplemented { mode: i64, name: &'static str },
-    #[error("mode {0} is unknown (loxilb defines 0 to 5); only mode 0 (dnat) is implemented")]
+    #[error("mode {0} is unknown (loxilb defines 0 to 5); use 0 (dnat), 1 (onearm), 2 (fullnat) or 3 (dsr)")]
     UnknownMode(i64),
+    #[error("endpoint {index} has targetPort {target_port}, but in dsr mode (3) only the MAC is rewritten, so the endpoint must listen on the service port {port}: set targetPort to {port}")]
+    DsrPortMismatch {
+        index: usize,
+        target_port: u16,
+        port: u16,
+    },
     #[error(
         "oper {oper} ({name}) is not implemented yet; only oper 0, which creates the rule or \
          replaces it with the endpoints given"
@@ -102,6 +108,7 @@ impl ValidationError {
             PortMaxBelowPort { .. } | PortRangeNotImplemented { .. } => "serviceArguments.portMax",
             SelectionNotImplemented { .. } | UnknownSelection(_) => "serviceArguments.sel",
             ModeNotImplemented { .. } | UnknownMode(_) => "serviceArguments.mode",
+            DsrPortMismatch { index, .. } => return format!("endpoints[{index}].targetPort"),
             OperNotImplemented { .. } | UnknownOper(_) => "serviceArguments.oper",
             SecurityNotImplemented { .. } | UnknownSecurity(_) => "serviceArguments.security",
             NoEndpoints => "endpoints",
@@ -141,6 +148,19 @@ pub fn validate(entry: &LoadBalancerEntry) -> Result<ServiceSpec, ValidationErro
         });
     }
     let endpoints = endpoints(&entry.endpoints)?;
+    if mode == NatMode::Dsr {
+        if let Some((index, e)) = endpoints
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.target_port != port)
+        {
+            return Err(ValidationError::DsrPortMismatch {
+                index,
+                target_port: e.target_port,
+                port,
+            });
+        }
+    }
     Ok(ServiceSpec {
         key: ServiceKey {
             external_ip,
@@ -180,12 +200,8 @@ pub fn to_entry(spec: &ServiceSpec) -> LoadBalancerEntry {
             port: i64::from(spec.key.port),
             port_max: 0,
             protocol: spec.key.protocol.as_str().to_owned(),
-            sel: match spec.selection {
-                Selection::RoundRobin => 0,
-            },
-            mode: match spec.mode {
-                NatMode::Dnat => 0,
-            },
+            sel: spec.selection.number(),
+            mode: spec.mode.number(),
             bgp: false,
             monitor: false,
             probetype: String::new(),
@@ -297,10 +313,10 @@ fn check_port_max(port: u16, port_max: i64) -> Result<(), ValidationError> {
 fn selection(sel: i64) -> Result<Selection, ValidationError> {
     let name = match sel {
         0 => return Ok(Selection::RoundRobin),
-        1 => "hash",
-        2 => "priority",
-        3 => "persist",
-        4 => "least connections",
+        1 => return Ok(Selection::Hash),
+        2 => return Ok(Selection::Priority),
+        3 => return Ok(Selection::Persist),
+        4 => return Ok(Selection::LeastConnections),
         5 => "n2",
         6 => "n3; n2det in kube-loxilb's numbering",
         7 => "n3 in kube-loxilb's numbering",
@@ -312,9 +328,9 @@ fn selection(sel: i64) -> Result<Selection, ValidationError> {
 fn mode(mode: i64) -> Result<NatMode, ValidationError> {
     let name = match mode {
         0 => return Ok(NatMode::Dnat),
-        1 => "onearm",
-        2 => "fullnat",
-        3 => "dsr",
+        1 => return Ok(NatMode::OneArm),
+        2 => return Ok(NatMode::FullNat),
+        3 => return Ok(NatMode::Dsr),
         4 => "fullproxy",
         5 => "hostonearm",
         _ => return Err(ValidationError::UnknownMode(mode)),

@@ -316,40 +316,26 @@ fn a_port_max_below_port_is_refused() {
 }
 
 #[test]
-fn each_selection_but_round_robin_is_refused_by_name() {
-    for (sel, name) in [
-        (1, "hash"),
-        (2, "priority"),
-        (3, "persist"),
-        (4, "least connections"),
-        (5, "n2"),
-        (6, "n3"),
-        (7, "n3"),
-    ] {
+fn the_n2_and_n3_selections_are_refused_by_name() {
+    for (sel, name) in [(5, "n2"), (6, "n3"), (7, "n3")] {
         let e = refused(set_arg("sel", json!(sel)));
         assert_eq!(e.field(), "serviceArguments.sel");
         let msg = e.to_string();
         assert!(msg.contains(&format!("sel {sel} ({name}")), "{msg}");
-        assert!(msg.contains("only sel 0 (round robin)"), "{msg}");
+        assert!(msg.contains("use 0 (round robin), 1 (hash)"), "{msg}");
     }
     let e = refused(set_arg("sel", json!(9)));
     assert_eq!(e, ValidationError::UnknownSelection(9));
 }
 
 #[test]
-fn each_mode_but_dnat_is_refused_by_name() {
-    for (mode, name) in [
-        (1, "onearm"),
-        (2, "fullnat"),
-        (3, "dsr"),
-        (4, "fullproxy"),
-        (5, "hostonearm"),
-    ] {
+fn the_l7_and_host_modes_are_refused_by_name() {
+    for (mode, name) in [(4, "fullproxy"), (5, "hostonearm")] {
         let e = refused(set_arg("mode", json!(mode)));
         assert_eq!(e.field(), "serviceArguments.mode");
         assert_eq!(
             e.to_string(),
-            format!("mode {mode} ({name}) is not implemented yet; only mode 0 (dnat)")
+            format!("mode {mode} ({name}) is an L7/host mode and not implemented; use 0 (dnat), 1 (onearm), 2 (fullnat) or 3 (dsr)")
         );
     }
     assert_eq!(
@@ -494,4 +480,35 @@ fn the_same_endpoint_address_on_two_ports_is_two_endpoints() {
     })
     .unwrap();
     assert_eq!(spec.endpoints.len(), 2);
+}
+
+#[test]
+fn modes_one_to_three_are_accepted_and_listed_back_as_sent() {
+    for (mode, want) in [(1, NatMode::OneArm), (2, NatMode::FullNat)] {
+        let spec = validate_modified(set_arg("mode", json!(mode))).expect("accepted");
+        assert_eq!(spec.mode, want);
+        assert_eq!(to_entry(&spec).service_arguments.mode, mode);
+    }
+}
+
+#[test]
+fn dsr_needs_endpoints_on_the_service_port_and_says_which_one_is_not() {
+    let e = refused(set_arg("mode", json!(3)));
+    assert_eq!(e.field(), "endpoints[0].targetPort");
+    assert!(e.to_string().contains("set targetPort to 2020"), "{e}");
+}
+
+#[test]
+fn selections_zero_to_four_are_accepted_and_listed_back_as_sent() {
+    for (sel, want) in [
+        (0, Selection::RoundRobin),
+        (1, Selection::Hash),
+        (2, Selection::Priority),
+        (3, Selection::Persist),
+        (4, Selection::LeastConnections),
+    ] {
+        let spec = validate_modified(set_arg("sel", json!(sel))).expect("accepted");
+        assert_eq!(spec.selection, want);
+        assert_eq!(to_entry(&spec).service_arguments.sel, sel);
+    }
 }

@@ -1,24 +1,28 @@
-//! The running appliance as the API sees it: applies a desired state to the fast path as one
-//! step (snapshot to the workers, keys to the XDP program), or not at all.
+//! The running appliance as the API sees it: applies a desired state to the fast path and to
+//! the state file as one step (snapshot to the workers, keys to the XDP program, the state saved
+//! durably), or not at all.
 
-use crate::compile;
+use crate::compile::{self, Reachability, XdpKeys};
 use crate::http::{Appliance, ApplyError};
 use crate::nexthop::{NextHopResolver, Resolution};
+use crate::persist::{PersistError, StateStore};
 use crate::state::DesiredState;
-use oxlb_dataplane::snapshot::NextHop;
+use oxlb_dataplane::snapshot::{NextHop, PortRange, Snapshot};
 use oxlb_dataplane::stats::Counters;
 use oxlb_dataplane::{Command, Dataplane};
 use oxlb_xdp::{XdpRedirect, XdpStats};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
 struct Inner {
     state: DesiredState,
-    next_hops: HashMap<Ipv4Addr, NextHop>,
+    reach: Reachability,
+    snat_ports: PortRange,
     /// Endpoints whose route or neighbour is not known yet, checked more often.
     unresolved: BTreeSet<Ipv4Addr>,
     resolver: NextHopResolver,
+    store: StateStore,
     // Field order is drop order: workers stop before the XDP program is detached.
     dataplane: Dataplane,
     xdp: XdpRedirect,
@@ -29,13 +33,21 @@ pub struct ApplianceCore {
 }
 
 impl ApplianceCore {
-    pub fn new(dataplane: Dataplane, xdp: XdpRedirect, resolver: NextHopResolver) -> ApplianceCore {
+    pub fn new(
+        dataplane: Dataplane,
+        xdp: XdpRedirect,
+        resolver: NextHopResolver,
+        snat_ports: PortRange,
+        store: StateStore,
+    ) -> ApplianceCore {
         ApplianceCore {
             inner: Mutex::new(Inner {
                 state: DesiredState::default(),
-                next_hops: HashMap::new(),
+                reach: Reachability::default(),
+                snat_ports,
                 unresolved: BTreeSet::new(),
                 resolver,
+                store,
                 dataplane,
                 xdp,
             }),
@@ -52,10 +64,17 @@ impl ApplianceCore {
     /// snapshot if a next hop changed. Returns whether some endpoint is still unresolved.
     pub fn refresh_next_hops(&self) -> bool {
         let mut inner = self.lock();
-        let addrs = compile::endpoint_addrs(inner.state.services());
+        let addrs = compile::endpoint_addrs(&inner.state);
         if inner.resolve(&addrs) {
-            let snap = compile::snapshot(inner.state.services(), &inner.next_hops);
-            inner.dataplane.publish(snap);
+            match compile::snapshot(&inner.state, &inner.reach) {
+                Ok(snap) => inner.dataplane.publish(snap),
+                Err(e) => log::error!("could not compile the rules after a route change: {e}"),
+            }
+            // One-arm steers replies to our address toward each endpoint, known only now.
+            let keys = compile::xdp_keys(&inner.state, &inner.reach);
+            if let Err(e) = inner.install(&keys) {
+                log::error!("could not update the XDP keys after a route change: {e}");
+            }
         }
         !inner.unresolved.is_empty()
     }
@@ -71,12 +90,12 @@ impl Inner {
     /// Resolves `addrs`, forgetting next hops no longer needed; returns whether the table
     /// changed.
     fn resolve(&mut self, addrs: &BTreeSet<Ipv4Addr>) -> bool {
-        let mut table = HashMap::new();
+        let mut reach = Reachability::default();
         let mut unresolved = BTreeSet::new();
         for &a in addrs {
             match self.resolver.resolve(a) {
                 Ok(Resolution::Ready(r)) => {
-                    table.insert(
+                    reach.next_hops.insert(
                         a,
                         NextHop {
                             ifindex: r.ifindex,
@@ -84,8 +103,14 @@ impl Inner {
                             dst_mac: r.dst_mac,
                         },
                     );
+                    if let Some(src) = r.source {
+                        reach.sources.insert(a, src);
+                    }
                 }
-                Ok(Resolution::Pending { .. }) => {
+                Ok(Resolution::Pending { source, .. }) => {
+                    if let Some(src) = source {
+                        reach.sources.insert(a, src);
+                    }
                     unresolved.insert(a);
                 }
                 Ok(Resolution::NoRoute) => {
@@ -101,9 +126,26 @@ impl Inner {
             }
         }
         self.unresolved = unresolved;
-        let changed = table != self.next_hops;
-        self.next_hops = table;
+        let changed = reach != self.reach;
+        self.reach = reach;
         changed
+    }
+
+    /// Puts the workers' `previous` snapshot and the running state's XDP keys back after a
+    /// change that could not be completed.
+    fn restore_fast_path(&mut self, previous: &Snapshot) {
+        self.dataplane.publish(previous.clone());
+        let old = compile::xdp_keys(&self.state, &self.reach);
+        if let Err(e) = self.install(&old) {
+            log::error!("could not restore the XDP keys after a failed change: {e}");
+        }
+    }
+
+    /// Writes every XDP key set; the SNAT ranges last, as they only ever add reply paths.
+    fn install(&mut self, keys: &XdpKeys) -> Result<(), oxlb_xdp::XdpError> {
+        self.xdp.sync_keys(&keys.dst, &keys.src)?;
+        self.xdp
+            .sync_snat(&keys.snat, self.snat_ports.first, self.snat_ports.last)
     }
 }
 
@@ -114,20 +156,28 @@ impl Appliance for ApplianceCore {
 
     fn apply(&self, next: DesiredState) -> Result<(), ApplyError> {
         let mut inner = self.lock();
-        let addrs = compile::endpoint_addrs(next.services());
+        let addrs = compile::endpoint_addrs(&next);
         inner.resolve(&addrs);
         let previous = inner.dataplane.current();
         // Workers learn a service before the XDP program steers its packets to them.
-        let snap = compile::snapshot(next.services(), &inner.next_hops);
+        let snap = compile::snapshot(&next, &inner.reach).map_err(ApplyError::Dataplane)?;
         inner.dataplane.publish(snap);
-        let (dst, src) = compile::xdp_keys(next.services());
-        if let Err(e) = inner.xdp.sync_keys(&dst, &src) {
-            inner.dataplane.publish((*previous).clone());
-            let (dst, src) = compile::xdp_keys(inner.state.services());
-            if let Err(e2) = inner.xdp.sync_keys(&dst, &src) {
-                log::error!("could not restore the XDP keys after a failed change: {e2}");
-            }
+        let keys = compile::xdp_keys(&next, &inner.reach);
+        if let Err(e) = inner.install(&keys) {
+            inner.restore_fast_path(&previous);
             return Err(ApplyError::Xdp(e.to_string()));
+        }
+        // Saved before the answer, so success means durable; before services are forgotten,
+        // the one step that cannot be undone.
+        if let Err(e) = inner.store.save(&next) {
+            inner.restore_fast_path(&previous);
+            if let PersistError::SyncDir { .. } = e {
+                // The new file may already be the one on disk; put the running state back.
+                if let Err(e2) = inner.store.save(&inner.state) {
+                    log::error!("could not restore the state file after a failed change: {e2}");
+                }
+            }
+            return Err(ApplyError::Persist(e.to_string()));
         }
         let gone: Vec<_> = inner
             .state

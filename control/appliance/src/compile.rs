@@ -1,12 +1,34 @@
 //! Compiles the desired state into what the fast path uses: a dataplane snapshot and the key
 //! sets of the XDP program's maps. Pure functions: no I/O, easy to test.
 
+use crate::state::DesiredState;
 use oxlb_api::{Protocol, ServiceSpec};
+use oxlb_dataplane::select::Algorithm;
 use oxlb_dataplane::snapshot::{self, Endpoint, NextHop, Proto, Service, Snapshot};
 use oxlb_xdp::LbKey;
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::time::Duration;
+
+/// What the kernel told us about reaching the endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reachability {
+    /// Endpoints whose neighbour MAC is known.
+    pub next_hops: HashMap<Ipv4Addr, NextHop>,
+    /// Our own address on the route toward each endpoint (known before the MAC is).
+    pub sources: HashMap<Ipv4Addr, Ipv4Addr>,
+}
+
+/// The keys the XDP program matches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct XdpKeys {
+    /// Destinations steered to us: the VIPs.
+    pub dst: BTreeSet<LbKey>,
+    /// Sources steered to us: endpoints answering DNAT flows.
+    pub src: BTreeSet<LbKey>,
+    /// Our addresses whose SNAT port range is steered to us (port 0 in the key).
+    pub snat: BTreeSet<LbKey>,
+}
 
 pub fn proto(p: Protocol) -> Proto {
     match p {
@@ -23,67 +45,175 @@ pub fn service_key(spec: &ServiceSpec) -> snapshot::ServiceKey {
     }
 }
 
-fn service(spec: &ServiceSpec) -> Service {
-    Service {
-        key: service_key(spec),
-        name: spec.name.clone(),
-        mode: match spec.mode {
-            oxlb_api::NatMode::Dnat => snapshot::NatMode::Dnat,
-        },
-        selection: match spec.selection {
-            oxlb_api::Selection::RoundRobin => snapshot::Selection::RoundRobin,
-        },
-        endpoints: spec
-            .endpoints
-            .iter()
-            .map(|e| Endpoint {
-                addr: e.ip,
-                port: e.target_port,
-                weight: e.weight,
-            })
-            .collect(),
-        inactive_timeout: Duration::from_secs(u64::from(spec.inactive_timeout_secs)),
+fn mode(m: oxlb_api::NatMode) -> snapshot::NatMode {
+    match m {
+        oxlb_api::NatMode::Dnat => snapshot::NatMode::Dnat,
+        oxlb_api::NatMode::OneArm => snapshot::NatMode::OneArm,
+        oxlb_api::NatMode::FullNat => snapshot::NatMode::FullNat,
+        oxlb_api::NatMode::Dsr => snapshot::NatMode::Dsr,
     }
 }
 
-/// Every endpoint address of the given services (the next hops to resolve).
-pub fn endpoint_addrs<'a>(specs: impl Iterator<Item = &'a ServiceSpec>) -> BTreeSet<Ipv4Addr> {
-    specs
+fn algorithm(s: oxlb_api::Selection) -> Algorithm {
+    match s {
+        oxlb_api::Selection::RoundRobin => Algorithm::RoundRobin,
+        oxlb_api::Selection::Hash => Algorithm::Hash,
+        oxlb_api::Selection::Priority => Algorithm::Weighted,
+        oxlb_api::Selection::Persist => Algorithm::Persist,
+        oxlb_api::Selection::LeastConnections => Algorithm::LeastConnections,
+    }
+}
+
+/// The dataplane's service; fails only for what validation already refuses (duplicate
+/// endpoints), so an error here is a bug worth reporting, not a user mistake.
+fn service(spec: &ServiceSpec) -> Result<Service, String> {
+    let endpoints = spec
+        .endpoints
+        .iter()
+        .map(|e| Endpoint {
+            addr: e.ip,
+            port: e.target_port,
+            weight: e.weight,
+        })
+        .collect();
+    Service::new(
+        service_key(spec),
+        spec.name.clone(),
+        mode(spec.mode),
+        algorithm(spec.selection),
+        endpoints,
+        Duration::from_secs(u64::from(spec.inactive_timeout_secs)),
+    )
+    .map_err(|e| format!("service {}: {e}", spec.key))
+}
+
+/// Every endpoint address of the state (the next hops to resolve).
+pub fn endpoint_addrs(state: &DesiredState) -> BTreeSet<Ipv4Addr> {
+    state
+        .services()
         .flat_map(|s| s.endpoints.iter().map(|e| e.ip))
         .collect()
 }
 
-/// The snapshot for `specs` with the next hops known so far.
-pub fn snapshot<'a>(
-    specs: impl Iterator<Item = &'a ServiceSpec>,
-    next_hops: &HashMap<Ipv4Addr, NextHop>,
-) -> Snapshot {
+/// The snapshot for `state` with what is known about reaching its endpoints.
+pub fn snapshot(state: &DesiredState, reach: &Reachability) -> Result<Snapshot, String> {
     let mut snap = Snapshot::default();
-    for spec in specs {
-        let svc = service(spec);
+    for spec in state.services() {
+        let svc = service(spec)?;
         for ep in &svc.endpoints {
-            if let Some(nh) = next_hops.get(&ep.addr) {
+            if let Some(nh) = reach.next_hops.get(&ep.addr) {
                 snap.next_hops.insert(ep.addr, *nh);
+            }
+            if let Some(src) = reach.sources.get(&ep.addr) {
+                snap.sources.insert(ep.addr, *src);
             }
         }
         snap.services.insert(svc.key, svc);
     }
-    snap
+    Ok(snap)
 }
 
-/// Keys for the XDP program: destinations to steer (the VIPs) and sources to steer (endpoints
-/// answering a DNAT flow).
-pub fn xdp_keys<'a>(
-    specs: impl Iterator<Item = &'a ServiceSpec>,
-) -> (BTreeSet<LbKey>, BTreeSet<LbKey>) {
-    let mut dst = BTreeSet::new();
-    let mut src = BTreeSet::new();
-    for spec in specs {
+/// The XDP keys for `state`: which packets are the load balancer's.
+pub fn xdp_keys(state: &DesiredState, reach: &Reachability) -> XdpKeys {
+    let mut keys = XdpKeys::default();
+    for spec in state.services() {
         let p = proto(spec.key.protocol) as u8;
-        dst.insert(LbKey::v4(spec.key.external_ip, spec.key.port, p));
-        for e in &spec.endpoints {
-            src.insert(LbKey::v4(e.ip, e.target_port, p));
+        keys.dst
+            .insert(LbKey::v4(spec.key.external_ip, spec.key.port, p));
+        match mode(spec.mode) {
+            // Endpoints answer from their own address and port, straight to the client.
+            snapshot::NatMode::Dnat => {
+                for e in &spec.endpoints {
+                    keys.src.insert(LbKey::v4(e.ip, e.target_port, p));
+                }
+            }
+            // Endpoints answer to the VIP, on a port of the SNAT range.
+            snapshot::NatMode::FullNat => {
+                keys.snat.insert(LbKey::v4(spec.key.external_ip, 0, p));
+            }
+            // Endpoints answer to our address on their side, on a port of the SNAT range.
+            snapshot::NatMode::OneArm => {
+                for e in &spec.endpoints {
+                    if let Some(src) = reach.sources.get(&e.ip) {
+                        keys.snat.insert(LbKey::v4(*src, 0, p));
+                    }
+                }
+            }
+            // Endpoints answer the client directly; nothing comes back through us.
+            snapshot::NatMode::Dsr => {}
         }
     }
-    (dst, src)
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oxlb_api::{EndpointSpec, NatMode, Selection, ServiceKey};
+
+    fn state(mode: NatMode) -> DesiredState {
+        let mut s = DesiredState::default();
+        s.upsert(ServiceSpec {
+            key: ServiceKey {
+                external_ip: Ipv4Addr::new(198, 18, 100, 1),
+                port: 2020,
+                protocol: Protocol::Tcp,
+            },
+            name: "web".into(),
+            mode,
+            selection: Selection::RoundRobin,
+            endpoints: vec![EndpointSpec {
+                ip: Ipv4Addr::new(198, 18, 31, 1),
+                target_port: 8080,
+                weight: 1,
+            }],
+            inactive_timeout_secs: 1800,
+        });
+        s
+    }
+
+    fn reach() -> Reachability {
+        let mut r = Reachability::default();
+        r.sources.insert(
+            Ipv4Addr::new(198, 18, 31, 1),
+            Ipv4Addr::new(198, 18, 31, 254),
+        );
+        r
+    }
+
+    #[test]
+    fn dnat_steers_the_vip_and_the_endpoints_answers() {
+        let k = xdp_keys(&state(NatMode::Dnat), &reach());
+        assert_eq!(k.dst.len(), 1);
+        assert!(k
+            .src
+            .contains(&LbKey::v4(Ipv4Addr::new(198, 18, 31, 1), 8080, 6)));
+        assert!(k.snat.is_empty());
+    }
+
+    #[test]
+    fn full_nat_steers_the_snat_range_on_the_vip_and_no_endpoint_sources() {
+        let k = xdp_keys(&state(NatMode::FullNat), &reach());
+        assert!(k.src.is_empty());
+        assert_eq!(
+            k.snat.into_iter().collect::<Vec<_>>(),
+            [LbKey::v4(Ipv4Addr::new(198, 18, 100, 1), 0, 6)]
+        );
+    }
+
+    #[test]
+    fn one_arm_steers_the_snat_range_on_our_address_toward_the_endpoints() {
+        let k = xdp_keys(&state(NatMode::OneArm), &reach());
+        assert_eq!(
+            k.snat.into_iter().collect::<Vec<_>>(),
+            [LbKey::v4(Ipv4Addr::new(198, 18, 31, 254), 0, 6)]
+        );
+    }
+
+    #[test]
+    fn dsr_steers_only_the_vip() {
+        let k = xdp_keys(&state(NatMode::Dsr), &reach());
+        assert_eq!(k.dst.len(), 1);
+        assert!(k.src.is_empty() && k.snat.is_empty());
+    }
 }

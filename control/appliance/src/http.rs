@@ -38,6 +38,9 @@ pub enum ApplyError {
     /// The XDP program's maps could not be updated to steer the new addresses.
     #[error("the XDP program's maps could not be updated: {0}")]
     Xdp(String),
+    /// The new rules could not be saved durably, so they were not kept running either.
+    #[error("the new rules could not be saved to the state file: {0}")]
+    Persist(String),
 }
 
 const BASE: &str = "/netlox/v1";

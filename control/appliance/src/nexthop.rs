@@ -66,6 +66,7 @@ const RTN_UNICAST: u8 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
 const RTA_VIA: u16 = 18;
+const RTA_PREFSRC: u16 = 7;
 const IFLA_ADDRESS: u16 = 1;
 const ARPHRD_ETHER: u16 = 1;
 const NDA_LLADDR: u16 = 2;
@@ -92,6 +93,8 @@ pub struct Resolved {
     pub dst_mac: [u8; 6],
     /// The gateway if the route has one
     pub gateway: Option<Ipv4Addr>,
+    /// Our own address the kernel would send from (the route's preferred source).
+    pub source: Option<Ipv4Addr>,
 }
 
 /// What the kernel knows about reaching one backend.
@@ -102,6 +105,8 @@ pub enum Resolution {
     Pending {
         ifindex: u32,
         next_hop: Ipv4Addr,
+        /// Our own address toward it, already known from the route.
+        source: Option<Ipv4Addr>,
     },
     /// No route to the address. Also a blackhole, prohibit or unreachable route, and a route
     /// that does not forward (local, broadcast, multicast): nothing the workers can send to.
@@ -330,14 +335,21 @@ impl NextHopResolver {
                     src_mac,
                     dst_mac,
                     gateway: route.gateway,
+                    source: route.source,
                 }))
             }
-            Some(neighbour) if neighbour.owned_elsewhere => {
-                Ok(Resolution::Pending { ifindex, next_hop })
-            }
+            Some(neighbour) if neighbour.owned_elsewhere => Ok(Resolution::Pending {
+                ifindex,
+                next_hop,
+                source: route.source,
+            }),
             _ => {
                 self.ask_to_resolve(ifindex, next_hop)?;
-                Ok(Resolution::Pending { ifindex, next_hop })
+                Ok(Resolution::Pending {
+                    ifindex,
+                    next_hop,
+                    source: route.source,
+                })
             }
         }
     }
@@ -570,6 +582,7 @@ impl NextHopResolver {
 struct Route {
     ifindex: u32,
     gateway: Option<Ipv4Addr>,
+    source: Option<Ipv4Addr>,
 }
 
 /// The part of a neighbour entry that matters here.
@@ -678,6 +691,7 @@ fn parse_route(
     }
     let mut ifindex = None;
     let mut gateway = None;
+    let mut source = None;
     for attribute in route.attributes() {
         let attribute = attribute.map_err(|e| malformed(format!("bad route attribute: {e}")))?;
         match attribute.kind() {
@@ -692,12 +706,22 @@ fn parse_route(
                 })?;
                 gateway = Some(Ipv4Addr::from(octets));
             }
+            RTA_PREFSRC => {
+                let octets = <[u8; 4]>::try_from(attribute.value()).map_err(|_| {
+                    malformed(format!("RTA_PREFSRC of {} bytes", attribute.value().len()))
+                })?;
+                source = Some(Ipv4Addr::from(octets));
+            }
             RTA_VIA => return Err(NextHopError::Ipv6NextHop { dst }),
             _ => {}
         }
     }
     let ifindex = ifindex.ok_or_else(|| malformed("a unicast route without RTA_OIF".to_owned()))?;
-    Ok(Some(Route { ifindex, gateway }))
+    Ok(Some(Route {
+        ifindex,
+        gateway,
+        source,
+    }))
 }
 
 /// `(ifindex, MAC)` of an Ethernet link; None for any other link.

@@ -362,29 +362,29 @@ async fn a_rule_without_endpoints_is_refused() {
 }
 
 #[tokio::test]
-async fn selection_1_is_refused_as_hash_not_implemented() {
+async fn selection_5_is_refused_as_n2_not_implemented() {
     let s = start().await;
     let mut body = issue_example();
-    body["serviceArguments"]["sel"] = json!(1);
+    body["serviceArguments"]["sel"] = json!(5);
     let (status, body) = s.post(&body).await;
     assert_refused(
         status,
         &body,
-        "sel 1 (hash) is not implemented yet; only sel 0 (round robin)",
+        "sel 5 (n2) is not implemented; use 0 (round robin), 1 (hash), 2 (priority), 3 (persist) or 4 (least connections)",
     );
     assert_eq!(body["fields"], json!(["serviceArguments.sel"]));
 }
 
 #[tokio::test]
-async fn mode_2_is_refused_as_fullnat_not_implemented() {
+async fn mode_4_is_refused_as_an_l7_mode_not_implemented() {
     let s = start().await;
     let mut body = issue_example();
-    body["serviceArguments"]["mode"] = json!(2);
+    body["serviceArguments"]["mode"] = json!(4);
     let (status, body) = s.post(&body).await;
     assert_refused(
         status,
         &body,
-        "mode 2 (fullnat) is not implemented yet; only mode 0 (dnat)",
+        "mode 4 (fullproxy) is an L7/host mode and not implemented; use 0 (dnat), 1 (onearm), 2 (fullnat) or 3 (dsr)",
     );
 }
 

@@ -21,6 +21,7 @@ use std::{
 
 use oxlb_control::nexthop::{NextHopResolver, Resolution, Resolved};
 
+const A_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const B_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const C_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 /// On a's connected subnet, owned by nobody.
@@ -192,7 +193,14 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
 fn last_after_pending(answers: &[Resolution], ifindex: u32, next_hop: Ipv4Addr) -> Resolution {
     let (last, before) = answers.split_last().expect("at least one answer");
     for answer in before {
-        assert_eq!(*answer, Resolution::Pending { ifindex, next_hop });
+        assert_eq!(
+            *answer,
+            Resolution::Pending {
+                ifindex,
+                next_hop,
+                source: Some(A_ADDR)
+            }
+        );
     }
     *last
 }
@@ -209,6 +217,7 @@ fn a_connected_neighbour_that_answers_arp_resolves_to_ready_with_its_mac() {
         src_mac: lab.mac(&lab.a, "va0"),
         dst_mac: lab.mac(&lab.b, "vb0"),
         gateway: None,
+        source: Some(A_ADDR),
     });
     assert_eq!(
         last_after_pending(&answers, va0, B_ADDR),
@@ -229,6 +238,7 @@ fn an_address_behind_a_gateway_resolves_to_the_gateways_mac_with_the_gateway_set
         src_mac: lab.mac(&lab.a, "va0"),
         dst_mac: lab.mac(&lab.b, "vb0"),
         gateway: Some(B_ADDR),
+        source: Some(A_ADDR),
     });
     assert_eq!(
         last_after_pending(&answers, va0, B_ADDR),
@@ -292,6 +302,7 @@ fn a_silent_address_on_a_connected_subnet_stays_pending_and_the_kernel_is_asked_
     let pending = Resolution::Pending {
         ifindex: va0,
         next_hop: SILENT_ADDR,
+        source: Some(A_ADDR),
     };
     assert_eq!(answers, [pending; 2]);
     // The resolver created the entry and the kernel is resolving it: INCOMPLETE while it sends
@@ -346,7 +357,8 @@ fn a_failed_neighbour_is_asked_again_on_the_next_resolve() {
         answer,
         Resolution::Pending {
             ifindex: va0,
-            next_hop: SILENT_ADDR
+            next_hop: SILENT_ADDR,
+            source: Some(A_ADDR),
         }
     );
     assert_eq!(state(&lab), "INCOMPLETE", "resolution restarted");

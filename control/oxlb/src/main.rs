@@ -5,16 +5,18 @@
 mod config;
 mod interfaces;
 mod privileges;
+mod snat_ports;
 
 use clap::{Parser, Subcommand};
 use oxlb_control::appliance::ApplianceCore;
 use oxlb_control::http::{self, Appliance};
 use oxlb_control::nexthop::NextHopResolver;
+use oxlb_control::persist::StateStore;
 use oxlb_control::state::DesiredState;
 use oxlb_dataplane::{Dataplane, DataplaneConfig, DEFAULT_CONNTRACK_CAPACITY};
 use oxlb_xdp::XdpRedirect;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,12 +42,23 @@ enum Cmd {
         /// Address of the REST API.
         #[arg(long, default_value = "127.0.0.1:11111")]
         api: SocketAddr,
-        /// TOML file of services to install at start (see configs/oxlb.toml).
+        /// TOML file of services to install at start (see configs/oxlb.toml). Applied on top
+        /// of the saved state: an entry replaces a saved service with the same external IP,
+        /// port and protocol, and is saved with the rest.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Directory of the state file (DIR/state.json), created if missing. Every change the
+        /// API accepts is saved there before it is answered, and restored at start; a state
+        /// file that cannot be read stops the start (repair it or move it away).
+        #[arg(long, default_value = "/var/lib/oxlb")]
+        state_dir: PathBuf,
         /// Flows each worker can track; new flows beyond it are refused and counted.
         #[arg(long, default_value_t = DEFAULT_CONNTRACK_CAPACITY)]
         conntrack_capacity: usize,
+        /// Source ports of one-arm and full-NAT flows, FIRST-LAST; reserved from the kernel's
+        /// own ephemeral ports while oxlb runs.
+        #[arg(long, default_value = "40000-49999")]
+        snat_ports: String,
     },
 }
 
@@ -60,8 +73,17 @@ fn main() -> ExitCode {
             ifaces,
             api,
             config,
+            state_dir,
             conntrack_capacity,
-        } => match run(ifaces, api, config, conntrack_capacity) {
+            snat_ports,
+        } => match run(
+            ifaces,
+            api,
+            config,
+            &state_dir,
+            conntrack_capacity,
+            &snat_ports,
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("oxlb: {e}");
@@ -75,8 +97,11 @@ fn run(
     ifaces: Vec<String>,
     api: SocketAddr,
     config: Option<PathBuf>,
+    state_dir: &Path,
     conntrack_capacity: usize,
+    snat_ports: &str,
 ) -> Result<(), String> {
+    let snat_ports = snat_ports::parse(snat_ports)?;
     let missing = privileges::missing();
     if !missing.is_empty() {
         return Err(format!(
@@ -90,6 +115,9 @@ fn run(
         None => Vec::new(),
     };
     let interfaces = interfaces::discover(&ifaces).map_err(|e| e.to_string())?;
+    let store = StateStore::open(state_dir).map_err(|e| e.to_string())?;
+    let saved = store.load().map_err(|e| e.to_string())?;
+    let state_file = store.path().display().to_string();
     let listener = std::net::TcpListener::bind(api)
         .map_err(|e| format!("cannot serve the API on {api}: {e}"))?;
     listener
@@ -101,6 +129,7 @@ fn run(
         DataplaneConfig {
             interfaces,
             conntrack_capacity,
+            snat_ports,
         },
         |ifindex, queue, fd| {
             xdp.register_socket(ifindex, queue, fd)
@@ -114,17 +143,23 @@ fn run(
         dataplane.worker_count()
     );
     let resolver = NextHopResolver::new().map_err(|e| e.to_string())?;
-    let core = Arc::new(ApplianceCore::new(dataplane, xdp, resolver));
+    snat_ports::reserve(snat_ports)?;
+    let core = Arc::new(ApplianceCore::new(
+        dataplane, xdp, resolver, snat_ports, store,
+    ));
 
-    let mut state = DesiredState::default();
+    let restored = saved.as_ref().map_or(0, DesiredState::len);
+    let mut state = saved.unwrap_or_default();
+    let from_config = initial.len();
     for spec in initial {
         state.upsert(spec);
     }
     if !state.is_empty() {
-        let n = state.len();
         core.apply(state).map_err(|e| e.to_string())?;
-        log::info!("installed {n} service(s) from the config file");
     }
+    log::info!(
+        "restored {restored} service(s) from {state_file}; {from_config} from the config file"
+    );
 
     let control = {
         let core = core.clone();
@@ -200,13 +235,18 @@ fn log_totals(core: &ApplianceCore) {
         .filter(|r| total.dropped(**r) > 0)
         .map(|r| format!("{}={}", r.label(), total.dropped(*r)))
         .collect();
+    let s = total.sockets;
     log::info!(
-        "totals: rx={} tx={} to_kernel={} flows_created={} drops[{}] xdp={:?}",
+        "totals: rx={} tx={} to_kernel={} flows_created={} drops[{}] socket_drops[rx_ring_full={} fill_ring_empty={} rx_dropped={} invalid={}] xdp={:?}",
         total.rx_packets,
         total.tx_packets,
         total.kernel_packets,
         total.flows_created,
         drops.join(" "),
+        s.rx_ring_full,
+        s.fill_ring_empty,
+        s.rx_dropped,
+        s.invalid_descs,
         xdp
     );
 }

@@ -1,0 +1,168 @@
+//! oxlbctl: the command line client of oxlb's loxilb-compatible REST API. Tables for people,
+//! `-o json` for scripts; the exit status says who said no (see `oxlbctl --help`).
+#![forbid(unsafe_code)]
+
+mod args;
+mod client;
+mod table;
+
+use args::{Call, Cli, Command, GetWhat, Output};
+use clap::Parser;
+use client::{ApiClient, CallError};
+use oxlb_api::{HealthResponse, LoadBalancerEntry, LoadBalancerList, ResultResponse};
+use serde::Serialize;
+use std::process::ExitCode;
+
+/// Exit statuses, documented in `--help`.
+const REFUSED: u8 = 1;
+const USAGE: u8 = 2;
+const UNREACHABLE: u8 = 3;
+
+fn main() -> ExitCode {
+    // clap exits with 2 on a usage error and 0 for --help and --version.
+    let cli = Cli::parse();
+    let calls = match args::calls(&cli.command) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("oxlbctl: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let client = match ApiClient::new(&cli.api) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("oxlbctl: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    for call in &calls {
+        if let Err(e) = run(&client, &cli, call) {
+            return report(&e, cli.output);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Sends one call and prints its answer as `cli.output` asks.
+fn run(client: &ApiClient, cli: &Cli, call: &Call) -> Result<(), CallError> {
+    let body = client.send(call)?;
+    let unexpected = |e: serde_json::Error| CallError::Unexpected {
+        what: call.what.clone(),
+        problem: format!("{e}: {body}"),
+    };
+    match &cli.command {
+        Command::Get { what: GetWhat::Lb } => {
+            let list: LoadBalancerList = serde_json::from_str(&body).map_err(unexpected)?;
+            match cli.output {
+                Output::Json => print_json(&list),
+                Output::Table => print!("{}", lb_table(&list.lb_attr)),
+            }
+        }
+        Command::Get {
+            what: GetWhat::Status,
+        } => {
+            let health: HealthResponse = serde_json::from_str(&body).map_err(unexpected)?;
+            match cli.output {
+                Output::Json => print_json(&health),
+                Output::Table => println!("status: {}", health.status),
+            }
+        }
+        Command::Create { .. } | Command::Delete { .. } => {
+            let answer: ResultResponse = serde_json::from_str(&body).map_err(unexpected)?;
+            match cli.output {
+                // One line per call, so a command creating several rules stays parseable.
+                Output::Json => println!("{}", body.trim()),
+                Output::Table => println!("{}: {}", call.what, answer.result),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn report(e: &CallError, output: Output) -> ExitCode {
+    match e {
+        CallError::Refused { body, .. } if output == Output::Json => {
+            println!("{}", body.trim());
+            ExitCode::from(REFUSED)
+        }
+        CallError::Refused { .. } | CallError::Unexpected { .. } => {
+            eprintln!("oxlbctl: the appliance refused: {e}");
+            ExitCode::from(REFUSED)
+        }
+        CallError::Unreachable { .. } => {
+            eprintln!("oxlbctl: {e}");
+            ExitCode::from(UNREACHABLE)
+        }
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("oxlbctl: cannot print JSON: {e}"),
+    }
+}
+
+/// One row per endpoint; a rule's own columns only on its first row.
+fn lb_table(entries: &[LoadBalancerEntry]) -> String {
+    let header = [
+        "EXT IP", "PORT", "PROTO", "NAME", "MODE", "SEL", "ENDPOINT", "EPORT", "WEIGHT",
+    ];
+    let mut rows = Vec::new();
+    for e in entries {
+        let sa = &e.service_arguments;
+        let service = vec![
+            sa.external_ip.clone(),
+            sa.port.to_string(),
+            sa.protocol.clone(),
+            sa.name.clone(),
+            args::mode_name(sa.mode),
+            args::select_name(sa.sel),
+        ];
+        if e.endpoints.is_empty() {
+            let mut row = service.clone();
+            row.extend([String::new(), String::new(), String::new()]);
+            rows.push(row);
+        }
+        for (i, ep) in e.endpoints.iter().enumerate() {
+            let mut row = if i == 0 {
+                service.clone()
+            } else {
+                vec![String::new(); service.len()]
+            };
+            row.extend([
+                ep.endpoint_ip.clone(),
+                ep.target_port.to_string(),
+                ep.weight.to_string(),
+            ]);
+            rows.push(row);
+        }
+    }
+    table::render(&header, &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lb_table_shows_one_row_per_endpoint_with_names_for_numbers() {
+        let list: LoadBalancerList = serde_json::from_str(
+            r#"{"lbAttr":[{"serviceArguments":{"externalIP":"198.18.100.1","port":2020,"protocol":"tcp","mode":2,"name":"web"},
+                "endpoints":[{"endpointIP":"198.18.31.1","targetPort":8080,"weight":1},
+                             {"endpointIP":"198.18.31.2","targetPort":8080,"weight":2}]}]}"#,
+        )
+        .unwrap();
+        let t = lb_table(&list.lb_attr);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(lines[0].starts_with("| EXT IP "), "{t}");
+        assert!(
+            lines[2]
+                .contains("| 198.18.100.1 | 2020 | tcp   | web  | fullnat | rr  | 198.18.31.1 |"),
+            "{t}"
+        );
+        assert!(lines[3].starts_with("|              |      |"), "{t}");
+        assert!(lines[3].contains("198.18.31.2 | 8080  | 2      |"), "{t}");
+    }
+}

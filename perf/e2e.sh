@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: iperf3 through plain kernel forwarding, nftables DNAT and oxlb on the demo
+# topology, interleaved in one run (see `oxlb-perf e2e`). Needs root (network namespaces, XDP).
+#
+#   sudo bash perf/e2e.sh                      # --runs 5 --seconds 5, about 5 minutes
+#   sudo bash perf/e2e.sh --runs 3 --seconds 3
+#
+# The table is printed and written to perf/results/e2e-<timestamp>.txt. Namespaces are named
+# oxperf-*; a run killed with SIGKILL leaves them, and the next run removes them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "e2e.sh must run as root (network namespaces, XDP): sudo bash $0" >&2
+    exit 1
+fi
+
+missing=()
+for tool in iperf3 nft ip ss curl timeout; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+    echo "e2e.sh: missing ${missing[*]}; install them with: sudo bash deploy/setup.sh" >&2
+    exit 1
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    for d in "${HOME:-/root}/.cargo/bin" /root/.cargo/bin /usr/local/cargo/bin; do
+        [[ -x "$d/cargo" ]] && export PATH="$d:$PATH" && break
+    done
+fi
+command -v cargo >/dev/null 2>&1 || { echo "e2e.sh: cargo not found (see deploy/setup.sh)" >&2; exit 1; }
+
+cargo build --release -p oxlb -p oxlb-perf
+
+args=("$@")
+((${#args[@]})) || args=(--runs 5 --seconds 5)
+exec ./target/release/oxlb-perf e2e "${args[@]}"

@@ -1,0 +1,183 @@
+//! End-to-end checks of every load-balancer mode and of the selection algorithms that a client
+//! can observe (issue #4), through a real oxlb in the namespace topology.
+//!
+//! What the backend sees as its peer is the point of each mode: the client (DNAT, DSR), the
+//! LB's own address toward the backends (one-arm) or the VIP (full NAT).
+
+use oxlb_tests::checks::{self, vip_url};
+use oxlb_tests::{
+    parse_answer, unique_prefix, Answer, Node, OxlbGuard, Topology, TopologyOptions, BACKEND_IPS,
+    BACKEND_NAMES, BACKEND_PORT, CLIENT_IP, LB_BACKEND_SIDE_IP, VIP, VIP_PORT,
+};
+
+fn topology(ip_forward: bool) -> Topology {
+    Topology::build(&unique_prefix(), TopologyOptions { ip_forward })
+}
+
+fn log_of(oxlb: &OxlbGuard) -> impl Fn() -> String + '_ {
+    move || format!("oxlb output:\n{}", oxlb.log())
+}
+
+/// Creates the VIP for `protocol` with `mode` and `sel`, the three backends on `target_port`.
+fn add_service(topo: &Topology, protocol: &str, mode: u8, sel: u8, target_port: u16) {
+    let endpoints: Vec<serde_json::Value> = BACKEND_IPS
+        .iter()
+        .map(|ip| serde_json::json!({"endpointIP": ip, "targetPort": target_port, "weight": 1}))
+        .collect();
+    let body = serde_json::json!({
+        "serviceArguments": {"externalIP": VIP, "port": VIP_PORT, "protocol": protocol,
+                             "sel": sel, "mode": mode, "name": "modes"},
+        "endpoints": endpoints,
+    })
+    .to_string();
+    let (status, answer) = topo.api("POST", "/netlox/v1/config/loadbalancer", Some(&body));
+    assert_eq!(status, 200, "creating the service failed: {answer}");
+}
+
+/// `n` HTTP requests through the VIP from the client, with `curl_args` added.
+fn requests(
+    topo: &Topology,
+    n: usize,
+    curl_args: &[&str],
+    diag: &dyn Fn() -> String,
+) -> Vec<Answer> {
+    (0..n)
+        .map(|i| {
+            let mut args = vec!["curl", "-sS", "--fail", "--max-time", "5"];
+            args.extend_from_slice(curl_args);
+            let url = vip_url("/");
+            args.push(&url);
+            let out = topo.exec(Node::Client, &args);
+            assert!(
+                out.status.success(),
+                "request {i} through the VIP failed: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                diag()
+            );
+            parse_answer(&String::from_utf8_lossy(&out.stdout))
+        })
+        .collect()
+}
+
+/// Requests rotate over all backends, each sees `peer`, UDP works, and 10 MB arrive intact.
+fn mode_works(mode: u8, peer: &str) {
+    let topo = topology(false);
+    let _backends = topo.start_backends();
+    let oxlb = topo.start_oxlb(&[]);
+    add_service(&topo, "tcp", mode, 0, BACKEND_PORT);
+    add_service(&topo, "udp", mode, 0, BACKEND_PORT);
+    let diag = log_of(&oxlb);
+
+    let answers = requests(&topo, 6, &[], &diag);
+    let names: Vec<String> = answers.iter().map(|a| a.backend.clone()).collect();
+    oxlb_tests::assert_strict_rotation(&names, &BACKEND_NAMES);
+    for a in &answers {
+        assert_eq!(a.peer_ip, peer, "mode {mode}: the backend saw {a:?}");
+    }
+
+    let out = topo.testpeer(
+        Node::Client,
+        &[
+            "udp-request",
+            &format!("{VIP}:{VIP_PORT}"),
+            "udp-through",
+            "--timeout-ms",
+            "3000",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "mode {mode}: no UDP answer {out:?}\n{}",
+        diag()
+    );
+    let a = parse_answer(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        (a.peer_ip.as_str(), a.rest.as_str()),
+        (peer, "udp-through"),
+        "{a:?}"
+    );
+
+    checks::ten_megabyte_download_is_identical(&topo, &diag);
+}
+
+#[test]
+fn in_one_arm_mode_backends_see_the_lbs_own_address_and_everything_passes() {
+    mode_works(1, LB_BACKEND_SIDE_IP);
+}
+
+#[test]
+fn in_full_nat_mode_backends_see_the_vip_and_everything_passes() {
+    mode_works(2, VIP);
+}
+
+#[test]
+fn in_dsr_mode_backends_answer_the_client_themselves_and_see_its_address() {
+    // The backends hold the VIP on their loopback and must not answer ARP for it; they answer
+    // from the VIP straight back. This topology's only path to the client crosses the LB's
+    // namespace, so its kernel forwards those answers (ip_forward on); oxlb sees only requests.
+    let topo = topology(true);
+    let mut guards = Vec::new();
+    for (i, name) in BACKEND_NAMES.iter().enumerate() {
+        let node = Node::Backend(i as u8 + 1);
+        for args in [
+            vec!["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"],
+            vec!["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1"],
+            vec!["sysctl", "-qw", "net.ipv4.conf.all.arp_announce=2"],
+        ] {
+            topo.exec_ok(
+                node,
+                &args.iter().map(|s| s.as_ref()).collect::<Vec<&str>>(),
+            );
+        }
+        guards.push(topo.start_testpeer(node, name, VIP_PORT, node, VIP));
+    }
+    let oxlb = topo.start_oxlb(&[]);
+    add_service(&topo, "tcp", 3, 0, VIP_PORT);
+    let diag = log_of(&oxlb);
+
+    let answers = requests(&topo, 6, &[], &diag);
+    let names: Vec<String> = answers.iter().map(|a| a.backend.clone()).collect();
+    oxlb_tests::assert_strict_rotation(&names, &BACKEND_NAMES);
+    for a in &answers {
+        assert_eq!(a.peer_ip, CLIENT_IP, "the backend saw {a:?}");
+    }
+    checks::ten_megabyte_download_is_identical(&topo, &diag);
+}
+
+#[test]
+fn hashing_keeps_one_client_port_on_one_backend_for_twelve_requests() {
+    let topo = topology(false);
+    let _backends = topo.start_backends();
+    let oxlb = topo.start_oxlb(&[]);
+    add_service(&topo, "tcp", 0, 1, BACKEND_PORT);
+    let diag = log_of(&oxlb);
+
+    let answers = requests(&topo, 12, &["--local-port", "45678"], &diag);
+    let first = &answers[0].backend;
+    assert!(
+        answers
+            .iter()
+            .all(|a| &a.backend == first && a.peer_port == 45678),
+        "answers moved between backends: {answers:?}"
+    );
+    // Other source ports spread over more than one backend.
+    let spread = requests(&topo, 12, &[], &diag);
+    let mut names: Vec<&str> = spread.iter().map(|a| a.backend.as_str()).collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() > 1, "twelve ports all hashed to {names:?}");
+}
+
+#[test]
+fn persist_keeps_a_client_on_one_backend_whatever_its_ports() {
+    let topo = topology(false);
+    let _backends = topo.start_backends();
+    let oxlb = topo.start_oxlb(&[]);
+    add_service(&topo, "tcp", 0, 3, BACKEND_PORT);
+    let diag = log_of(&oxlb);
+    let answers = requests(&topo, 8, &[], &diag);
+    assert!(
+        answers.iter().all(|a| a.backend == answers[0].backend),
+        "the client moved: {answers:?}"
+    );
+}
