@@ -10,7 +10,8 @@ use crate::ports::PortPools;
 use crate::select::{EndpointKey, FlowTuple, SelectorState};
 use crate::snapshot::{Endpoint, NatMode, PortRange, Proto, Service, ServiceKey, Snapshot};
 use crate::stats::{Counters, DropReason};
-use crate::wire::{ethernet, ipv4, tcp, udp, WireError};
+use crate::checksum::{ipv4_header, update16};
+use crate::wire::{ethernet, icmp, ipv4, tcp, udp, WireError};
 use hashbrown::HashMap;
 
 /// How long a TCP flow may wait for its first reply, and a UDP flow for its first answer.
@@ -150,6 +151,9 @@ impl Engine {
         snap: &Snapshot,
         now_ms: u64,
     ) -> Result<Verdict, DropReason> {
+        if is_icmp_v4(frame) {
+            return self.answer_echo(frame, ingress_ifindex, snap);
+        }
         let pkt = parse(frame)?;
         let found = self.conntrack.lookup(&pkt.key, now_ms);
         let (slot, dir) = match found {
@@ -333,6 +337,51 @@ impl Engine {
         Ok((slot, Direction::Original))
     }
 
+    /// Answers an ICMP echo request to a VIP in place: addresses and MACs swapped, type set to
+    /// reply, sent back out where it came in.
+    fn answer_echo(
+        &mut self,
+        frame: &mut [u8],
+        ingress_ifindex: u32,
+        snap: &Snapshot,
+    ) -> Result<Verdict, DropReason> {
+        let ip_buf = &mut frame[ethernet::HEADER_LEN..];
+        let mut ip = ipv4::Packet::new_checked(&mut *ip_buf).map_err(wire_drop)?;
+        if ip.is_fragment() {
+            return Err(DropReason::Fragment);
+        }
+        let (src, dst) = (ip.src(), ip.dst());
+        if !snap.vips.contains(&dst) {
+            return Err(DropReason::NoFlowNoService);
+        }
+        let (_, l4) = ip.split_l4_mut();
+        let mut msg = icmp::Message::new_checked(&mut *l4).map_err(wire_drop)?;
+        if msg.msg_type() != icmp::TYPE_ECHO_REQUEST || msg.code() != 0 {
+            return Err(DropReason::IcmpNotEcho);
+        }
+        msg.set_type(icmp::TYPE_ECHO_REPLY);
+        let c = update16(
+            msg.checksum(),
+            u16::from(icmp::TYPE_ECHO_REQUEST) << 8,
+            u16::from(icmp::TYPE_ECHO_REPLY) << 8,
+        );
+        msg.set_checksum(c);
+        ip.set_src(dst);
+        ip.set_dst(src);
+        ip.set_ttl(64);
+        ip.set_checksum(0);
+        let c = ipv4_header(ip.header());
+        ip.set_checksum(c);
+        let mut eth = ethernet::Frame::new_checked(&mut *frame).map_err(wire_drop)?;
+        let (peer, own) = (eth.src(), eth.dst());
+        eth.set_dst(peer);
+        eth.set_src(own);
+        self.counters.icmp_echo_replies += 1;
+        Ok(Verdict::Transmit {
+            ifindex: ingress_ifindex,
+        })
+    }
+
     /// Picks the endpoint of a new flow; returns it and its index in the service's list.
     fn select(
         &mut self,
@@ -373,6 +422,13 @@ fn advance(flow: &mut Flow, dir: Direction, proto: Proto, tcp_flags: u8, now_ms:
             FlowState::Established => flow.idle_ms,
             FlowState::Closing => CLOSING_TIMEOUT_MS,
         };
+}
+
+/// An IPv4 frame carrying ICMP (checked cheaply before the TCP/UDP parse).
+fn is_icmp_v4(frame: &[u8]) -> bool {
+    frame.len() > ethernet::HEADER_LEN + 9
+        && frame[12..14] == ethernet::ETHERTYPE_IPV4.to_be_bytes()
+        && frame[ethernet::HEADER_LEN + 9] == ipv4::PROTO_ICMP
 }
 
 /// A TCP SYN without ACK or RST: the only packet allowed to open a TCP flow.

@@ -140,6 +140,8 @@ pub struct Snapshot {
     /// Increases with every publication; lets workers notice a change cheaply.
     pub generation: u64,
     pub services: HashMap<ServiceKey, Service>,
+    /// Every VIP address, whatever its ports: ICMP echo to them is answered.
+    pub vips: hashbrown::HashSet<Ipv4Addr>,
     /// Resolved next hops by destination (endpoint) address. A missing entry means the
     /// neighbour is not resolved yet: the worker hands the packet to the kernel instead.
     pub next_hops: HashMap<Ipv4Addr, NextHop>,

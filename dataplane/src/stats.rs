@@ -45,10 +45,12 @@ pub enum DropReason {
     /// DSR needs the endpoint's MAC, and it is not resolved yet (the kernel cannot send a
     /// packet addressed to the VIP for us).
     NextHopUnresolved,
+    /// ICMP to a VIP that is not an echo request (errors about flows are not translated yet).
+    IcmpNotEcho,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::NotIpv4,
@@ -65,6 +67,7 @@ impl DropReason {
         DropReason::NoSourceAddress,
         DropReason::SnatPortsExhausted,
         DropReason::NextHopUnresolved,
+        DropReason::IcmpNotEcho,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -87,6 +90,7 @@ impl DropReason {
             DropReason::NoSourceAddress => "no_source_address",
             DropReason::SnatPortsExhausted => "snat_ports_exhausted",
             DropReason::NextHopUnresolved => "next_hop_unresolved",
+            DropReason::IcmpNotEcho => "icmp_not_echo",
         }
     }
 }
@@ -101,6 +105,8 @@ pub struct Counters {
     pub flows_created: u64,
     pub flows_expired: u64,
     pub flows_active: u64,
+    /// Echo requests to a VIP answered.
+    pub icmp_echo_replies: u64,
     pub drops: [u64; DropReason::COUNT],
     /// What the kernel dropped at this worker's sockets (read about once a second).
     pub sockets: SocketStats,
@@ -127,6 +133,7 @@ impl Counters {
         self.flows_created += o.flows_created;
         self.flows_expired += o.flows_expired;
         self.flows_active += o.flows_active;
+        self.icmp_echo_replies += o.icmp_echo_replies;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }
@@ -146,6 +153,7 @@ pub struct WorkerStats {
     flows_created: AtomicU64,
     flows_expired: AtomicU64,
     flows_active: AtomicU64,
+    icmp_echo_replies: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
     /// Written once a second at most, so a lock costs nothing that matters.
     sockets: Mutex<SocketStats>,
@@ -162,6 +170,8 @@ impl WorkerStats {
         self.flows_created.store(c.flows_created, Ordering::Relaxed);
         self.flows_expired.store(c.flows_expired, Ordering::Relaxed);
         self.flows_active.store(c.flows_active, Ordering::Relaxed);
+        self.icmp_echo_replies
+            .store(c.icmp_echo_replies, Ordering::Relaxed);
         for (a, v) in self.drops.iter().zip(c.drops.iter()) {
             a.store(*v, Ordering::Relaxed);
         }
@@ -182,6 +192,7 @@ impl WorkerStats {
             flows_created: self.flows_created.load(Ordering::Relaxed),
             flows_expired: self.flows_expired.load(Ordering::Relaxed),
             flows_active: self.flows_active.load(Ordering::Relaxed),
+            icmp_echo_replies: self.icmp_echo_replies.load(Ordering::Relaxed),
             drops,
             sockets: self.sockets.lock().map(|s| *s).unwrap_or_default(),
         }

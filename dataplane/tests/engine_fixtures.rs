@@ -549,8 +549,41 @@ fn a_persisting_client_sticks_to_one_backend_across_ports() {
 #[test]
 fn dsr_completes_a_partial_checksum_it_does_not_otherwise_touch() {
     const DSR_PARTIAL_OUT: &str = "0200000001010200000001fe08004500003c0002400040064a92c6120002c61264019c4107e400000005000000005002faf036d8000068656c6c6f20776f726c642c207061727469616c";
-    let mut fx = Fixture::new().service(Proto::Tcp, &[1]).mode(NatMode::Dsr).next_hop(1);
+    let mut fx = Fixture::new()
+        .service(Proto::Tcp, &[1])
+        .mode(NatMode::Dsr)
+        .next_hop(1);
     let mut f = hex(PARTIAL_IN);
-    assert_eq!(fx.run(&mut f, LB0_IF), Verdict::Transmit { ifindex: LB1_IF });
+    assert_eq!(
+        fx.run(&mut f, LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
     assert_eq!(f, hex(DSR_PARTIAL_OUT));
+}
+
+#[test]
+fn an_echo_request_to_the_vip_is_answered_from_the_vip_byte_for_byte() {
+    const ECHO_IN: &str = "020000000001020000000002080045000028000940003f014ba4c6120002c61264010800bc23004d000170696e672d7061796c6f6164";
+    const ECHO_OUT: &str = "0200000000020200000000010800450000280009400040014aa4c6126401c61200020000c423004d000170696e672d7061796c6f6164";
+    let mut fx = Fixture::new().service(Proto::Tcp, &[1]);
+    fx.snap.vips.insert(VIP);
+    let mut f = hex(ECHO_IN);
+    assert_eq!(
+        fx.run(&mut f, LB0_IF),
+        Verdict::Transmit { ifindex: LB0_IF }
+    );
+    assert_eq!(f, hex(ECHO_OUT));
+    assert_eq!(fx.engine.counters.icmp_echo_replies, 1);
+}
+
+#[test]
+fn other_icmp_to_the_vip_is_dropped_and_counted() {
+    let mut fx = Fixture::new().service(Proto::Tcp, &[1]);
+    fx.snap.vips.insert(VIP);
+    let mut f = hex("020000000001020000000002080045000028000940003f014ba4c6120002c61264010800bc23004d000170696e672d7061796c6f6164");
+    f[14 + 20] = 13; // timestamp request
+    assert_eq!(
+        fx.run(&mut f, LB0_IF),
+        Verdict::Drop(DropReason::IcmpNotEcho)
+    );
 }

@@ -181,3 +181,27 @@ fn persist_keeps_a_client_on_one_backend_whatever_its_ports() {
         "the client moved: {answers:?}"
     );
 }
+
+#[test]
+fn a_ping_to_the_vip_is_answered_by_oxlb() {
+    let topo = topology(false);
+    let _backends = topo.start_backends();
+    let oxlb = topo.start_oxlb(&[]);
+    // Before the VIP exists nobody answers for it.
+    let before = topo.exec(Node::Client, &["ping", "-c", "1", "-W", "1", VIP]);
+    assert!(
+        !before.status.success(),
+        "something answered for the VIP before it existed"
+    );
+    add_service(&topo, "tcp", 0, 0, BACKEND_PORT);
+    let out = topo.exec(
+        Node::Client,
+        &["ping", "-c", "3", "-i", "0.2", "-W", "2", VIP],
+    );
+    assert!(
+        out.status.success(),
+        "no echo reply from the VIP: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        log_of(&oxlb)()
+    );
+}

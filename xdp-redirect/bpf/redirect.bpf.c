@@ -133,6 +133,12 @@ static __always_inline int read_ports(void *l4, void *data_end, __u8 proto,
 		*dport = udp->dest;
 		return 0;
 	}
+	// ICMP to a VIP (echo, and errors about its flows) is matched with port 0.
+	if (proto == IPPROTO_ICMP) {
+		*sport = 0;
+		*dport = 0;
+		return 0;
+	}
 	return -1;
 }
 

@@ -30,6 +30,9 @@ pub struct XdpKeys {
     pub snat: BTreeSet<LbKey>,
 }
 
+/// IP protocol number of ICMPv4.
+const ICMP: u8 = 1;
+
 pub fn proto(p: Protocol) -> Proto {
     match p {
         Protocol::Tcp => Proto::Tcp,
@@ -108,6 +111,7 @@ pub fn snapshot(state: &DesiredState, reach: &Reachability) -> Result<Snapshot, 
                 snap.sources.insert(ep.addr, *src);
             }
         }
+        snap.vips.insert(svc.key.vip);
         snap.services.insert(svc.key, svc);
     }
     Ok(snap)
@@ -120,6 +124,9 @@ pub fn xdp_keys(state: &DesiredState, reach: &Reachability) -> XdpKeys {
         let p = proto(spec.key.protocol) as u8;
         keys.dst
             .insert(LbKey::v4(spec.key.external_ip, spec.key.port, p));
+        // ICMP to the VIP (echo) comes to us too; port 0 is how the XDP program keys it.
+        keys.dst
+            .insert(LbKey::v4(spec.key.external_ip, 0, ICMP));
         match mode(spec.mode) {
             // Endpoints answer from their own address and port, straight to the client.
             snapshot::NatMode::Dnat => {
@@ -184,7 +191,7 @@ mod tests {
     #[test]
     fn dnat_steers_the_vip_and_the_endpoints_answers() {
         let k = xdp_keys(&state(NatMode::Dnat), &reach());
-        assert_eq!(k.dst.len(), 1);
+        assert_eq!(k.dst.len(), 2, "the service's port and ICMP");
         assert!(k
             .src
             .contains(&LbKey::v4(Ipv4Addr::new(198, 18, 31, 1), 8080, 6)));
@@ -213,7 +220,7 @@ mod tests {
     #[test]
     fn dsr_steers_only_the_vip() {
         let k = xdp_keys(&state(NatMode::Dsr), &reach());
-        assert_eq!(k.dst.len(), 1);
+        assert_eq!(k.dst.len(), 2);
         assert!(k.src.is_empty() && k.snat.is_empty());
     }
 }

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 pub const MIN_HEADER_LEN: usize = 20;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMP: u8 = 1;
 
 const VER_IHL: usize = 0;
 const TOTAL_LEN: usize = 2;
@@ -87,6 +88,10 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
     pub fn set_dst(&mut self, a: Ipv4Addr) {
         self.buf.as_mut()[DST..DST + 4].copy_from_slice(&a.octets());
+    }
+
+    pub fn set_ttl(&mut self, ttl: u8) {
+        self.buf.as_mut()[TTL] = ttl;
     }
 
     pub fn set_checksum(&mut self, c: u16) {

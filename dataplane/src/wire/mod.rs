@@ -5,6 +5,7 @@
 //! further checks and cannot panic. Setters write fields in place; nothing copies a payload.
 
 pub mod ethernet;
+pub mod icmp;
 pub mod ipv4;
 pub mod tcp;
 pub mod udp;
