@@ -151,6 +151,9 @@ fn hashing_keeps_one_client_port_on_one_backend_for_twelve_requests() {
     let oxlb = topo.start_oxlb(&[]);
     add_service(&topo, "tcp", 0, 1, BACKEND_PORT);
     let diag = log_of(&oxlb);
+    // The same source port twelve times: the client must not keep the previous connection in
+    // TIME_WAIT, or binding the port again fails (the LB side handles the reuse itself).
+    topo.exec_ok(Node::Client, &["sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0"]);
 
     let answers = requests(&topo, 12, &["--local-port", "45678"], &diag);
     let first = &answers[0].backend;

@@ -25,6 +25,9 @@ pub const FILE_NAME: &str = "state.json";
 pub const VERSION: u32 = 1;
 /// Where a save writes before the rename; a crash may leave it behind, loading ignores it.
 const TEMP_NAME: &str = "state.json.tmp";
+/// Locked while an oxlb uses the directory: two appliances saving into one file would each
+/// overwrite what the other acknowledged. The kernel drops the lock when the process dies.
+const LOCK_NAME: &str = "lock";
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +52,12 @@ pub enum PersistError {
     /// The state file exists but cannot be read.
     #[error("cannot read the state file {path}: {source}")]
     Read { path: String, source: io::Error },
+    /// Another process holds the state directory's lock.
+    #[error(
+        "the state directory {path} is in use by another oxlb; give each oxlb its own \
+         --state-dir"
+    )]
+    InUse { path: String },
     /// The state file's content is not a state oxlb can run.
     #[error(
         "the state file {path} is unusable: {problem}. Nothing was started: repair the file, or \
@@ -64,25 +73,44 @@ pub enum PersistError {
     SyncDir { path: String, source: io::Error },
 }
 
-/// The state file of one appliance.
+/// The state file of one appliance, which holds its directory's lock while it lives.
 #[derive(Debug)]
 pub struct StateStore {
     dir: PathBuf,
     path: PathBuf,
     temp: PathBuf,
+    _lock: File,
 }
 
 impl StateStore {
-    /// The store in `dir`, creating the directory if it is missing.
+    /// The store in `dir`, creating the directory if it is missing; refused while another
+    /// store (in this or another process) has the directory.
     pub fn open(dir: &Path) -> Result<StateStore, PersistError> {
+        let shown = || dir.display().to_string();
         fs::create_dir_all(dir).map_err(|source| PersistError::CreateDir {
-            path: dir.display().to_string(),
+            path: shown(),
             source,
         })?;
+        let lock_err = |source| PersistError::Read {
+            path: dir.join(LOCK_NAME).display().to_string(),
+            source,
+        };
+        let lock = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(LOCK_NAME))
+            .map_err(lock_err)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(PersistError::InUse { path: shown() }),
+            Err(fs::TryLockError::Error(e)) => return Err(lock_err(e)),
+        }
         Ok(StateStore {
             dir: dir.to_path_buf(),
             path: dir.join(FILE_NAME),
             temp: dir.join(TEMP_NAME),
+            _lock: lock,
         })
     }
 
@@ -243,6 +271,17 @@ mod tests {
         let store = StateStore::open(&dir).unwrap();
         assert!(dir.is_dir());
         assert_eq!(store.load().unwrap(), None);
+    }
+
+    #[test]
+    fn a_directory_in_use_is_refused_until_its_store_is_dropped() {
+        let tmp = TempDir::new();
+        let first = StateStore::open(&tmp.0).unwrap();
+        let err = StateStore::open(&tmp.0).unwrap_err();
+        assert!(matches!(err, PersistError::InUse { .. }), "{err}");
+        assert!(err.to_string().contains("in use by another oxlb"), "{err}");
+        drop(first);
+        StateStore::open(&tmp.0).unwrap();
     }
 
     #[test]
