@@ -4,13 +4,13 @@
 //! the time, and returns a verdict. The worker does the sockets; tests and benchmarks drive
 //! the engine with byte arrays.
 
+use crate::checksum::{ipv4_header, update16};
 use crate::conntrack::{ClientL2, Conntrack, Direction, Flow, FlowKey, FlowState, InsertError};
 use crate::nat::{complete_checksum_v4, rewrite_v4, Rewrite};
 use crate::ports::PortPools;
 use crate::select::{EndpointKey, FlowTuple, SelectorState};
 use crate::snapshot::{Endpoint, NatMode, PortRange, Proto, Service, ServiceKey, Snapshot};
 use crate::stats::{Counters, DropReason};
-use crate::checksum::{ipv4_header, update16};
 use crate::wire::{ethernet, icmp, ipv4, tcp, udp, WireError};
 use hashbrown::HashMap;
 
@@ -258,6 +258,12 @@ impl Engine {
         // would otherwise fill the table and be sent to endpoints that never saw the SYN.
         if k.proto == Proto::Tcp && !is_opening(pkt) {
             return Err(DropReason::TcpNotSyn);
+        }
+        if service.block_new_flows {
+            return Err(DropReason::ServiceBlocked);
+        }
+        if !service.allows(k.src) {
+            return Err(DropReason::SourceNotAllowed);
         }
         let (endpoint, chosen) = self.select(service, &k, now_ms)?;
         let snat = match service.mode {

@@ -71,7 +71,10 @@ mod tests {
 
     #[test]
     fn two_workers_never_hand_out_the_same_port() {
-        let range = PortRange { first: 100, last: 199 };
+        let range = PortRange {
+            first: 100,
+            last: 199,
+        };
         let mut w0 = PortPools::new(range, 0, 2);
         let mut w1 = PortPools::new(range, 1, 2);
         let mut seen = std::collections::HashSet::new();
@@ -86,7 +89,14 @@ mod tests {
 
     #[test]
     fn an_exhausted_pool_says_so_and_a_released_port_is_reused() {
-        let mut w = PortPools::new(PortRange { first: 10, last: 12 }, 0, 1);
+        let mut w = PortPools::new(
+            PortRange {
+                first: 10,
+                last: 12,
+            },
+            0,
+            1,
+        );
         let ports: Vec<u16> = (0..3).map(|_| w.allocate(A, Proto::Udp).unwrap()).collect();
         assert_eq!(w.allocate(A, Proto::Udp), None);
         w.release(A, Proto::Udp, ports[1]);
@@ -95,9 +105,19 @@ mod tests {
 
     #[test]
     fn protocols_and_addresses_have_separate_pools() {
-        let mut w = PortPools::new(PortRange { first: 10, last: 10 }, 0, 1);
+        let mut w = PortPools::new(
+            PortRange {
+                first: 10,
+                last: 10,
+            },
+            0,
+            1,
+        );
         assert_eq!(w.allocate(A, Proto::Tcp), Some(10));
         assert_eq!(w.allocate(A, Proto::Udp), Some(10));
-        assert_eq!(w.allocate(Ipv4Addr::new(198, 18, 31, 254), Proto::Tcp), Some(10));
+        assert_eq!(
+            w.allocate(Ipv4Addr::new(198, 18, 31, 254), Proto::Tcp),
+            Some(10)
+        );
     }
 }

@@ -77,9 +77,23 @@ pub struct Service {
     pub inactive_timeout: Duration,
     /// Full NAT: the source address written into requests; the VIP when not set.
     pub snat_addr: Option<Ipv4Addr>,
+    /// Sources allowed to open flows as (network, mask); empty allows every source.
+    pub allowed_sources: Vec<(u32, u32)>,
+    /// No new flows (loxilb's `block`); established flows continue.
+    pub block_new_flows: bool,
 }
 
 impl Service {
+    /// Whether `src` may open a flow to this service.
+    pub fn allows(&self, src: Ipv4Addr) -> bool {
+        let ip = u32::from(src);
+        self.allowed_sources.is_empty()
+            || self
+                .allowed_sources
+                .iter()
+                .any(|&(net, mask)| ip & mask == net)
+    }
+
     /// A service whose selector is built from `endpoints` with the default Maglev table size.
     pub fn new(
         key: ServiceKey,
@@ -96,7 +110,8 @@ impl Service {
                 weight: e.weight,
             })
             .collect();
-        let selector = ServiceSelector::new(algorithm, &weighted, crate::select::DEFAULT_TABLE_SIZE)?;
+        let selector =
+            ServiceSelector::new(algorithm, &weighted, crate::select::DEFAULT_TABLE_SIZE)?;
         Ok(Service {
             key,
             name,
@@ -105,6 +120,8 @@ impl Service {
             endpoints,
             inactive_timeout,
             snat_addr: None,
+            allowed_sources: Vec::new(),
+            block_new_flows: false,
         })
     }
 }

@@ -47,10 +47,14 @@ pub enum DropReason {
     NextHopUnresolved,
     /// ICMP to a VIP that is not an echo request (errors about flows are not translated yet).
     IcmpNotEcho,
+    /// The source is not in the service's allowed sources.
+    SourceNotAllowed,
+    /// The service refuses new flows (loxilb's `block`).
+    ServiceBlocked,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::NotIpv4,
@@ -68,6 +72,8 @@ impl DropReason {
         DropReason::SnatPortsExhausted,
         DropReason::NextHopUnresolved,
         DropReason::IcmpNotEcho,
+        DropReason::SourceNotAllowed,
+        DropReason::ServiceBlocked,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -91,6 +97,8 @@ impl DropReason {
             DropReason::SnatPortsExhausted => "snat_ports_exhausted",
             DropReason::NextHopUnresolved => "next_hop_unresolved",
             DropReason::IcmpNotEcho => "icmp_not_echo",
+            DropReason::SourceNotAllowed => "source_not_allowed",
+            DropReason::ServiceBlocked => "service_blocked",
         }
     }
 }

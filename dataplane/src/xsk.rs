@@ -258,8 +258,8 @@ impl WorkerSockets {
             if !p.pending_tx.is_empty() {
                 // libxdp reserves all or nothing: ask only for what fits, or a backlog larger
                 // than the free slots would never be produced at all.
-                let room = (p.tx.nb_free(p.pending_tx.len() as u32) as usize)
-                    .min(p.pending_tx.len());
+                let room =
+                    (p.tx.nb_free(p.pending_tx.len() as u32) as usize).min(p.pending_tx.len());
                 if room > 0 {
                     // SAFETY: pending frames belong to this UMEM and are referenced nowhere
                     // else; once produced they are the kernel's until completed.

@@ -587,3 +587,47 @@ fn other_icmp_to_the_vip_is_dropped_and_counted() {
         Verdict::Drop(DropReason::IcmpNotEcho)
     );
 }
+
+#[test]
+fn a_source_outside_the_allowed_prefixes_is_dropped_and_counted() {
+    let mut fx = Fixture::new().service(Proto::Tcp, &[1]).next_hop(1);
+    for s in fx.snap.services.values_mut() {
+        s.allowed_sources = vec![(u32::from(Ipv4Addr::new(198, 19, 0, 0)), 0xffff_0000)];
+    }
+    let mut f = hex(SYN_IN);
+    assert_eq!(
+        fx.run(&mut f, LB0_IF),
+        Verdict::Drop(DropReason::SourceNotAllowed)
+    );
+    for s in fx.snap.services.values_mut() {
+        s.allowed_sources
+            .push((u32::from(Ipv4Addr::new(198, 18, 0, 0)), 0xffff_ff00));
+    }
+    let mut f = hex(SYN_IN);
+    assert_eq!(
+        fx.run(&mut f, LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
+}
+
+#[test]
+fn a_blocked_service_refuses_new_flows_but_keeps_established_ones() {
+    let mut fx = Fixture::new().service(Proto::Tcp, &[1]).next_hop(1);
+    let mut syn = hex(SYN_IN);
+    fx.run(&mut syn, LB0_IF);
+    for s in fx.snap.services.values_mut() {
+        s.block_new_flows = true;
+    }
+    let mut same_flow = hex(SYN_IN);
+    same_flow[14 + 20 + 13] = 0x10; // ACK of the established flow
+    assert_eq!(
+        fx.run(&mut same_flow, LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
+    let mut other = hex(SYN_IN);
+    other[34..36].copy_from_slice(&40999u16.to_be_bytes());
+    assert_eq!(
+        fx.run(&mut other, LB0_IF),
+        Verdict::Drop(DropReason::ServiceBlocked)
+    );
+}

@@ -153,7 +153,10 @@ fn hashing_keeps_one_client_port_on_one_backend_for_twelve_requests() {
     let diag = log_of(&oxlb);
     // The same source port twelve times: the client must not keep the previous connection in
     // TIME_WAIT, or binding the port again fails (the LB side handles the reuse itself).
-    topo.exec_ok(Node::Client, &["sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0"]);
+    topo.exec_ok(
+        Node::Client,
+        &["sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0"],
+    );
 
     let answers = requests(&topo, 12, &["--local-port", "45678"], &diag);
     let first = &answers[0].backend;
@@ -207,4 +210,42 @@ fn a_ping_to_the_vip_is_answered_by_oxlb() {
         String::from_utf8_lossy(&out.stdout),
         log_of(&oxlb)()
     );
+}
+
+#[test]
+fn only_allowed_sources_reach_the_vip() {
+    let topo = topology(false);
+    let _backends = topo.start_backends();
+    let oxlb = topo.start_oxlb(&[]);
+    let body = |prefix: &str| {
+        serde_json::json!({
+            "serviceArguments": {"externalIP": VIP, "port": VIP_PORT, "protocol": "tcp"},
+            "endpoints": [{"endpointIP": BACKEND_IPS[0], "targetPort": BACKEND_PORT, "weight": 1}],
+            "allowedSources": [{"prefix": prefix}],
+        })
+        .to_string()
+    };
+    let (status, answer) = topo.api(
+        "POST",
+        "/netlox/v1/config/loadbalancer",
+        Some(&body("198.19.0.0/16")),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let refused = topo.exec(
+        Node::Client,
+        &["curl", "-sS", "--max-time", "2", &vip_url("/")],
+    );
+    assert!(
+        !refused.status.success(),
+        "a source outside 198.19.0.0/16 got through"
+    );
+
+    let (status, answer) = topo.api(
+        "POST",
+        "/netlox/v1/config/loadbalancer",
+        Some(&body("198.18.0.0/24")),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let answers = requests(&topo, 2, &[], &log_of(&oxlb));
+    assert_eq!(answers[0].peer_ip, CLIENT_IP);
 }

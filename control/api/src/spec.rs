@@ -114,6 +114,37 @@ pub struct ServiceSpec {
     /// Seconds of inactivity after which an established flow is forgotten (loxilb's
     /// `inactiveTimeOut`; 0 in the request means the default).
     pub inactive_timeout_secs: u32,
+    /// Sources allowed to open flows (loxilb's `allowedSources`); empty allows every source.
+    pub allowed_sources: Vec<Ipv4Prefix>,
+    /// loxilb's `block` (non-zero): no new flows; established ones continue.
+    pub block_new_flows: bool,
+}
+
+/// An IPv4 prefix such as `198.18.0.0/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ipv4Prefix {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl Ipv4Prefix {
+    pub fn mask(self) -> u32 {
+        if self.len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.len))
+        }
+    }
+
+    pub fn contains(self, ip: Ipv4Addr) -> bool {
+        (u32::from(ip) ^ u32::from(self.addr)) & self.mask() == 0
+    }
+}
+
+impl fmt::Display for Ipv4Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
 }
 
 /// kube-loxilb's default inactivity timeout, used when a request leaves it at 0.

@@ -1,9 +1,9 @@
 //! Turns loxilb request bodies into typed service specs, refusing what oxlb does not implement
 //! instead of silently ignoring it; and turns specs back into loxilb bodies for listings.
 
-use crate::model::{Endpoint, LoadBalancerEntry, ServiceArguments};
+use crate::model::{AllowedSource, Endpoint, LoadBalancerEntry, ServiceArguments};
 use crate::spec::{
-    EndpointSpec, NatMode, Protocol, Selection, ServiceKey, ServiceSpec,
+    EndpointSpec, Ipv4Prefix, NatMode, Protocol, Selection, ServiceKey, ServiceSpec,
     DEFAULT_INACTIVE_TIMEOUT_SECS,
 };
 use std::collections::HashMap;
@@ -51,6 +51,12 @@ pub enum ValidationError {
     SelectionNotImplemented { sel: i64, name: &'static str },
     #[error("sel {0} is unknown (loxilb defines 0 to 6); use 0 (round robin), 1 (hash), 2 (priority), 3 (persist) or 4 (least connections)")]
     UnknownSelection(i64),
+    #[error("{field}: {value:?} is not a usable prefix: {why} (example: 198.18.0.0/24)")]
+    BadPrefix {
+        field: String,
+        value: String,
+        why: String,
+    },
     #[error("mode {mode} ({name}) is an L7/host mode and not implemented; use 0 (dnat), 1 (onearm), 2 (fullnat) or 3 (dsr)")]
     ModeNotImplemented { mode: i64, name: &'static str },
     #[error("mode {0} is unknown (loxilb defines 0 to 5); use 0 (dnat), 1 (onearm), 2 (fullnat) or 3 (dsr)")]
@@ -101,7 +107,8 @@ impl ValidationError {
             | Ipv6NotImplemented { field, .. }
             | UnusableAddress { field, .. }
             | OutOfRange { field, .. }
-            | NotANumber { field, .. } => return field.clone(),
+            | NotANumber { field, .. }
+            | BadPrefix { field, .. } => return field.clone(),
             NotImplemented { field, .. } => field,
             DuplicateEndpoint { index, .. } => return format!("endpoints[{index}]"),
             UnknownProtocol(_) | ProtocolNotImplemented(_) => "serviceArguments.protocol",
@@ -141,12 +148,12 @@ pub fn validate(entry: &LoadBalancerEntry) -> Result<ServiceSpec, ValidationErro
                 "secondary addresses (multi-homed SCTP) are not implemented yet: send an empty list",
         });
     }
-    if !entry.allowed_sources.is_empty() {
-        return Err(ValidationError::NotImplemented {
-            field: "allowedSources",
-            what: "source filtering is not implemented yet: send an empty list, every source is allowed",
-        });
-    }
+    let allowed_sources = entry
+        .allowed_sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| prefix(&format!("allowedSources[{i}].prefix"), &s.prefix))
+        .collect::<Result<Vec<_>, _>>()?;
     let endpoints = endpoints(&entry.endpoints)?;
     if mode == NatMode::Dsr {
         if let Some((index, e)) = endpoints
@@ -172,7 +179,38 @@ pub fn validate(entry: &LoadBalancerEntry) -> Result<ServiceSpec, ValidationErro
         selection,
         endpoints,
         inactive_timeout_secs,
+        allowed_sources,
+        block_new_flows: sa.block != 0,
     })
+}
+
+/// Parses `a.b.c.d/len` (or a bare address, meaning /32); host bits must be zero.
+fn prefix(field: &str, text: &str) -> Result<Ipv4Prefix, ValidationError> {
+    let bad = |why: &str| ValidationError::BadPrefix {
+        field: field.to_owned(),
+        value: text.to_owned(),
+        why: why.to_owned(),
+    };
+    let (addr, len) = match text.split_once('/') {
+        Some((a, l)) => (
+            a,
+            l.parse::<u8>()
+                .map_err(|_| bad("the length is not a number"))?,
+        ),
+        None => (text, 32),
+    };
+    let addr: Ipv4Addr = addr
+        .trim()
+        .parse()
+        .map_err(|_| bad("not an IPv4 address (IPv6 sources are not implemented yet)"))?;
+    if len > 32 {
+        return Err(bad("the length is more than 32"));
+    }
+    let p = Ipv4Prefix { addr, len };
+    if u32::from(addr) & !p.mask() != 0 {
+        return Err(bad("host bits are set; write the network address"));
+    }
+    Ok(p)
 }
 
 /// Parses the key of `DELETE /config/loadbalancer/externalipaddress/{ip}/port/{port}/protocol/{proto}`.
@@ -211,7 +249,7 @@ pub fn to_entry(spec: &ServiceSpec) -> LoadBalancerEntry {
             probe_timeout: 0,
             probe_retries: 0,
             inactive_timeout: i64::from(spec.inactive_timeout_secs),
-            block: 0,
+            block: u32::from(spec.block_new_flows),
             managed: false,
             security: 0,
             name: spec.name.clone(),
@@ -233,7 +271,13 @@ pub fn to_entry(spec: &ServiceSpec) -> LoadBalancerEntry {
             })
             .collect(),
         secondary_ips: Vec::new(),
-        allowed_sources: Vec::new(),
+        allowed_sources: spec
+            .allowed_sources
+            .iter()
+            .map(|p| AllowedSource {
+                prefix: p.to_string(),
+            })
+            .collect(),
     }
 }
 
@@ -375,7 +419,7 @@ fn check_unimplemented(sa: &ServiceArguments) -> Result<(), ValidationError> {
         }
         s => return Err(ValidationError::UnknownSecurity(s)),
     }
-    let refusals: [(bool, &'static str, &'static str); 8] = [
+    let refusals: [(bool, &'static str, &'static str); 7] = [
         (
             sa.bgp,
             "serviceArguments.bgp",
@@ -390,11 +434,6 @@ fn check_unimplemented(sa: &ServiceArguments) -> Result<(), ValidationError> {
             !sa.private_ip.is_empty(),
             "serviceArguments.privateIP",
             "a private (NAT'd) service address is not implemented yet: leave it empty",
-        ),
-        (
-            sa.block != 0,
-            "serviceArguments.block",
-            "rule blocks are not implemented yet: send 0",
         ),
         (
             sa.snat,

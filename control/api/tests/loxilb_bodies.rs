@@ -371,11 +371,10 @@ fn tls_security_modes_are_refused_as_not_implemented_yet() {
 
 #[test]
 fn features_oxlb_lacks_are_refused_naming_their_field() {
-    let cases: [(&str, Value, &str); 8] = [
+    let cases: [(&str, Value, &str); 7] = [
         ("BGP", json!(true), "bgp"),
         ("Monitor", json!(true), "monitor"),
         ("privateIP", json!("10.0.0.1"), "privateIP"),
-        ("block", json!(1), "block"),
         ("snat", json!(true), "snat"),
         ("host", json!("example.com"), "host"),
         ("proxyprotocolv2", json!(true), "proxyprotocolv2"),
@@ -398,13 +397,6 @@ fn a_negative_inactivity_timeout_is_refused() {
 fn secondary_ips_are_refused_as_not_implemented_yet() {
     let e = refused(|v| v["secondaryIPs"] = json!([{"secondaryIP": "198.18.100.2"}]));
     assert_eq!(e.field(), "secondaryIPs");
-    assert!(e.to_string().contains("not implemented yet"));
-}
-
-#[test]
-fn allowed_sources_are_refused_as_not_implemented_yet() {
-    let e = refused(|v| v["allowedSources"] = json!([{"prefix": "10.0.0.0/8"}]));
-    assert_eq!(e.field(), "allowedSources");
     assert!(e.to_string().contains("not implemented yet"));
 }
 
@@ -511,4 +503,35 @@ fn selections_zero_to_four_are_accepted_and_listed_back_as_sent() {
         assert_eq!(spec.selection, want);
         assert_eq!(to_entry(&spec).service_arguments.sel, sel);
     }
+}
+
+#[test]
+fn allowed_sources_are_parsed_and_listed_back() {
+    let spec = validate_modified(|v| {
+        v["allowedSources"] = json!([{"prefix": "198.18.0.0/24"}, {"prefix": "198.19.1.7"}]);
+    })
+    .expect("accepted");
+    let listed: Vec<String> = to_entry(&spec)
+        .allowed_sources
+        .iter()
+        .map(|s| s.prefix.clone())
+        .collect();
+    assert_eq!(listed, ["198.18.0.0/24", "198.19.1.7/32"]);
+}
+
+#[test]
+fn a_bad_allowed_source_is_refused_naming_its_position() {
+    for bad in ["198.18.0.1/24", "198.18.0.0/33", "fd00::/8", "nonsense"] {
+        let e = refused(|v| {
+            v["allowedSources"] = json!([{"prefix": "198.18.0.0/24"}, {"prefix": bad}]);
+        });
+        assert_eq!(e.field(), "allowedSources[1].prefix", "{bad}: {e}");
+    }
+}
+
+#[test]
+fn block_is_accepted_and_listed_back() {
+    let spec = validate_modified(set_arg("block", json!(1))).expect("accepted");
+    assert!(spec.block_new_flows);
+    assert_eq!(to_entry(&spec).service_arguments.block, 1);
 }

@@ -87,6 +87,15 @@ fn service(spec: &ServiceSpec) -> Result<Service, String> {
         endpoints,
         Duration::from_secs(u64::from(spec.inactive_timeout_secs)),
     )
+    .map(|mut svc| {
+        svc.allowed_sources = spec
+            .allowed_sources
+            .iter()
+            .map(|p| (u32::from(p.addr) & p.mask(), p.mask()))
+            .collect();
+        svc.block_new_flows = spec.block_new_flows;
+        svc
+    })
     .map_err(|e| format!("service {}: {e}", spec.key))
 }
 
@@ -125,8 +134,7 @@ pub fn xdp_keys(state: &DesiredState, reach: &Reachability) -> XdpKeys {
         keys.dst
             .insert(LbKey::v4(spec.key.external_ip, spec.key.port, p));
         // ICMP to the VIP (echo) comes to us too; port 0 is how the XDP program keys it.
-        keys.dst
-            .insert(LbKey::v4(spec.key.external_ip, 0, ICMP));
+        keys.dst.insert(LbKey::v4(spec.key.external_ip, 0, ICMP));
         match mode(spec.mode) {
             // Endpoints answer from their own address and port, straight to the client.
             snapshot::NatMode::Dnat => {
@@ -175,6 +183,8 @@ mod tests {
                 weight: 1,
             }],
             inactive_timeout_secs: 1800,
+            allowed_sources: Vec::new(),
+            block_new_flows: false,
         });
         s
     }

@@ -253,6 +253,8 @@ mod tests {
                 })
                 .collect(),
             inactive_timeout_secs: 60,
+            allowed_sources: Vec::new(),
+            block_new_flows: false,
         }
     }
 

@@ -67,6 +67,8 @@ mod tests {
                 })
                 .collect(),
             inactive_timeout_secs: 1800,
+            allowed_sources: Vec::new(),
+            block_new_flows: false,
         }
     }
 

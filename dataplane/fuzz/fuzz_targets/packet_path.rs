@@ -7,6 +7,7 @@ use oxlb_dataplane::engine::{Engine, Verdict};
 use oxlb_dataplane::select::Algorithm;
 use oxlb_dataplane::snapshot::{Endpoint, NatMode, NextHop, Proto, Service, ServiceKey, Snapshot};
 use std::net::Ipv4Addr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
@@ -43,7 +44,14 @@ fuzz_target!(|data: &[u8]| {
         Algorithm::Persist,
         Algorithm::LeastConnections,
     ];
-    let snap = snapshot(modes[usize::from(pick & 3)], algs[usize::from(pick >> 2) % algs.len()]);
+    // Built once per process: a Maglev table per hashing service costs milliseconds.
+    static SNAPSHOTS: OnceLock<Vec<Snapshot>> = OnceLock::new();
+    let snaps = SNAPSHOTS.get_or_init(|| {
+        algs.iter()
+            .flat_map(|&a| modes.iter().map(move |&m| snapshot(m, a)))
+            .collect()
+    });
+    let snap = &snaps[(usize::from(pick >> 2) % algs.len()) * modes.len() + usize::from(pick & 3)];
     let mut engine = Engine::new(64);
     let mut now = 0;
     while let Some((&len, tail)) = rest.split_first() {
@@ -52,10 +60,10 @@ fuzz_target!(|data: &[u8]| {
         rest = &tail[len..];
         now += 1000;
         let before = engine.counters.dropped_total();
-        match engine.process(&mut frame, 2, &snap, now) {
+        match engine.process(&mut frame, 2, snap, now) {
             Verdict::Drop(_) => assert_eq!(engine.counters.dropped_total(), before + 1),
             Verdict::Transmit { .. } | Verdict::Kernel => assert!(frame.len() >= 14 + 20 + 8),
         }
-        engine.sweep(now, 16, &snap);
+        engine.sweep(now, 16, snap);
     }
 });
