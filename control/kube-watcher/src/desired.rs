@@ -1,0 +1,356 @@
+//! The desired state of one Service: from the Service, its EndpointSlices, the Nodes and the
+//! Service's address(es), the exact loxilb rules (`LoadBalancerEntry`) every appliance must
+//! hold for it. Pure: no I/O, the same inputs always give the same rules, in the same order.
+//!
+//! Facts mirrored from kube-loxilb: rules are named `<namespace>_<service>:<zone>-inst<N>`; by
+//! default the endpoints are the Ready nodes' addresses with the port's `nodePort` (traffic
+//! enters the cluster through kube-proxy); with `usePodNetwork` they are the ready pod
+//! addresses with the pod's port; `externalTrafficPolicy: Local` keeps only nodes running a
+//! ready endpoint; nodes labelled `node.kubernetes.io/exclude-from-external-load-balancers`
+//! are skipped; every endpoint has weight 1; `managed` is set.
+
+use crate::annotations::{self, AnnotationError, EpSelect, ServiceOptions};
+use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use oxlb_api::{AllowedSource, Endpoint, LoadBalancerEntry, ServiceArguments};
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// kube-loxilb's default load-balancer class (its `loxilbLoadBalancerClass`).
+pub const LOXILB_CLASS: &str = "loxilb.io/loxilb";
+
+/// Our own class, always served besides the configured one.
+pub const OXLB_CLASS: &str = "oxlb.io/oxlb";
+
+/// The label naming the Service an EndpointSlice belongs to.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Nodes with this label never receive load-balancer traffic.
+pub const EXCLUDE_NODE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+
+/// Operator-wide settings (from flags) that shape every rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `--zone` (`llb` by default, empty with `--noZoneName`).
+    pub zone: String,
+    /// `--setLBMode`: loxilb `mode` when the Service does not choose one.
+    pub lb_mode: i64,
+    /// `--monitor`: probe every rule's endpoints.
+    pub monitor: bool,
+    /// `--usePodNetwork`: pod addresses instead of node addresses + nodePort.
+    pub use_pod_network: bool,
+    /// `--setBGP` given: rules are advertised by BGP.
+    pub bgp: bool,
+    /// `loxilbLoadBalancerClass` (config file); `oxlb.io/oxlb` is served too.
+    pub lb_class: String,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            zone: "llb".to_owned(),
+            lb_mode: 0,
+            monitor: false,
+            use_pod_network: false,
+            bgp: false,
+            lb_class: LOXILB_CLASS.to_owned(),
+        }
+    }
+}
+
+/// Why a Service's rules cannot be computed. Each message says what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DesiredError {
+    #[error(transparent)]
+    Annotation(#[from] AnnotationError),
+    /// A port without a nodePort while node endpoints are in use.
+    #[error(
+        "port {port}/{protocol} has no nodePort (allocateLoadBalancerNodePorts is false?): \
+         set loxilb.io/usepodnetwork=yes or let Kubernetes allocate node ports"
+    )]
+    NoNodePort { port: i32, protocol: String },
+    #[error("port {port}/{protocol}: protocol {protocol} is not one of TCP, UDP, SCTP")]
+    BadProtocol { port: i32, protocol: String },
+    #[error("port {0} is out of range 1-65535")]
+    BadPort(i32),
+    #[error("spec.externalIPs entry {0:?} is not an IP address")]
+    BadExternalIp(String),
+    #[error("{0} is an IPv6 address; IPv6 services are not implemented yet by oxlb-operator")]
+    Ipv6NotImplemented(IpAddr),
+}
+
+/// True when `svc` is a LoadBalancer Service of class `class` or `oxlb.io/oxlb`.
+pub fn is_ours(svc: &Service, class: &str) -> bool {
+    let Some(spec) = &svc.spec else { return false };
+    spec.type_.as_deref() == Some("LoadBalancer")
+        && spec
+            .load_balancer_class
+            .as_deref()
+            .is_some_and(|c| c == class || c == OXLB_CLASS)
+}
+
+/// kube-loxilb's zone instance name: `<zone>-inst<N>`.
+pub fn zone_inst_name(zone: &str, inst: u32) -> String {
+    format!("{zone}-inst{inst}")
+}
+
+/// The prefix of every rule name of a Service: `<namespace>_<service>:`. The colon ends the
+/// Service name, so `ns_web:` never matches the rules of `ns_web2`.
+pub fn rule_prefix(namespace: &str, name: &str) -> String {
+    format!("{namespace}_{name}:")
+}
+
+/// The rule name kube-loxilb gives a Service's rules.
+pub fn rule_name(namespace: &str, name: &str, zone: &str, inst: u32) -> String {
+    format!(
+        "{}{}",
+        rule_prefix(namespace, name),
+        zone_inst_name(zone, inst)
+    )
+}
+
+/// The Service's own annotations, parsed (empty when it has none).
+pub fn options(svc: &Service) -> Result<ServiceOptions, AnnotationError> {
+    match &svc.metadata.annotations {
+        Some(a) => annotations::parse(a),
+        None => Ok(ServiceOptions::default()),
+    }
+}
+
+/// The addresses the Service asks for besides its allocated one: `spec.externalIPs`.
+pub fn external_ips(svc: &Service) -> Result<Vec<IpAddr>, DesiredError> {
+    let list = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.external_ips.clone())
+        .unwrap_or_default();
+    list.iter()
+        .map(|s| {
+            s.parse::<IpAddr>()
+                .map_err(|_| DesiredError::BadExternalIp(s.clone()))
+        })
+        .collect()
+}
+
+/// The `(port, protocol)` pairs of the Service, protocol lower-case as loxilb names it.
+pub fn service_ports(svc: &Service) -> Result<Vec<(u16, String)>, DesiredError> {
+    ports(svc)
+        .iter()
+        .map(|p| Ok((port_number(p.port)?, protocol(p)?)))
+        .collect()
+}
+
+fn ports(svc: &Service) -> &[ServicePort] {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.ports.as_deref())
+        .unwrap_or_default()
+}
+
+fn port_number(p: i32) -> Result<u16, DesiredError> {
+    u16::try_from(p)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or(DesiredError::BadPort(p))
+}
+
+fn protocol(p: &ServicePort) -> Result<String, DesiredError> {
+    let proto = p.protocol.as_deref().unwrap_or("TCP");
+    match proto {
+        "TCP" | "UDP" | "SCTP" => Ok(proto.to_ascii_lowercase()),
+        other => Err(DesiredError::BadProtocol {
+            port: p.port,
+            protocol: other.to_owned(),
+        }),
+    }
+}
+
+/// The rules `svc` needs on every appliance, one per (address, port, protocol), sorted. Empty
+/// when the Service has no usable endpoint: loxilb refuses a rule without endpoints, so a
+/// Service scaled to zero has its rules removed (its address stays allocated).
+pub fn desired_rules(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    nodes: &[&Node],
+    settings: &Settings,
+    vips: &[IpAddr],
+) -> Result<Vec<LoadBalancerEntry>, DesiredError> {
+    let opts = options(svc)?;
+    for vip in vips {
+        if vip.is_ipv6() {
+            return Err(DesiredError::Ipv6NotImplemented(*vip));
+        }
+    }
+    let spec = svc.spec.clone().unwrap_or_default();
+    let namespace = svc.metadata.namespace.as_deref().unwrap_or("default");
+    let name = svc.metadata.name.as_deref().unwrap_or_default();
+    let use_pods = opts.use_pod_network.unwrap_or(settings.use_pod_network);
+    let local_only = spec.external_traffic_policy.as_deref() == Some("Local");
+    let sel = match opts.ep_select {
+        Some(s) => s.sel(),
+        None if spec.session_affinity.as_deref() == Some("ClientIP") => EpSelect::Persist.sel(),
+        None => EpSelect::RoundRobin.sel(),
+    };
+    let allowed_sources: Vec<AllowedSource> = spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .map(|p| AllowedSource { prefix: p.clone() })
+        .collect();
+
+    let mut rules = Vec::new();
+    for port in ports(svc) {
+        let number = port_number(port.port)?;
+        let proto = protocol(port)?;
+        let endpoints = if use_pods {
+            pod_endpoints(port, slices)
+        } else {
+            let node_port =
+                port.node_port
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| DesiredError::NoNodePort {
+                        port: port.port,
+                        protocol: proto.clone(),
+                    })?;
+            let local: Option<BTreeSet<&str>> = local_only.then(|| ready_node_names(slices));
+            node_addresses(nodes, local.as_ref())
+                .into_iter()
+                .map(|ip| endpoint(ip, i64::from(node_port)))
+                .collect()
+        };
+        if endpoints.is_empty() {
+            continue;
+        }
+        for vip in vips {
+            rules.push(LoadBalancerEntry {
+                service_arguments: ServiceArguments {
+                    external_ip: vip.to_string(),
+                    private_ip: String::new(),
+                    port: i64::from(number),
+                    port_max: 0,
+                    protocol: proto.clone(),
+                    sel,
+                    mode: opts.lb_mode.unwrap_or(settings.lb_mode),
+                    bgp: settings.bgp,
+                    monitor: opts.liveness || settings.monitor,
+                    probetype: opts.probe_type.clone(),
+                    probeport: opts.probe_port,
+                    probereq: opts.probe_req.clone(),
+                    proberesp: opts.probe_resp.clone(),
+                    probe_timeout: opts.probe_timeout,
+                    probe_retries: opts.probe_retries,
+                    inactive_timeout: opts
+                        .timeout_secs
+                        .unwrap_or(annotations::DEFAULT_TIMEOUT_SECS),
+                    block: 0,
+                    managed: true,
+                    security: 0,
+                    name: rule_name(namespace, name, &settings.zone, 0),
+                    snat: false,
+                    oper: 0,
+                    host: String::new(),
+                    proxyprotocolv2: opts.proxy_protocol_v2,
+                    egress: opts.egress,
+                },
+                endpoints: endpoints.clone(),
+                secondary_ips: Vec::new(),
+                allowed_sources: allowed_sources.clone(),
+            });
+        }
+    }
+    rules.sort_by_key(rule_key);
+    Ok(rules)
+}
+
+/// What identifies a rule on an appliance: (externalIP, port, protocol).
+pub fn rule_key(e: &LoadBalancerEntry) -> (String, i64, String) {
+    let sa = &e.service_arguments;
+    (sa.external_ip.clone(), sa.port, sa.protocol.clone())
+}
+
+fn endpoint(ip: Ipv4Addr, port: i64) -> Endpoint {
+    Endpoint {
+        endpoint_ip: ip.to_string(),
+        target_port: port,
+        weight: 1,
+        state: None,
+        counter: None,
+    }
+}
+
+/// An endpoint counts unless the slice says it is not ready (`ready` unset means ready).
+fn is_ready(ep: &k8s_openapi::api::discovery::v1::Endpoint) -> bool {
+    ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
+}
+
+/// Ready pod addresses with the slice's port matching `port` by name, deduplicated, sorted.
+fn pod_endpoints(port: &ServicePort, slices: &[&EndpointSlice]) -> Vec<Endpoint> {
+    let want = port.name.as_deref().unwrap_or("");
+    let proto = port.protocol.as_deref().unwrap_or("TCP");
+    let mut set = BTreeSet::new();
+    for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
+        let Some(target) = slice.ports.iter().flatten().find_map(|p| {
+            (p.name.as_deref().unwrap_or("") == want
+                && p.protocol.as_deref().unwrap_or("TCP") == proto)
+                .then_some(p.port)
+                .flatten()
+        }) else {
+            continue;
+        };
+        for ep in slice.endpoints.iter().filter(|e| is_ready(e)) {
+            for a in &ep.addresses {
+                if let Ok(ip) = a.parse::<Ipv4Addr>() {
+                    set.insert((ip, i64::from(target)));
+                }
+            }
+        }
+    }
+    set.into_iter().map(|(ip, p)| endpoint(ip, p)).collect()
+}
+
+/// Names of the nodes running at least one ready endpoint.
+fn ready_node_names<'a>(slices: &[&'a EndpointSlice]) -> BTreeSet<&'a str> {
+    slices
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| is_ready(e))
+        .filter_map(|e| e.node_name.as_deref())
+        .collect()
+}
+
+/// IPv4 addresses of the Ready, not excluded nodes (InternalIP first, as kube-loxilb picks),
+/// restricted to `only` when given; sorted, deduplicated.
+fn node_addresses(nodes: &[&Node], only: Option<&BTreeSet<&str>>) -> Vec<Ipv4Addr> {
+    let mut set = BTreeSet::new();
+    for node in nodes {
+        let excluded = node
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(EXCLUDE_NODE_LABEL));
+        let name = node.metadata.name.as_deref().unwrap_or_default();
+        if excluded || only.is_some_and(|o| !o.contains(name)) {
+            continue;
+        }
+        let Some(status) = &node.status else { continue };
+        let not_ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status != "True");
+        if not_ready {
+            continue;
+        }
+        let addrs = status.addresses.as_deref().unwrap_or_default();
+        let v4 = |a: &&k8s_openapi::api::core::v1::NodeAddress| a.address.parse::<Ipv4Addr>().ok();
+        let pick = addrs
+            .iter()
+            .filter(|a| a.type_ == "InternalIP")
+            .find_map(|a| v4(&a))
+            .or_else(|| addrs.first().and_then(|a| v4(&a)));
+        if let Some(ip) = pick {
+            set.insert(ip);
+        }
+    }
+    set.into_iter().collect()
+}

@@ -1,0 +1,86 @@
+//! Reflector stores of EndpointSlices and Nodes, and the trigger streams that tell the
+//! Service controller which Services to reconcile when they change.
+//!
+//! A reflector writes its store before it yields the event, so a reconcile started by a
+//! trigger always reads a store that already holds the change that triggered it.
+
+use crate::desired::SERVICE_NAME_LABEL;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use std::sync::Arc;
+
+/// Runs a reflector over every `K` in the cluster; yields each applied or deleted object once
+/// the store holds the change. Managed fields are stripped: they are large and never read.
+fn reflect<K>(client: Client) -> (Store<K>, impl Stream<Item = Arc<K>> + Send + 'static)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(Api::<K>::all(client), watcher::Config::default())
+            .default_backoff()
+            .modify(|o: &mut K| o.managed_fields_mut().clear()),
+    )
+    .touched_objects()
+    .filter_map(|r| async move {
+        match r {
+            Ok(o) => Some(Arc::new(o)),
+            Err(e) => {
+                log::warn!("watch of {} failed (retrying): {e}", K::kind(&()));
+                None
+            }
+        }
+    });
+    (reader, stream)
+}
+
+/// A store of every EndpointSlice and a stream naming the Service each change belongs to.
+pub fn endpoint_slices(
+    client: Client,
+) -> (
+    Store<EndpointSlice>,
+    impl Stream<Item = ObjectRef<Service>> + Send + 'static,
+) {
+    let (store, stream) = reflect::<EndpointSlice>(client);
+    let triggers = stream.filter_map(|s| async move {
+        let svc = s.labels().get(SERVICE_NAME_LABEL)?.clone();
+        let ns = s.namespace()?;
+        Some(ObjectRef::new(&svc).within(&ns))
+    });
+    (store, triggers)
+}
+
+/// A store of every Node and a stream ticking on each change (every Service may use any node).
+pub fn nodes(client: Client) -> (Store<Node>, impl Stream<Item = ()> + Send + 'static) {
+    let (store, stream) = reflect::<Node>(client);
+    (store, stream.map(|_| ()))
+}
+
+/// The EndpointSlices of Service `namespace/name` held in `store`.
+pub fn slices_of(
+    store: &Store<EndpointSlice>,
+    namespace: &str,
+    name: &str,
+) -> Vec<Arc<EndpointSlice>> {
+    let mut v: Vec<_> = store
+        .state()
+        .into_iter()
+        .filter(|s| {
+            s.namespace().as_deref() == Some(namespace)
+                && s.labels().get(SERVICE_NAME_LABEL).map(String::as_str) == Some(name)
+        })
+        .collect();
+    v.sort_by_key(|s| s.name_any());
+    v
+}

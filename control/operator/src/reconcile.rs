@@ -1,0 +1,355 @@
+//! The level-triggered reconcile of one Service: compute its full desired state, make every
+//! appliance match, keep its address and status, and clean up behind a finalizer. Running it
+//! twice in a row changes nothing the second time.
+
+use crate::appliance::{Appliance, ApplianceError};
+use crate::ipam::{Ipam, IpamError, PortKey};
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
+use kube::{Api, Client, Resource, ResourceExt};
+use kube_watcher::{desired, watch, DesiredError, Settings};
+use serde_json::json;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The finalizer that keeps a Service until its rules are gone from every appliance and its
+/// address is back in the pool (kube-loxilb uses none).
+pub const FINALIZER: &str = "oxlb.io/finalizer";
+
+/// Why a reconcile failed; `label` is the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Desired(#[from] DesiredError),
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error("no appliance accepted the rules: {0}")]
+    NoAppliance(String),
+    #[error("rules could not be removed from every appliance: {0}")]
+    Cleanup(String),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl Error {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Desired(DesiredError::Annotation(_)) => "bad_annotation",
+            Error::Desired(_) => "bad_service",
+            Error::Ipam(_) => "ipam",
+            Error::NoAppliance(_) => "no_appliance",
+            Error::Cleanup(_) => "cleanup",
+            Error::Kube(_) => "kube_api",
+        }
+    }
+
+    /// A PascalCase Event reason.
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::Desired(DesiredError::Annotation(_)) => "BadAnnotation",
+            Error::Desired(_) => "InvalidService",
+            Error::Ipam(_) => "AddressNotAllocated",
+            Error::NoAppliance(_) => "ApplianceRefused",
+            Error::Cleanup(_) => "CleanupFailed",
+            Error::Kube(_) => "KubeApiError",
+        }
+    }
+}
+
+/// Everything a reconcile reads or shares.
+pub struct Context {
+    pub client: Client,
+    pub appliances: Vec<Appliance>,
+    pub ipam: Mutex<Ipam>,
+    pub settings: Settings,
+    pub slices: Store<EndpointSlice>,
+    pub nodes: Store<Node>,
+    pub recorder: Recorder,
+    pub resync: Duration,
+    /// Consecutive failures per Service, for the retry backoff.
+    pub failures: Mutex<HashMap<String, u32>>,
+    /// Reconcile errors by label, since start.
+    pub error_counts: Mutex<HashMap<&'static str, u64>>,
+}
+
+fn key(svc: &Service) -> String {
+    format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any())
+}
+
+/// The address a status ingress shows: an IP, or kube-loxilb's `<zone>-<ip>` host name.
+pub fn ingress_ip(ip: Option<&str>, hostname: Option<&str>) -> Option<Ipv4Addr> {
+    if let Some(ip) = ip.and_then(|s| s.parse().ok()) {
+        return Some(ip);
+    }
+    let h = hostname?;
+    h.parse()
+        .ok()
+        .or_else(|| h.rsplit_once('-').and_then(|(_, ip)| ip.parse().ok()))
+}
+
+/// The first address in the Service's status, if any.
+pub fn status_ip(svc: &Service) -> Option<Ipv4Addr> {
+    svc.status
+        .as_ref()?
+        .load_balancer
+        .as_ref()?
+        .ingress
+        .iter()
+        .flatten()
+        .find_map(|i| ingress_ip(i.ip.as_deref(), i.hostname.as_deref()))
+}
+
+fn port_keys(svc: &Service) -> Result<Vec<PortKey>, DesiredError> {
+    desired::service_ports(svc)
+}
+
+/// Re-registers the addresses Services already show, so a restarted operator neither
+/// reshuffles nor hands them out twice. Conflicts are logged and left to the reconcile.
+pub fn rebuild(ipam: &mut Ipam, services: &[Service], class: &str) {
+    for svc in services.iter().filter(|s| desired::is_ours(s, class)) {
+        let (Some(ip), Ok(ports)) = (status_ip(svc), port_keys(svc)) else {
+            continue;
+        };
+        if let Err(e) = ipam.claim(&key(svc), ip, &ports) {
+            log::warn!("{}: keeping its status address failed: {e}", key(svc));
+        }
+    }
+}
+
+/// The Service's address: the one it holds, its status, a static request, or a new one.
+fn address(ctx: &Context, svc: &Service) -> Result<Ipv4Addr, Error> {
+    let k = key(svc);
+    let ports = port_keys(svc)?;
+    let opts = desired::options(svc).map_err(DesiredError::from)?;
+    let requested = opts.static_ip.or_else(|| {
+        svc.spec
+            .as_ref()?
+            .load_balancer_ip
+            .as_deref()
+            .and_then(|s| s.parse().ok())
+    });
+    let mut ipam = ctx.ipam.lock().expect("ipam lock");
+    match requested {
+        Some(IpAddr::V6(v6)) => Err(DesiredError::Ipv6NotImplemented(IpAddr::V6(v6)).into()),
+        Some(IpAddr::V4(ip)) => {
+            ipam.claim(&k, ip, &ports)?;
+            Ok(ip)
+        }
+        None => {
+            if ipam.address_of(&k).is_none() {
+                if let Some(ip) = status_ip(svc) {
+                    ipam.claim(&k, ip, &ports)?;
+                }
+            }
+            Ok(ipam.allocate(&k, opts.pool.as_deref(), &ports)?)
+        }
+    }
+}
+
+async fn patch_finalizers(
+    ctx: &Context,
+    svc: &Service,
+    finalizers: Vec<String>,
+) -> Result<(), Error> {
+    let api: Api<Service> =
+        Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
+    let patch = json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": svc.resource_version(),
+    }});
+    api.patch(
+        &svc.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Removes the Service's rules from every appliance, frees its address, drops the finalizer.
+async fn cleanup(ctx: &Context, svc: &Service) -> Result<Action, Error> {
+    let prefix = desired::rule_prefix(&svc.namespace().unwrap_or_default(), &svc.name_any());
+    let results = join_all(ctx.appliances.iter().map(|a| a.remove_all(&prefix))).await;
+    let errors: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+        .collect();
+    if !errors.is_empty() {
+        return Err(Error::Cleanup(errors.join("; ")));
+    }
+    ctx.ipam.lock().expect("ipam lock").release(&key(svc));
+    let rest: Vec<String> = svc
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    if rest.len() != svc.finalizers().len() {
+        patch_finalizers(ctx, svc, rest).await?;
+    }
+    log::info!("{}: rules removed, address released", key(svc));
+    Ok(Action::await_change())
+}
+
+/// The status ingress kube-loxilb writes: `<zone>-<ip>` as host name, or the IP without zone.
+pub fn ingress_for(zone: &str, ip: Ipv4Addr) -> serde_json::Value {
+    if zone.is_empty() {
+        json!({"ip": ip.to_string()})
+    } else {
+        json!({"hostname": format!("{zone}-{ip}")})
+    }
+}
+
+/// Reconciles one Service.
+pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let has_finalizer = svc.finalizers().iter().any(|f| f == FINALIZER);
+    let ours = desired::is_ours(&svc, &ctx.settings.lb_class);
+    if svc.meta().deletion_timestamp.is_some() || !ours {
+        if has_finalizer {
+            return cleanup(&ctx, &svc).await;
+        }
+        return Ok(Action::await_change());
+    }
+    let opts = desired::options(&svc).map_err(DesiredError::from)?;
+    if opts
+        .zone_select
+        .as_deref()
+        .is_some_and(|z| z != ctx.settings.zone)
+    {
+        return Ok(Action::await_change());
+    }
+    if !has_finalizer {
+        let mut f = svc.finalizers().to_vec();
+        f.push(FINALIZER.to_owned());
+        patch_finalizers(&ctx, &svc, f).await?;
+    }
+    // Compute everything before touching an appliance: an invalid Service changes nothing.
+    let vip = address(&ctx, &svc)?;
+    let mut vips = vec![IpAddr::V4(vip)];
+    vips.extend(desired::external_ips(&svc)?);
+    let ns = svc.namespace().unwrap_or_default();
+    let name = svc.name_any();
+    let slices = watch::slices_of(&ctx.slices, &ns, &name);
+    let slice_refs: Vec<&EndpointSlice> = slices.iter().map(Arc::as_ref).collect();
+    let nodes = ctx.nodes.state();
+    let node_refs: Vec<&Node> = nodes.iter().map(Arc::as_ref).collect();
+    let rules = desired::desired_rules(&svc, &slice_refs, &node_refs, &ctx.settings, &vips)?;
+
+    let prefix = desired::rule_prefix(&ns, &name);
+    let results: Vec<Result<_, ApplianceError>> =
+        join_all(ctx.appliances.iter().map(|a| a.sync(&prefix, &rules))).await;
+    let mut accepted = 0;
+    let mut errors = Vec::new();
+    for (a, r) in ctx.appliances.iter().zip(&results) {
+        match r {
+            Ok(rep) => {
+                accepted += 1;
+                if rep.created + rep.deleted > 0 {
+                    log::info!(
+                        "{}: {} rule(s) written, {} removed on {}",
+                        key(&svc),
+                        rep.created,
+                        rep.deleted,
+                        a.url()
+                    );
+                }
+            }
+            Err(e) => {
+                log::warn!("{}: {e}", key(&svc));
+                errors.push(e.to_string());
+            }
+        }
+    }
+    if accepted == 0 {
+        return Err(Error::NoAppliance(errors.join("; ")));
+    }
+    if !rules.is_empty() {
+        let want = vec![ingress_for(&ctx.settings.zone, vip)];
+        let have = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref())
+            .map(|i| serde_json::to_value(i).unwrap_or_default());
+        if have.as_ref() != Some(&serde_json::Value::Array(want.clone())) {
+            let api: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+            let patch = json!({"status": {"loadBalancer": {"ingress": want}}});
+            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            log::info!("{}: status shows {vip}", key(&svc));
+        }
+    }
+    ctx.failures
+        .lock()
+        .expect("failures lock")
+        .remove(&key(&svc));
+    Ok(Action::requeue(ctx.resync))
+}
+
+/// The retry delay after `n` consecutive failures: 1 s doubling up to 60 s.
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_secs(1u64 << n.min(6)).min(Duration::from_secs(60))
+}
+
+/// Counts the error, records an Event on the Service, and retries with backoff.
+pub fn error_policy(svc: Arc<Service>, err: &Error, ctx: Arc<Context>) -> Action {
+    let n = {
+        let mut f = ctx.failures.lock().expect("failures lock");
+        let n = f.entry(key(&svc)).or_insert(0);
+        *n += 1;
+        *n
+    };
+    *ctx.error_counts
+        .lock()
+        .expect("counts lock")
+        .entry(err.label())
+        .or_insert(0) += 1;
+    log::warn!("{}: {err} (retry {n})", key(&svc));
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: err.reason().to_owned(),
+        note: Some(err.to_string()),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    let reference = svc.object_ref(&());
+    let recorder = ctx.recorder.clone();
+    tokio::spawn(async move {
+        if let Err(e) = recorder.publish(&ev, &reference).await {
+            log::warn!("publishing an event failed: {e}");
+        }
+    });
+    Action::requeue(backoff(n - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_addresses_are_read_from_ips_and_kube_loxilb_host_names() {
+        let ip: Ipv4Addr = "198.18.100.1".parse().unwrap();
+        assert_eq!(ingress_ip(Some("198.18.100.1"), None), Some(ip));
+        assert_eq!(ingress_ip(None, Some("llb-198.18.100.1")), Some(ip));
+        assert_eq!(ingress_ip(None, Some("198.18.100.1")), Some(ip));
+        assert_eq!(ingress_ip(None, Some("example.com")), None);
+        assert_eq!(
+            ingress_for("llb", ip),
+            json!({"hostname": "llb-198.18.100.1"})
+        );
+        assert_eq!(ingress_for("", ip), json!({"ip": "198.18.100.1"}));
+    }
+
+    #[test]
+    fn retries_back_off_from_one_second_to_a_minute() {
+        let d: Vec<u64> = (0..9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(d, vec![1, 2, 4, 8, 16, 32, 60, 60, 60]);
+    }
+}
