@@ -18,8 +18,9 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
-/// Frames per worker UMEM (4 KiB each: 16 MiB per worker).
-pub const FRAME_COUNT: u32 = 4096;
+/// Frames per worker UMEM (4 KiB each: 32 MiB per worker): enough to keep both rings of two
+/// sockets full while a ring's worth of frames is in TX flight.
+pub const FRAME_COUNT: u32 = 8192;
 const FRAME_SIZE: u32 = 4096;
 /// Entries of every ring (RX, TX, fill, completion).
 pub const RING_SIZE: u32 = 2048;
@@ -328,13 +329,13 @@ impl WorkerSockets {
         }
     }
 
-    /// Tops up fill rings that ran low because the pool was empty earlier.
+    /// Refills every fill ring from the pool as far as it has room: a fill ring that runs empty
+    /// makes the kernel drop received packets (counted as fill_ring_empty).
     pub fn top_up(&mut self) {
         for i in 0..self.ports.len() {
-            let free = self.ports[i].fill.nb_free(RING_SIZE) as usize;
-            let target = free.saturating_sub((RING_SIZE / 2) as usize);
-            if target > 0 {
-                self.refill(i, target);
+            let room = self.ports[i].fill.nb_free(RING_SIZE) as usize;
+            if room > 0 {
+                self.refill(i, room);
             }
         }
     }

@@ -4,6 +4,9 @@
 //! Deterministic (a fixed-seed generator) so a failure reproduces; the `cargo fuzz` target in
 //! `dataplane/fuzz/` explores the same property for as long as one cares to run it.
 
+mod common;
+use common::Rng;
+
 use oxlb_dataplane::checksum;
 use oxlb_dataplane::engine::{Engine, Verdict};
 use oxlb_dataplane::nat::l4_checksum_ok;
@@ -13,22 +16,6 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
-
-/// splitmix64: small, fixed, good enough to spray bytes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn snapshot(mode: NatMode) -> Snapshot {
     let mut s = Snapshot::default();

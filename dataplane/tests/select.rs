@@ -1,6 +1,9 @@
 //! Endpoint selection: frozen hash mappings, Maglev disruption and weights, exact weighted
 //! splits, persistence, least connections, and liveness for every algorithm.
 
+mod common;
+use common::Rng;
+
 use oxlb_dataplane::select::{
     client_hash, flow_hash, Algorithm, EndpointKey, FlowTuple, SelectorError, SelectorState,
     ServiceSelector, WeightedEndpoint, DEFAULT_TABLE_SIZE, MAX_ENDPOINTS, PERSIST_WAYS,
@@ -79,23 +82,6 @@ fn owners(sel: &ServiceSelector) -> Vec<EndpointKey> {
         .iter()
         .map(|&i| sel.endpoint(usize::from(i)).expect("every slot filled"))
         .collect()
-}
-
-/// splitmix64: a deterministic source for the randomised tests.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 // --- Frozen mappings. These values were generated once from this implementation and frozen:

@@ -12,6 +12,8 @@ pub mod blob;
 pub mod checks;
 
 use std::fmt;
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -216,6 +218,35 @@ impl Drop for Netns {
     fn drop(&mut self) {
         let _ = run(Command::new("ip").args(["netns", "del", &self.name]));
     }
+}
+
+/// Runs `f` on a new thread that has entered network namespace `ns`: sockets, netlink queries
+/// and ifindexes inside `f` refer to that namespace, while the test's own thread stays where
+/// it is.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = PathBuf::from("/run/netns").join(ns);
+    thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        // SAFETY: setns takes a valid namespace fd that `file` keeps open for the call; it
+        // changes only this thread's network namespace, and this thread ends with `f`.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("thread in the namespace panicked")
+}
+
+/// Runs `ip ARGS`, panicking with its error output if it fails; returns what it printed.
+pub fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("ip prints UTF-8")
 }
 
 /// Deletes every namespace whose name starts with `<prefix>-`: leftovers of an earlier run

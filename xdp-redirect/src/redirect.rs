@@ -91,8 +91,8 @@ impl XdpRedirect {
             HashMap::try_from(take_map(&mut ebpf, MAP_LB_DST)?).map_err(map_error(MAP_LB_DST))?;
         let lb_src =
             HashMap::try_from(take_map(&mut ebpf, MAP_LB_SRC)?).map_err(map_error(MAP_LB_SRC))?;
-        let lb_snat = HashMap::try_from(take_map(&mut ebpf, MAP_LB_SNAT)?)
-            .map_err(map_error(MAP_LB_SNAT))?;
+        let lb_snat =
+            HashMap::try_from(take_map(&mut ebpf, MAP_LB_SNAT)?).map_err(map_error(MAP_LB_SNAT))?;
         // Written only here; dropping this handle later is fine, the program keeps the map.
         let mut iface_slot: HashMap<MapData, u32, u32> =
             HashMap::try_from(take_map(&mut ebpf, MAP_IFACE_SLOT)?)
@@ -221,7 +221,12 @@ impl XdpRedirect {
 
     /// Makes `lb_snat` hold exactly these addresses (keys with port 0), each steering replies
     /// to ports `first..=last`. Entries are written before stale ones are removed.
-    pub fn sync_snat(&mut self, addrs: &BTreeSet<LbKey>, first: u16, last: u16) -> Result<(), XdpError> {
+    pub fn sync_snat(
+        &mut self,
+        addrs: &BTreeSet<LbKey>,
+        first: u16,
+        last: u16,
+    ) -> Result<(), XdpError> {
         if addrs.len() > MAX_SNAT_ADDRS {
             return Err(XdpError::TooManyKeys {
                 map: MAP_LB_SNAT,

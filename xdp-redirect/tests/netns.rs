@@ -7,16 +7,15 @@
 
 use std::{
     collections::BTreeSet,
-    fs::File,
     net::{Ipv4Addr, UdpSocket},
     os::fd::AsRawFd,
-    path::PathBuf,
     process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
+use oxlb_tests::{in_netns, ip};
 use oxlb_xdp::{AttachMode, LbKey, XdpError, XdpRedirect};
 
 const ADDR_A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -67,7 +66,7 @@ impl NetnsPair {
 
     /// The `xdp` object of `ip -j link show dev <dev>` in namespace a, if any.
     fn xdp_of(&self, dev: &str) -> Option<serde_json::Value> {
-        let out = ip_output(&["-n", &self.a, "-j", "link", "show", "dev", dev]);
+        let out = ip(&["-n", &self.a, "-j", "link", "show", "dev", dev]);
         let links: serde_json::Value = serde_json::from_str(&out).expect("ip -j prints JSON");
         links[0].get("xdp").cloned()
     }
@@ -117,38 +116,6 @@ impl Drop for NetnsPair {
                 .status();
         }
     }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn ip_output(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(out.status.success(), "ip {} failed", args.join(" "));
-    String::from_utf8(out.stdout).expect("ip prints UTF-8")
-}
-
-/// Runs `f` on a new thread that has entered network namespace `ns`; sockets, netlink queries
-/// and ifindexes inside `f` refer to that namespace.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = PathBuf::from("/run/netns").join(ns);
-    thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        // SAFETY: setns takes a valid namespace fd that `file` keeps open for the call; it
-        // changes only this thread's network namespace, and this thread ends with `f`.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("thread in the namespace panicked")
 }
 
 fn names(list: &[&str]) -> Vec<String> {

@@ -9,10 +9,7 @@
 //! ```
 
 use std::{
-    fs::File,
     net::Ipv4Addr,
-    os::fd::AsRawFd,
-    path::PathBuf,
     process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
@@ -20,6 +17,7 @@ use std::{
 };
 
 use oxlb_control::nexthop::{NextHopResolver, Resolution, Resolved};
+use oxlb_tests::{in_netns, ip};
 
 const A_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const B_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -144,25 +142,8 @@ impl Drop for Lab {
     }
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn ip_json(args: &[&str]) -> serde_json::Value {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("ip -j prints JSON")
+    serde_json::from_str(&ip(args)).expect("ip -j prints JSON")
 }
 
 fn parse_mac(text: &str) -> [u8; 6] {
@@ -171,22 +152,6 @@ fn parse_mac(text: &str) -> [u8; 6] {
         .map(|b| u8::from_str_radix(b, 16).expect("hex MAC byte"))
         .collect();
     bytes.try_into().expect("six MAC bytes")
-}
-
-/// Runs `f` on a new thread that has entered network namespace `ns`; the resolver's netlink
-/// socket, opened inside `f`, then asks about that namespace.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = PathBuf::from("/var/run/netns").join(ns);
-    thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        // SAFETY: setns takes a valid namespace fd that `file` keeps open for the call; it
-        // changes only this thread's network namespace, and this thread ends with `f`.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("thread in the namespace panicked")
 }
 
 /// Every answer but the last is Pending for `next_hop` on `ifindex`; the last is returned.
