@@ -249,3 +249,40 @@ fn only_allowed_sources_reach_the_vip() {
     let answers = requests(&topo, 2, &[], &log_of(&oxlb));
     assert_eq!(answers[0].peer_ip, CLIENT_IP);
 }
+
+/// The value of the sample `name{labels}` on a Prometheus page.
+fn sample(page: &str, series: &str) -> u64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{page}"))
+}
+
+#[test]
+fn metrics_count_the_flows_and_packets_that_went_through() {
+    let topo = topology(false);
+    let _backends = topo.start_backends();
+    let oxlb = topo.start_oxlb(&[]);
+    add_service(&topo, "tcp", 0, 0, BACKEND_PORT);
+    requests(&topo, 3, &[], &log_of(&oxlb));
+
+    let (status, page) = topo.api("GET", "/metrics", None);
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        sample(&page, "oxlb_flows_created_total{worker=\"0\"}") >= 3,
+        "{page}"
+    );
+    // Each HTTP exchange is several segments each way, all through the worker.
+    assert!(
+        sample(&page, "oxlb_rx_packets_total{worker=\"0\"}") >= 3 * 6,
+        "{page}"
+    );
+    assert!(sample(&page, "oxlb_xdp_packets_total{action=\"redirected\"}") >= 3 * 6);
+    assert_eq!(
+        sample(
+            &page,
+            "oxlb_drops_total{worker=\"0\",reason=\"conntrack_full\"}"
+        ),
+        0
+    );
+    assert_eq!(sample(&page, "oxlb_services"), 1);
+}

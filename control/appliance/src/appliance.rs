@@ -154,6 +154,16 @@ impl Appliance for ApplianceCore {
         self.lock().state.clone()
     }
 
+    fn metrics(&self) -> Option<String> {
+        let (workers, xdp) = self.stats();
+        let services = self.lock().state.len();
+        Some(crate::metrics::render(&crate::metrics::Sample {
+            workers: &workers,
+            xdp,
+            services,
+        }))
+    }
+
     fn apply(&self, next: DesiredState) -> Result<(), ApplyError> {
         let mut inner = self.lock();
         let addrs = compile::endpoint_addrs(&next);

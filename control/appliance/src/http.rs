@@ -27,6 +27,11 @@ use tokio::sync::Mutex;
 pub trait Appliance: Send + Sync + 'static {
     fn current(&self) -> DesiredState;
     fn apply(&self, next: DesiredState) -> Result<(), ApplyError>;
+    /// The Prometheus text page of `/metrics`; `None` when there is nothing to report (then
+    /// the path answers 404).
+    fn metrics(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Why the appliance could not run a new desired state. The previous state still runs.
@@ -74,6 +79,7 @@ pub fn router(app: Arc<dyn Appliance>) -> Router {
             ),
             delete(delete_one),
         )
+        .route("/metrics", get(metrics))
         .fallback(no_such_path)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(api)
@@ -112,6 +118,22 @@ impl IntoResponse for Failure {
 
 fn success() -> Json<ResultResponse> {
     Json(ResultResponse::success())
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    match api.app.metrics() {
+        Some(page) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            page,
+        )
+            .into_response(),
+        None => {
+            Failure::new(StatusCode::NOT_FOUND, "this appliance has no metrics").into_response()
+        }
+    }
 }
 
 async fn health() -> Json<HealthResponse> {

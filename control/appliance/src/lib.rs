@@ -2,6 +2,7 @@
 pub mod appliance;
 pub mod compile;
 pub mod http;
+pub mod metrics;
 pub mod nexthop;
 pub mod persist;
 pub mod state;

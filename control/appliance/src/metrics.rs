@@ -1,0 +1,192 @@
+//! Prometheus text exposition of the appliance's counters: per worker, with every drop reason
+//! as a label, the kernel's AF_XDP socket drops, and the XDP program's own counters.
+
+use oxlb_dataplane::stats::{Counters, DropReason};
+use oxlb_xdp::XdpStats;
+use std::fmt::Write;
+
+/// What the metrics page is made of, read once per scrape.
+pub struct Sample<'a> {
+    pub workers: &'a [Counters],
+    pub xdp: Option<XdpStats>,
+    pub services: usize,
+}
+
+/// One metric family: its help, its type, and its samples as (labels, value).
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
+fn per_worker(workers: &[Counters], value: impl Fn(&Counters) -> u64) -> Vec<(String, u64)> {
+    workers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("worker=\"{i}\""), value(c)))
+        .collect()
+}
+
+/// Renders `s` in the Prometheus text format (version 0.0.4).
+pub fn render(s: &Sample<'_>) -> String {
+    let mut out = String::new();
+    let w = s.workers;
+    family(
+        &mut out,
+        "oxlb_rx_packets_total",
+        "counter",
+        "Frames workers received from their AF_XDP sockets.",
+        &per_worker(w, |c| c.rx_packets),
+    );
+    family(
+        &mut out,
+        "oxlb_tx_packets_total",
+        "counter",
+        "Frames workers queued for transmission.",
+        &per_worker(w, |c| c.tx_packets),
+    );
+    family(
+        &mut out,
+        "oxlb_kernel_packets_total",
+        "counter",
+        "Packets handed to the kernel because their next hop's MAC was not known yet.",
+        &per_worker(w, |c| c.kernel_packets),
+    );
+    family(
+        &mut out,
+        "oxlb_flows_created_total",
+        "counter",
+        "Flows opened.",
+        &per_worker(w, |c| c.flows_created),
+    );
+    family(
+        &mut out,
+        "oxlb_flows_expired_total",
+        "counter",
+        "Flows removed after their timeout.",
+        &per_worker(w, |c| c.flows_expired),
+    );
+    family(
+        &mut out,
+        "oxlb_flows_active",
+        "gauge",
+        "Flows in the connection tables.",
+        &per_worker(w, |c| c.flows_active),
+    );
+    family(
+        &mut out,
+        "oxlb_icmp_echo_replies_total",
+        "counter",
+        "Echo requests to a VIP answered.",
+        &per_worker(w, |c| c.icmp_echo_replies),
+    );
+    let drops: Vec<(String, u64)> = w
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| {
+            DropReason::ALL.iter().map(move |r| {
+                (
+                    format!("worker=\"{i}\",reason=\"{}\"", r.label()),
+                    c.dropped(*r),
+                )
+            })
+        })
+        .collect();
+    family(
+        &mut out,
+        "oxlb_drops_total",
+        "counter",
+        "Packets dropped by a worker, by reason.",
+        &drops,
+    );
+    let socket: Vec<(String, u64)> = w
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| {
+            let k = c.sockets;
+            [
+                ("rx_ring_full", k.rx_ring_full),
+                ("fill_ring_empty", k.fill_ring_empty),
+                ("rx_dropped", k.rx_dropped),
+                ("invalid_descs", k.invalid_descs),
+            ]
+            .map(|(reason, v)| (format!("worker=\"{i}\",reason=\"{reason}\""), v))
+        })
+        .collect();
+    family(
+        &mut out,
+        "oxlb_socket_drops_total",
+        "counter",
+        "Packets the kernel dropped at a worker's AF_XDP sockets, by reason.",
+        &socket,
+    );
+    if let Some(x) = s.xdp {
+        let xdp = [
+            ("redirected", x.redirected),
+            ("passed", x.passed),
+            ("no_socket", x.no_socket),
+        ]
+        .map(|(action, v)| (format!("action=\"{action}\""), v));
+        family(
+            &mut out,
+            "oxlb_xdp_packets_total",
+            "counter",
+            "Packets the XDP program redirected to the workers or passed to the kernel.",
+            &xdp,
+        );
+    }
+    family(
+        &mut out,
+        "oxlb_services",
+        "gauge",
+        "Load-balancer rules installed.",
+        &[(String::new(), s.services as u64)],
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_drop_reason_is_a_labelled_sample_of_every_worker() {
+        let mut c = Counters {
+            rx_packets: 7,
+            ..Counters::default()
+        };
+        c.drop(DropReason::TcpNotSyn);
+        let page = render(&Sample {
+            workers: &[c.clone(), Counters::default()],
+            xdp: Some(XdpStats {
+                redirected: 9,
+                passed: 1,
+                no_socket: 0,
+            }),
+            services: 2,
+        });
+        assert!(
+            page.contains("oxlb_rx_packets_total{worker=\"0\"} 7\n"),
+            "{page}"
+        );
+        assert!(page.contains("oxlb_drops_total{worker=\"0\",reason=\"tcp_not_syn\"} 1\n"));
+        assert_eq!(
+            page.matches("oxlb_drops_total{").count(),
+            2 * DropReason::COUNT,
+            "each worker lists every reason, zeros included"
+        );
+        assert!(page.contains("oxlb_xdp_packets_total{action=\"redirected\"} 9\n"));
+        assert!(page.contains("oxlb_services 2\n"));
+        // Every sample line belongs to a family announced by a TYPE line.
+        for line in page.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(page.contains(&format!("# TYPE {name} ")), "{line}");
+        }
+    }
+}
