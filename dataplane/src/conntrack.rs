@@ -118,6 +118,14 @@ impl Conntrack {
         self.slab.len()
     }
 
+    /// Bytes the table holds allocated for its capacity: the slab of flows plus the index.
+    /// Fixed at creation (nothing grows), so this is the memory cost of `capacity()` flows.
+    pub fn allocated_bytes(&self) -> usize {
+        self.slab.capacity() * std::mem::size_of::<Option<Flow>>()
+            + self.free.capacity() * std::mem::size_of::<Slot>()
+            + self.index.allocation_size()
+    }
+
     pub fn len(&self) -> usize {
         self.slab.len() - self.free.len()
     }

@@ -167,6 +167,14 @@ impl Engine {
                 self.new_flow(&pkt, ingress_ifindex, snap, now_ms)?
             }
             Some(found) => found,
+            // In DNAT mode an endpoint's packets are steered here by their source; those to
+            // our own address are the appliance's connections (health probes, an operator's
+            // session), which belong to the kernel.
+            None if snap.own_addrs.contains(&pkt.key.dst) => {
+                let ip_buf = &mut frame[ethernet::HEADER_LEN..];
+                complete_checksum_v4(ip_buf, pkt.key.proto).map_err(wire_drop)?;
+                return Ok(Verdict::Kernel);
+            }
             None => self.new_flow(&pkt, ingress_ifindex, snap, now_ms)?,
         };
 
@@ -400,12 +408,12 @@ impl Engine {
             .entry(service.key)
             .or_insert_with(|| SelectorState::new(&service.selector, PERSIST_CAPACITY));
         let tuple = FlowTuple::v4(k.src, k.src_port, k.dst, k.dst_port, k.proto as u8);
-        // Every endpoint counts as live until health checks report otherwise.
+        // An endpoint without a health verdict (a shorter `live`) counts as live.
         let i = state
             .pick(
                 &service.selector,
                 &tuple,
-                |_| true,
+                |i| service.live.get(i).copied().unwrap_or(true),
                 now_ms,
                 service.inactive_timeout.as_millis() as u64,
             )

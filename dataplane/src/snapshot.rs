@@ -73,6 +73,9 @@ pub struct Service {
     /// every worker; its endpoint indices are those of `endpoints`.
     pub selector: Arc<ServiceSelector>,
     pub endpoints: Vec<Endpoint>,
+    /// Whether each endpoint (same index as `endpoints`) may take new flows: false while its
+    /// health probe says it is down. Established flows to it continue until they end.
+    pub live: Vec<bool>,
     /// Idle time after which an established flow is forgotten.
     pub inactive_timeout: Duration,
     /// Full NAT: the source address written into requests; the VIP when not set.
@@ -117,6 +120,7 @@ impl Service {
             name,
             mode,
             selector: Arc::new(selector),
+            live: vec![true; endpoints.len()],
             endpoints,
             inactive_timeout,
             snat_addr: None,
@@ -165,4 +169,7 @@ pub struct Snapshot {
     /// Our own address on the route toward each endpoint (one-arm's source), known as soon as
     /// the route is, even before the neighbour's MAC.
     pub sources: HashMap<Ipv4Addr, Ipv4Addr>,
+    /// The distinct values of `sources`: our own addresses toward the endpoints. An endpoint's
+    /// packet to one of them without a flow is the host's own connection (a health probe).
+    pub own_addrs: hashbrown::HashSet<Ipv4Addr>,
 }

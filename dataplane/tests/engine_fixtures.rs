@@ -93,6 +93,7 @@ impl Fixture {
     /// Our own address toward backend `n`, as the route lookup reports it.
     fn source(mut self, n: u8, addr: Ipv4Addr) -> Self {
         self.snap.sources.insert(backend(n), addr);
+        self.snap.own_addrs.insert(addr);
         self
     }
 
@@ -630,4 +631,46 @@ fn a_blocked_service_refuses_new_flows_but_keeps_established_ones() {
         fx.run(&mut other, LB0_IF),
         Verdict::Drop(DropReason::ServiceBlocked)
     );
+}
+
+#[test]
+fn an_endpoint_that_is_not_live_gets_no_new_flow() {
+    let mut fx = Fixture::new()
+        .service(Proto::Tcp, &[1, 2, 3])
+        .next_hop(1)
+        .next_hop(2);
+    for s in fx.snap.services.values_mut() {
+        s.live[0] = false;
+    }
+    let mut f = hex(SYN_IN);
+    assert_eq!(
+        fx.run(&mut f, LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
+    assert_eq!(f[14 + 16..14 + 20], backend(2).octets());
+}
+
+#[test]
+fn no_live_endpoint_drops_a_new_flow_as_no_endpoint() {
+    let mut fx = Fixture::new().service(Proto::Tcp, &[1]).next_hop(1);
+    for s in fx.snap.services.values_mut() {
+        s.live[0] = false;
+    }
+    let mut f = hex(SYN_IN);
+    assert_eq!(
+        fx.run(&mut f, LB0_IF),
+        Verdict::Drop(DropReason::NoEndpoint)
+    );
+}
+
+#[test]
+fn an_endpoints_packet_to_our_own_address_without_a_flow_goes_to_the_kernel() {
+    // A health probe's answer: from the endpoint's service port to the LB itself.
+    let mut fx = Fixture::new()
+        .service(Proto::Tcp, &[1])
+        .source(1, Ipv4Addr::new(198, 18, 31, 254));
+    let mut f = hex(ONEARM_REPLY_IN);
+    assert_eq!(fx.run(&mut f, LB1_IF), Verdict::Kernel);
+    assert_eq!(f, hex(ONEARM_REPLY_IN), "a complete checksum is left alone");
+    assert!(fx.engine.conntrack().is_empty());
 }

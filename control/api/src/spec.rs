@@ -118,6 +118,61 @@ pub struct ServiceSpec {
     pub allowed_sources: Vec<Ipv4Prefix>,
     /// loxilb's `block` (non-zero): no new flows; established ones continue.
     pub block_new_flows: bool,
+    /// loxilb's `monitor` and probe settings: endpoints are probed and skipped for new flows
+    /// while down. `None` when `monitor` is off.
+    pub monitor: Option<ProbeSpec>,
+}
+
+/// How an endpoint is probed (loxilb's `probetype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProbeKind {
+    /// A TCP connection is opened and closed.
+    Tcp,
+    /// A datagram is sent; an answer (containing `response`, if set) must come back.
+    Udp,
+    /// `GET request` answered with a 2xx or 3xx status (and a body containing `response`).
+    Http,
+    /// Monitored, but never probed: every endpoint stays up.
+    None,
+}
+
+impl ProbeKind {
+    /// The name loxilb uses on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Tcp => "tcp",
+            ProbeKind::Udp => "udp",
+            ProbeKind::Http => "http",
+            ProbeKind::None => "none",
+        }
+    }
+}
+
+/// A validated health probe of a service's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProbeSpec {
+    pub kind: ProbeKind,
+    /// The port probed; 0 probes each endpoint's `targetPort`.
+    pub port: u16,
+    /// http: the path to GET (empty: `/`); udp: the payload to send (empty: one zero byte).
+    pub request: String,
+    /// A substring the answer (http: its body) must contain; empty accepts any answer.
+    pub response: String,
+    /// Seconds to wait for one probe's answer; never 0.
+    pub timeout_secs: u32,
+    /// Consecutive failures that take an endpoint down; never 0.
+    pub retries: u32,
+}
+
+impl ProbeSpec {
+    /// The port probed on `endpoint`.
+    pub fn port_of(&self, endpoint: &EndpointSpec) -> u16 {
+        if self.port == 0 {
+            endpoint.target_port
+        } else {
+            self.port
+        }
+    }
 }
 
 /// An IPv4 prefix such as `198.18.0.0/24`.
@@ -146,6 +201,11 @@ impl fmt::Display for Ipv4Prefix {
         write!(f, "{}/{}", self.addr, self.len)
     }
 }
+
+/// Probe timeout used when a request leaves `probeTimeout` at 0.
+pub const DEFAULT_PROBE_TIMEOUT_SECS: u32 = 1;
+/// Consecutive failures used when a request leaves `probeRetries` at 0.
+pub const DEFAULT_PROBE_RETRIES: u32 = 2;
 
 /// kube-loxilb's default inactivity timeout, used when a request leaves it at 0.
 pub const DEFAULT_INACTIVE_TIMEOUT_SECS: u32 = 1800;

@@ -3,8 +3,8 @@
 
 use crate::model::{AllowedSource, Endpoint, LoadBalancerEntry, ServiceArguments};
 use crate::spec::{
-    EndpointSpec, Ipv4Prefix, NatMode, Protocol, Selection, ServiceKey, ServiceSpec,
-    DEFAULT_INACTIVE_TIMEOUT_SECS,
+    EndpointSpec, Ipv4Prefix, NatMode, ProbeKind, ProbeSpec, Protocol, Selection, ServiceKey,
+    ServiceSpec, DEFAULT_INACTIVE_TIMEOUT_SECS, DEFAULT_PROBE_RETRIES, DEFAULT_PROBE_TIMEOUT_SECS,
 };
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -86,6 +86,10 @@ pub enum ValidationError {
         field: &'static str,
         what: &'static str,
     },
+    #[error("probetype {0:?} is not implemented yet: use tcp, udp, http or none")]
+    ProbeTypeNotImplemented(String),
+    #[error("probetype {0:?} is unknown: use tcp, udp, http or none")]
+    UnknownProbeType(String),
     #[error("endpoints is empty: a rule needs at least one endpoint")]
     NoEndpoints,
     #[error("endpoints[{index}] {ip}:{port} is the same endpoint as endpoints[{first}]")]
@@ -118,6 +122,7 @@ impl ValidationError {
             DsrPortMismatch { index, .. } => return format!("endpoints[{index}].targetPort"),
             OperNotImplemented { .. } | UnknownOper(_) => "serviceArguments.oper",
             SecurityNotImplemented { .. } | UnknownSecurity(_) => "serviceArguments.security",
+            ProbeTypeNotImplemented(_) | UnknownProbeType(_) => "serviceArguments.probetype",
             NoEndpoints => "endpoints",
         };
         fixed.to_owned()
@@ -137,6 +142,7 @@ pub fn validate(entry: &LoadBalancerEntry) -> Result<ServiceSpec, ValidationErro
     let selection = selection(sa.sel)?;
     let mode = mode(sa.mode)?;
     check_unimplemented(sa)?;
+    let monitor = if sa.monitor { Some(probe(sa)?) } else { None };
     let inactive_timeout_secs = match sa.inactive_timeout {
         0 => DEFAULT_INACTIVE_TIMEOUT_SECS,
         t => in_range(&format!("{SA}.inactiveTimeOut"), t, 1, i64::from(i32::MAX))? as u32,
@@ -181,6 +187,40 @@ pub fn validate(entry: &LoadBalancerEntry) -> Result<ServiceSpec, ValidationErro
         inactive_timeout_secs,
         allowed_sources,
         block_new_flows: sa.block != 0,
+        monitor,
+    })
+}
+
+/// The probe settings of a monitored rule; 0 timeout and retries mean the defaults.
+fn probe(sa: &ServiceArguments) -> Result<ProbeSpec, ValidationError> {
+    let kind = match sa.probetype.as_str() {
+        "tcp" => ProbeKind::Tcp,
+        "udp" => ProbeKind::Udp,
+        "http" => ProbeKind::Http,
+        "none" => ProbeKind::None,
+        // ping needs a raw ICMP socket; https and sctp a TLS or SCTP client.
+        "ping" | "https" | "sctp" => {
+            return Err(ValidationError::ProbeTypeNotImplemented(
+                sa.probetype.clone(),
+            ))
+        }
+        other => return Err(ValidationError::UnknownProbeType(other.to_owned())),
+    };
+    let timeout_secs = match sa.probe_timeout {
+        0 => DEFAULT_PROBE_TIMEOUT_SECS,
+        t => in_range(&format!("{SA}.probeTimeout"), i64::from(t), 1, 3600)? as u32,
+    };
+    let retries = match sa.probe_retries {
+        0 => DEFAULT_PROBE_RETRIES,
+        r => in_range(&format!("{SA}.probeRetries"), i64::from(r), 1, 100)? as u32,
+    };
+    Ok(ProbeSpec {
+        kind,
+        port: sa.probeport,
+        request: sa.probereq.clone(),
+        response: sa.proberesp.clone(),
+        timeout_secs,
+        retries,
     })
 }
 
@@ -231,6 +271,7 @@ pub fn service_key(ip: &str, port_text: &str, proto: &str) -> Result<ServiceKey,
 
 /// The loxilb body that describes `spec`, as listings show it.
 pub fn to_entry(spec: &ServiceSpec) -> LoadBalancerEntry {
+    let probe = spec.monitor.as_ref();
     LoadBalancerEntry {
         service_arguments: ServiceArguments {
             external_ip: spec.key.external_ip.to_string(),
@@ -241,13 +282,13 @@ pub fn to_entry(spec: &ServiceSpec) -> LoadBalancerEntry {
             sel: spec.selection.number(),
             mode: spec.mode.number(),
             bgp: false,
-            monitor: false,
-            probetype: String::new(),
-            probeport: 0,
-            probereq: String::new(),
-            proberesp: String::new(),
-            probe_timeout: 0,
-            probe_retries: 0,
+            monitor: spec.monitor.is_some(),
+            probetype: probe.map_or("", |p| p.kind.as_str()).to_owned(),
+            probeport: probe.map_or(0, |p| p.port),
+            probereq: probe.map_or(String::new(), |p| p.request.clone()),
+            proberesp: probe.map_or(String::new(), |p| p.response.clone()),
+            probe_timeout: probe.map_or(0, |p| p.timeout_secs),
+            probe_retries: probe.map_or(0, |p| p.retries as i32),
             inactive_timeout: i64::from(spec.inactive_timeout_secs),
             block: u32::from(spec.block_new_flows),
             managed: false,
@@ -419,16 +460,11 @@ fn check_unimplemented(sa: &ServiceArguments) -> Result<(), ValidationError> {
         }
         s => return Err(ValidationError::UnknownSecurity(s)),
     }
-    let refusals: [(bool, &'static str, &'static str); 7] = [
+    let refusals: [(bool, &'static str, &'static str); 6] = [
         (
             sa.bgp,
             "serviceArguments.bgp",
             "advertising the service address by BGP is not implemented yet: send false",
-        ),
-        (
-            sa.monitor,
-            "serviceArguments.monitor",
-            "endpoint health probes are not implemented yet: send false",
         ),
         (
             !sa.private_ip.is_empty(),

@@ -2,8 +2,8 @@
 
 use oxlb_api::{
     service_key, to_entry, validate, EndpointSpec, ErrorResponse, LoadBalancerEntry,
-    LoadBalancerList, NatMode, Protocol, ResultResponse, Selection, ServiceKey, ValidationError,
-    DEFAULT_INACTIVE_TIMEOUT_SECS,
+    LoadBalancerList, NatMode, ProbeKind, Protocol, ResultResponse, Selection, ServiceKey,
+    ValidationError, DEFAULT_INACTIVE_TIMEOUT_SECS,
 };
 use serde_json::{json, Value};
 use std::net::Ipv4Addr;
@@ -115,6 +115,73 @@ fn probe_settings_are_ignored_while_monitoring_is_off() {
         sa["probeRetries"] = json!(3);
     });
     assert!(spec.is_ok());
+}
+
+fn monitored(probetype: &str) -> impl FnOnce(&mut Value) + '_ {
+    move |v| {
+        let sa = &mut v["serviceArguments"];
+        sa["Monitor"] = json!(true);
+        sa["probetype"] = json!(probetype);
+    }
+}
+
+#[test]
+fn a_monitored_rule_gets_the_default_probe_timeout_and_retries() {
+    let spec = validate_modified(monitored("tcp")).unwrap();
+    let probe = spec.monitor.expect("monitored");
+    assert_eq!(probe.kind, ProbeKind::Tcp);
+    assert_eq!((probe.port, probe.timeout_secs, probe.retries), (0, 1, 2));
+}
+
+#[test]
+fn http_probe_settings_are_kept_and_listed_back() {
+    let spec = validate_modified(|v| {
+        monitored("http")(v);
+        let sa = &mut v["serviceArguments"];
+        sa["probeport"] = json!(8081);
+        sa["probereq"] = json!("/healthz");
+        sa["proberesp"] = json!("ok");
+        sa["probeTimeout"] = json!(3);
+        sa["probeRetries"] = json!(4);
+    })
+    .unwrap();
+    let probe = spec.monitor.clone().unwrap();
+    assert_eq!(probe.kind, ProbeKind::Http);
+    assert_eq!(
+        (probe.port, probe.timeout_secs, probe.retries),
+        (8081, 3, 4)
+    );
+    assert_eq!(
+        (probe.request.as_str(), probe.response.as_str()),
+        ("/healthz", "ok")
+    );
+    let sa = to_entry(&spec).service_arguments;
+    assert!(sa.monitor);
+    assert_eq!(sa.probetype, "http");
+    assert_eq!((sa.probe_timeout, sa.probe_retries), (3, 4));
+    let again: LoadBalancerEntry =
+        serde_json::from_str(&serde_json::to_string(&to_entry(&spec)).unwrap()).unwrap();
+    assert_eq!(validate(&again).unwrap(), spec);
+}
+
+#[test]
+fn probe_types_oxlb_lacks_are_refused_naming_probetype() {
+    for t in ["https", "ping", "sctp", "", "icmp"] {
+        let e = refused(monitored(t));
+        assert_eq!(e.field(), "serviceArguments.probetype", "{e}");
+    }
+    assert!(refused(monitored("https"))
+        .to_string()
+        .contains("not implemented yet"));
+}
+
+#[test]
+fn negative_probe_retries_are_refused() {
+    let e = refused(|v| {
+        monitored("tcp")(v);
+        v["serviceArguments"]["probeRetries"] = json!(-1);
+    });
+    assert_eq!(e.field(), "serviceArguments.probeRetries");
 }
 
 #[test]
@@ -371,9 +438,8 @@ fn tls_security_modes_are_refused_as_not_implemented_yet() {
 
 #[test]
 fn features_oxlb_lacks_are_refused_naming_their_field() {
-    let cases: [(&str, Value, &str); 7] = [
+    let cases: [(&str, Value, &str); 6] = [
         ("BGP", json!(true), "bgp"),
-        ("Monitor", json!(true), "monitor"),
         ("privateIP", json!("10.0.0.1"), "privateIP"),
         ("snat", json!(true), "snat"),
         ("host", json!("example.com"), "host"),

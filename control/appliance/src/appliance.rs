@@ -2,7 +2,7 @@
 //! the state file as one step (snapshot to the workers, keys to the XDP program, the state saved
 //! durably), or not at all.
 
-use crate::compile::{self, Reachability, XdpKeys};
+use crate::compile::{self, Down, HealthKey, Reachability, XdpKeys};
 use crate::http::{Appliance, ApplyError};
 use crate::nexthop::{NextHopResolver, Resolution};
 use crate::persist::{PersistError, StateStore};
@@ -18,6 +18,8 @@ use std::sync::Mutex;
 struct Inner {
     state: DesiredState,
     reach: Reachability,
+    /// Monitored endpoints their probe reports down (see `crate::probe`).
+    down: Down,
     snat_ports: PortRange,
     /// Endpoints whose route or neighbour is not known yet, checked more often.
     unresolved: BTreeSet<Ipv4Addr>,
@@ -44,6 +46,7 @@ impl ApplianceCore {
             inner: Mutex::new(Inner {
                 state: DesiredState::default(),
                 reach: Reachability::default(),
+                down: Down::new(),
                 snat_ports,
                 unresolved: BTreeSet::new(),
                 resolver,
@@ -66,7 +69,7 @@ impl ApplianceCore {
         let mut inner = self.lock();
         let addrs = compile::endpoint_addrs(&inner.state);
         if inner.resolve(&addrs) {
-            match compile::snapshot(&inner.state, &inner.reach) {
+            match compile::snapshot(&inner.state, &inner.reach, &inner.down) {
                 Ok(snap) => inner.dataplane.publish(snap),
                 Err(e) => log::error!("could not compile the rules after a route change: {e}"),
             }
@@ -77,6 +80,31 @@ impl ApplianceCore {
             }
         }
         !inner.unresolved.is_empty()
+    }
+
+    /// Records a probe's verdict on an endpoint; a change republishes the snapshot so new flows
+    /// skip (or use again) the endpoint. Established flows are left alone.
+    pub fn set_health(&self, key: HealthKey, up: bool) {
+        let mut inner = self.lock();
+        let changed = if up {
+            inner.down.remove(&key)
+        } else {
+            inner.down.insert(key)
+        };
+        if !changed {
+            return;
+        }
+        log::info!(
+            "endpoint {}:{} of {} is {}",
+            key.endpoint,
+            key.target_port,
+            key.service,
+            if up { "up" } else { "down" }
+        );
+        match compile::snapshot(&inner.state, &inner.reach, &inner.down) {
+            Ok(snap) => inner.dataplane.publish(snap),
+            Err(e) => log::error!("could not compile the rules after a health change: {e}"),
+        }
     }
 
     /// Workers' counters and the XDP program's.
@@ -170,7 +198,8 @@ impl Appliance for ApplianceCore {
         inner.resolve(&addrs);
         let previous = inner.dataplane.current();
         // Workers learn a service before the XDP program steers its packets to them.
-        let snap = compile::snapshot(&next, &inner.reach).map_err(ApplyError::Dataplane)?;
+        let snap =
+            compile::snapshot(&next, &inner.reach, &inner.down).map_err(ApplyError::Dataplane)?;
         inner.dataplane.publish(snap);
         let keys = compile::xdp_keys(&next, &inner.reach);
         if let Err(e) = inner.install(&keys) {

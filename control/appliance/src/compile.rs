@@ -30,6 +30,18 @@ pub struct XdpKeys {
     pub snat: BTreeSet<LbKey>,
 }
 
+/// One probed endpoint of one service: services probe their endpoints independently, as their
+/// probe settings differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HealthKey {
+    pub service: oxlb_api::ServiceKey,
+    pub endpoint: Ipv4Addr,
+    pub target_port: u16,
+}
+
+/// Endpoints whose probe reports them down; every other endpoint is up.
+pub type Down = BTreeSet<HealthKey>;
+
 /// IP protocol number of ICMPv4.
 const ICMP: u8 = 1;
 
@@ -69,7 +81,7 @@ fn algorithm(s: oxlb_api::Selection) -> Algorithm {
 
 /// The dataplane's service; fails only for what validation already refuses (duplicate
 /// endpoints), so an error here is a bug worth reporting, not a user mistake.
-fn service(spec: &ServiceSpec) -> Result<Service, String> {
+fn service(spec: &ServiceSpec, down: &Down) -> Result<Service, String> {
     let endpoints = spec
         .endpoints
         .iter()
@@ -94,6 +106,19 @@ fn service(spec: &ServiceSpec) -> Result<Service, String> {
             .map(|p| (u32::from(p.addr) & p.mask(), p.mask()))
             .collect();
         svc.block_new_flows = spec.block_new_flows;
+        if spec.monitor.is_some() {
+            svc.live = spec
+                .endpoints
+                .iter()
+                .map(|e| {
+                    !down.contains(&HealthKey {
+                        service: spec.key,
+                        endpoint: e.ip,
+                        target_port: e.target_port,
+                    })
+                })
+                .collect();
+        }
         svc
     })
     .map_err(|e| format!("service {}: {e}", spec.key))
@@ -107,17 +132,23 @@ pub fn endpoint_addrs(state: &DesiredState) -> BTreeSet<Ipv4Addr> {
         .collect()
 }
 
-/// The snapshot for `state` with what is known about reaching its endpoints.
-pub fn snapshot(state: &DesiredState, reach: &Reachability) -> Result<Snapshot, String> {
+/// The snapshot for `state` with what is known about reaching its endpoints and which of them
+/// are down. Only monitored services honour `down`, so a stale entry cannot stop traffic.
+pub fn snapshot(
+    state: &DesiredState,
+    reach: &Reachability,
+    down: &Down,
+) -> Result<Snapshot, String> {
     let mut snap = Snapshot::default();
     for spec in state.services() {
-        let svc = service(spec)?;
+        let svc = service(spec, down)?;
         for ep in &svc.endpoints {
             if let Some(nh) = reach.next_hops.get(&ep.addr) {
                 snap.next_hops.insert(ep.addr, *nh);
             }
             if let Some(src) = reach.sources.get(&ep.addr) {
                 snap.sources.insert(ep.addr, *src);
+                snap.own_addrs.insert(*src);
             }
         }
         snap.vips.insert(svc.key.vip);
@@ -185,6 +216,7 @@ mod tests {
             inactive_timeout_secs: 1800,
             allowed_sources: Vec::new(),
             block_new_flows: false,
+            monitor: None,
         });
         s
     }
@@ -196,6 +228,43 @@ mod tests {
             Ipv4Addr::new(198, 18, 31, 254),
         );
         r
+    }
+
+    fn down(state: &DesiredState) -> Down {
+        let spec = state.services().next().unwrap();
+        [HealthKey {
+            service: spec.key,
+            endpoint: Ipv4Addr::new(198, 18, 31, 1),
+            target_port: 8080,
+        }]
+        .into()
+    }
+
+    #[test]
+    fn a_down_endpoint_of_a_monitored_service_is_not_live() {
+        let mut s = state(NatMode::Dnat);
+        let mut spec = s.services().next().unwrap().clone();
+        spec.monitor = Some(oxlb_api::ProbeSpec {
+            kind: oxlb_api::ProbeKind::Tcp,
+            port: 0,
+            request: String::new(),
+            response: String::new(),
+            timeout_secs: 1,
+            retries: 2,
+        });
+        s.upsert(spec);
+        let snap = snapshot(&s, &reach(), &down(&s)).unwrap();
+        let svc = snap.services.values().next().unwrap();
+        assert_eq!(svc.live, [false]);
+        let snap = snapshot(&s, &reach(), &Down::new()).unwrap();
+        assert_eq!(snap.services.values().next().unwrap().live, [true]);
+    }
+
+    #[test]
+    fn an_unmonitored_service_ignores_a_stale_down_entry() {
+        let s = state(NatMode::Dnat);
+        let snap = snapshot(&s, &reach(), &down(&s)).unwrap();
+        assert_eq!(snap.services.values().next().unwrap().live, [true]);
     }
 
     #[test]

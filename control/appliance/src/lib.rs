@@ -5,4 +5,5 @@ pub mod http;
 pub mod metrics;
 pub mod nexthop;
 pub mod persist;
+pub mod probe;
 pub mod state;

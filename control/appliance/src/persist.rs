@@ -255,6 +255,7 @@ mod tests {
             inactive_timeout_secs: 60,
             allowed_sources: Vec::new(),
             block_new_flows: false,
+            monitor: None,
         }
     }
 

@@ -69,6 +69,7 @@ mod tests {
             inactive_timeout_secs: 1800,
             allowed_sources: Vec::new(),
             block_new_flows: false,
+            monitor: None,
         }
     }
 

@@ -12,6 +12,7 @@ use oxlb_control::appliance::ApplianceCore;
 use oxlb_control::http::{self, Appliance};
 use oxlb_control::nexthop::NextHopResolver;
 use oxlb_control::persist::StateStore;
+use oxlb_control::probe;
 use oxlb_control::state::DesiredState;
 use oxlb_dataplane::{Dataplane, DataplaneConfig, DEFAULT_CONNTRACK_CAPACITY};
 use oxlb_xdp::XdpRedirect;
@@ -178,8 +179,8 @@ fn run(
     result
 }
 
-/// The tokio runtime of the control plane: the REST API, the next-hop refresher, and the
-/// signal handling that ends both.
+/// The tokio runtime of the control plane: the REST API, the next-hop refresher, the endpoint
+/// health probes, and the signal handling that ends them.
 fn control_plane(core: Arc<ApplianceCore>, listener: std::net::TcpListener) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -202,9 +203,11 @@ fn control_plane(core: Arc<ApplianceCore>, listener: std::net::TcpListener) -> R
                 }
             })
         };
+        let prober = tokio::spawn(probe::supervise(core.clone()));
         let app: Arc<dyn Appliance> = core.clone();
         let served = http::serve(listener, app, shutdown_signal()).await;
         refresher.abort();
+        prober.abort();
         served.map_err(|e| format!("API server failed: {e}"))
     })
 }
