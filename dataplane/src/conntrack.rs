@@ -66,6 +66,39 @@ pub struct Flow {
     pub bytes: [u64; 2],
 }
 
+/// A copy of one flow for reports (the API's conntrack listing): plain values, nothing that
+/// points back into a worker's table, so it can cross to the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowInfo {
+    pub original: FlowKey,
+    pub reply: FlowKey,
+    pub service: ServiceKey,
+    pub mode: NatMode,
+    pub endpoint: Endpoint,
+    pub snat: Option<(Ipv4Addr, u16)>,
+    pub state: FlowState,
+    /// Per direction, indexed by `Direction as usize`.
+    pub packets: [u64; 2],
+    /// IP bytes (header included) per direction, indexed by `Direction as usize`.
+    pub bytes: [u64; 2],
+}
+
+impl From<&Flow> for FlowInfo {
+    fn from(f: &Flow) -> FlowInfo {
+        FlowInfo {
+            original: f.original,
+            reply: f.reply,
+            service: f.service,
+            mode: f.mode,
+            endpoint: f.endpoint,
+            snat: f.snat,
+            state: f.state,
+            packets: f.packets,
+            bytes: f.bytes,
+        }
+    }
+}
+
 /// Index of a flow in the slab.
 pub type Slot = u32;
 
@@ -231,6 +264,16 @@ impl Conntrack {
     pub fn iter(&self) -> impl Iterator<Item = &Flow> {
         self.slab.iter().flatten()
     }
+
+    /// Copies up to `max` flows still live at `now` (an expired flow the sweep has not reached
+    /// yet is left out); returns them and whether more were left out for the cap.
+    pub fn copy_flows(&self, now: u64, max: usize) -> (Vec<FlowInfo>, bool) {
+        let mut out = Vec::with_capacity(self.len().min(max));
+        let mut live = self.iter().filter(|f| f.expires_at > now);
+        out.extend(live.by_ref().take(max).map(FlowInfo::from));
+        let truncated = live.next().is_some();
+        (out, truncated)
+    }
 }
 
 #[cfg(test)]
@@ -320,6 +363,21 @@ mod tests {
         }
         assert_eq!(ct.sweep(10, 8), 4);
         assert_eq!(ct.len(), 4);
+    }
+
+    #[test]
+    fn copied_flows_leave_out_expired_ones_and_stop_at_the_cap() {
+        let mut ct = Conntrack::with_capacity(8);
+        for p in 0..6 {
+            ct.insert(flow(p, if p < 2 { 5 } else { 500 })).unwrap();
+        }
+        let (all, truncated) = ct.copy_flows(10, 100);
+        assert_eq!((all.len(), truncated), (4, false));
+        assert!(all.iter().all(|f| f.original.src_port >= 2));
+        let (some, truncated) = ct.copy_flows(10, 3);
+        assert_eq!((some.len(), truncated), (3, true));
+        let (exact, truncated) = ct.copy_flows(10, 4);
+        assert_eq!((exact.len(), truncated), (4, false));
     }
 
     #[test]

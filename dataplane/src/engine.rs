@@ -5,7 +5,9 @@
 //! the engine with byte arrays.
 
 use crate::checksum::{ipv4_header, update16};
-use crate::conntrack::{ClientL2, Conntrack, Direction, Flow, FlowKey, FlowState, InsertError};
+use crate::conntrack::{
+    ClientL2, Conntrack, Direction, Flow, FlowInfo, FlowKey, FlowState, InsertError,
+};
 use crate::nat::{complete_checksum_v4, rewrite_v4, Rewrite};
 use crate::ports::PortPools;
 use crate::select::{EndpointKey, FlowTuple, SelectorState};
@@ -90,6 +92,11 @@ impl Engine {
 
     pub fn conntrack(&self) -> &Conntrack {
         &self.conntrack
+    }
+
+    /// Copies of up to `max` flows live at `now_ms`, and whether the cap left some out.
+    pub fn flows(&self, now_ms: u64, max: usize) -> (Vec<FlowInfo>, bool) {
+        self.conntrack.copy_flows(now_ms, max)
     }
 
     /// Decides about one frame received on `ingress_ifindex` and rewrites it in place.

@@ -19,7 +19,7 @@ pub mod wire;
 mod worker;
 pub mod xsk;
 
-pub use worker::Command;
+pub use worker::{Command, FlowDump, MAX_DUMPED_FLOWS};
 
 use arc_swap::ArcSwap;
 use snapshot::Snapshot;
@@ -27,8 +27,10 @@ use stats::{Counters, WorkerStats};
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use xsk::{PortSpec, WorkerSockets, XskError};
 
 /// Default capacity of each worker's connection table.
@@ -74,6 +76,8 @@ pub enum DataplaneError {
     Thread(std::io::Error),
     #[error("worker {0}'s command ring is full; the worker may be stuck")]
     CommandRingFull(usize),
+    #[error("worker {worker} did not report its flows within {waited:?}; it may be stuck")]
+    NoAnswer { worker: usize, waited: Duration },
 }
 
 struct WorkerHandle {
@@ -161,6 +165,7 @@ impl Dataplane {
                 stats: stats.clone(),
                 stop: stop.clone(),
                 kernel: kernel_tx::KernelTx::new().map_err(DataplaneError::RawSocket)?,
+                index: q,
             };
             let core = (!cores.is_empty()).then(|| cores[q % cores.len()]);
             let thread = std::thread::Builder::new()
@@ -208,10 +213,28 @@ impl Dataplane {
     pub fn command(&self, cmd: Command) -> Result<(), DataplaneError> {
         for (i, w) in self.workers.iter().enumerate() {
             let mut ring = w.commands.lock().unwrap_or_else(|e| e.into_inner());
-            ring.push(cmd)
+            ring.push(cmd.clone())
                 .map_err(|_| DataplaneError::CommandRingFull(i))?;
         }
         Ok(())
+    }
+
+    /// Asks every worker for a copy of its flows; the answers are collected with
+    /// [`FlowRequest::wait`], which needs no access to the `Dataplane` (so a caller can let go
+    /// of a lock around it while waiting).
+    pub fn request_flows(&self) -> Result<FlowRequest, DataplaneError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(self.workers.len());
+        self.command(Command::DumpFlows(tx))?;
+        Ok(FlowRequest {
+            answers: rx,
+            workers: self.workers.len(),
+        })
+    }
+
+    /// Every worker's live flows (each capped at [`MAX_DUMPED_FLOWS`]), waiting at most
+    /// `timeout` for all of them.
+    pub fn dump_flows(&self, timeout: Duration) -> Result<Vec<FlowDump>, DataplaneError> {
+        self.request_flows()?.wait(timeout)
     }
 
     /// Each worker's counters as last published.
@@ -237,6 +260,41 @@ impl Dataplane {
                 }
             }
         }
+    }
+}
+
+/// Flow dumps asked of every worker, not yet collected.
+pub struct FlowRequest {
+    answers: Receiver<FlowDump>,
+    workers: usize,
+}
+
+impl FlowRequest {
+    /// Collects one answer per worker, in worker order; an error names a worker that did not
+    /// answer within `timeout` (counted from this call).
+    pub fn wait(self, timeout: Duration) -> Result<Vec<FlowDump>, DataplaneError> {
+        let deadline = Instant::now() + timeout;
+        let mut got: Vec<Option<FlowDump>> = vec![None; self.workers];
+        for _ in 0..self.workers {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.answers.recv_timeout(left) {
+                Ok(d) => {
+                    if let Some(slot) = got.get_mut(d.worker) {
+                        *slot = Some(d);
+                    }
+                }
+                // Disconnected: a worker dropped the request unanswered (it stopped).
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let missing = got.iter().position(Option::is_none);
+        if let Some(worker) = missing {
+            return Err(DataplaneError::NoAnswer {
+                worker,
+                waited: timeout,
+            });
+        }
+        Ok(got.into_iter().flatten().collect())
     }
 }
 

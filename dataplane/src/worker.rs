@@ -1,6 +1,7 @@
 //! A worker thread: owns its sockets, its engine (connection table, rotation) and its counters;
 //! reads the shared snapshot once per batch and its commands from its own SPSC ring.
 
+use crate::conntrack::FlowInfo;
 use crate::engine::{Engine, Verdict};
 use crate::kernel_tx::KernelTx;
 use crate::snapshot::{ServiceKey, Snapshot};
@@ -9,14 +10,31 @@ use crate::wire::{ethernet, ipv4};
 use crate::xsk::{Disposition, WorkerSockets, RING_SIZE};
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Commands from the control plane to a worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Command {
     /// A service was deleted: end its flows now instead of letting them time out.
     ForgetService(ServiceKey),
+    /// Send a copy of the live flows (at most [`MAX_DUMPED_FLOWS`]) on this channel. The worker
+    /// only ever `try_send`s, so an asker that gave up or a full channel never holds it up.
+    DumpFlows(SyncSender<FlowDump>),
+}
+
+/// Flows one worker copies per dump: bounds the time the worker spends away from its rings
+/// (a copy of about 100 bytes each) and the memory of one answer.
+pub const MAX_DUMPED_FLOWS: usize = 65_536;
+
+/// One worker's answer to [`Command::DumpFlows`].
+#[derive(Debug, Clone)]
+pub struct FlowDump {
+    pub worker: usize,
+    pub flows: Vec<FlowInfo>,
+    /// The worker had more live flows than [`MAX_DUMPED_FLOWS`].
+    pub truncated: bool,
 }
 
 /// Conntrack slots a worker inspects for expiry per loop iteration.
@@ -36,6 +54,8 @@ pub(crate) struct Worker {
     pub stats: Arc<WorkerStats>,
     pub stop: Arc<AtomicBool>,
     pub kernel: KernelTx,
+    /// This worker's index, named in its answers.
+    pub index: usize,
 }
 
 impl Worker {
@@ -51,12 +71,21 @@ impl Worker {
         let mut socket_stats_at = start;
         while !self.stop.load(Ordering::Relaxed) {
             let snap = self.snapshot.load();
+            let now = start.elapsed().as_millis() as u64;
             while let Ok(cmd) = self.commands.pop() {
                 match cmd {
                     Command::ForgetService(k) => self.engine.forget_service(&k, &snap),
+                    Command::DumpFlows(answer) => {
+                        let (flows, truncated) = self.engine.flows(now, MAX_DUMPED_FLOWS);
+                        // Fails only if the asker stopped waiting: nothing left to do then.
+                        let _ = answer.try_send(FlowDump {
+                            worker: self.index,
+                            flows,
+                            truncated,
+                        });
+                    }
                 }
             }
-            let now = start.elapsed().as_millis() as u64;
             let mut received = 0;
             for i in 0..self.sockets.port_count() {
                 let engine = &mut self.engine;

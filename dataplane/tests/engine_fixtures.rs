@@ -674,3 +674,37 @@ fn an_endpoints_packet_to_our_own_address_without_a_flow_goes_to_the_kernel() {
     assert_eq!(f, hex(ONEARM_REPLY_IN), "a complete checksum is left alone");
     assert!(fx.engine.conntrack().is_empty());
 }
+
+#[test]
+fn a_copied_flow_shows_its_tuples_state_and_counters_per_direction() {
+    use oxlb_dataplane::conntrack::FlowState;
+    let mut fx = Fixture::new().service(Proto::Tcp, &[1]).next_hop(1);
+    let mut syn = hex(SYN_IN);
+    fx.run(&mut syn, LB0_IF);
+    let (flows, truncated) = fx.engine.flows(fx.now, 16);
+    assert!(!truncated);
+    assert_eq!(flows.len(), 1);
+    assert_eq!(flows[0].state, FlowState::New);
+    let mut reply = hex(REPLY_IN);
+    fx.run(&mut reply, LB1_IF);
+    let (flows, _) = fx.engine.flows(fx.now, 16);
+    let f = flows[0];
+    assert_eq!(f.original.src, Ipv4Addr::new(198, 18, 0, 2));
+    assert_eq!((f.original.src_port, f.original.dst), (40000, VIP));
+    assert_eq!((f.original.dst_port, f.original.proto), (2020, Proto::Tcp));
+    assert_eq!((f.reply.src, f.reply.src_port), (backend(1), 8080));
+    assert_eq!((f.endpoint.addr, f.endpoint.port), (backend(1), 8080));
+    assert_eq!(f.service.vip, VIP);
+    assert_eq!((f.mode, f.snat), (NatMode::Dnat, None));
+    assert_eq!(f.state, FlowState::Established);
+    assert_eq!(f.packets, [1, 1]);
+    assert_eq!(f.bytes, [40, 40]);
+    assert!(fx
+        .engine
+        .flows(
+            fx.now + oxlb_dataplane::engine::NEW_FLOW_TIMEOUT_MS + 1800 * 1000,
+            16
+        )
+        .0
+        .is_empty());
+}

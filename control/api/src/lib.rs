@@ -1,10 +1,12 @@
 //! loxilb-compatible REST API types (`/netlox/v1`) and their validation into typed service specs.
 #![forbid(unsafe_code)]
 
+pub mod conntrack;
 pub mod model;
 pub mod spec;
 pub mod validate;
 
+pub use conntrack::{ConntrackEntry, ConntrackList};
 pub use model::*;
 pub use spec::*;
 pub use validate::{service_key, to_entry, validate, ValidationError};

@@ -14,6 +14,11 @@ use oxlb_xdp::{XdpRedirect, XdpStats};
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
+use std::time::Duration;
+
+/// How long a conntrack listing waits for every worker's answer; a worker runs its commands
+/// between batches, so a healthy one answers within milliseconds.
+const FLOW_DUMP_TIMEOUT: Duration = Duration::from_secs(1);
 
 struct Inner {
     state: DesiredState,
@@ -190,6 +195,29 @@ impl Appliance for ApplianceCore {
             xdp,
             services,
         }))
+    }
+
+    fn conntrack(&self) -> Result<Vec<oxlb_api::ConntrackEntry>, ApplyError> {
+        // Asked under the lock, awaited without it: changes need not wait for the workers.
+        let (request, snap) = {
+            let inner = self.lock();
+            let request = inner
+                .dataplane
+                .request_flows()
+                .map_err(|e| ApplyError::Flows(e.to_string()))?;
+            (request, inner.dataplane.current())
+        };
+        let dumps = request
+            .wait(FLOW_DUMP_TIMEOUT)
+            .map_err(|e| ApplyError::Flows(e.to_string()))?;
+        for d in dumps.iter().filter(|d| d.truncated) {
+            log::warn!(
+                "worker {} has more connections than the {} a listing shows",
+                d.worker,
+                oxlb_dataplane::MAX_DUMPED_FLOWS
+            );
+        }
+        Ok(crate::conntrack::entries(&dumps, &snap))
     }
 
     fn apply(&self, next: DesiredState) -> Result<(), ApplyError> {

@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use oxlb_api::{
-    service_key, to_entry, validate, ErrorResponse, HealthResponse, LoadBalancerEntry,
-    LoadBalancerList, ResultResponse,
+    service_key, to_entry, validate, ConntrackEntry, ConntrackList, ErrorResponse, HealthResponse,
+    LoadBalancerEntry, LoadBalancerList, ResultResponse,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -32,6 +32,11 @@ pub trait Appliance: Send + Sync + 'static {
     fn metrics(&self) -> Option<String> {
         None
     }
+    /// Every tracked connection, one entry per direction, as loxilb lists them (the answer of
+    /// `GET /netlox/v1/config/conntrack/all`). May wait (boundedly) for the packet workers.
+    fn conntrack(&self) -> Result<Vec<ConntrackEntry>, ApplyError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Why the appliance could not run a new desired state. The previous state still runs.
@@ -46,6 +51,9 @@ pub enum ApplyError {
     /// The new rules could not be saved durably, so they were not kept running either.
     #[error("the new rules could not be saved to the state file: {0}")]
     Persist(String),
+    /// A listing of the packet workers' connections could not be collected.
+    #[error("the packet workers did not report their connections: {0}")]
+    Flows(String),
 }
 
 const BASE: &str = "/netlox/v1";
@@ -79,6 +87,7 @@ pub fn router(app: Arc<dyn Appliance>) -> Router {
             ),
             delete(delete_one),
         )
+        .route(&format!("{BASE}/config/conntrack/all"), get(conntrack))
         .route("/metrics", get(metrics))
         .fallback(no_such_path)
         .method_not_allowed_fallback(method_not_allowed)
@@ -175,6 +184,15 @@ async fn list(State(api): State<Api>) -> Result<Json<LoadBalancerList>, Failure>
     Ok(Json(LoadBalancerList {
         lb_attr: state.services().map(to_entry).collect(),
     }))
+}
+
+async fn conntrack(State(api): State<Api>) -> Result<Json<ConntrackList>, Failure> {
+    let app = api.app.clone();
+    let entries = tokio::task::spawn_blocking(move || app.conntrack())
+        .await
+        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(ConntrackList { ct_attr: entries }))
 }
 
 async fn delete_one(

@@ -1,6 +1,7 @@
 //! The appliance control plane: REST server, desired state, snapshot compilation, next hops, the state file.
 pub mod appliance;
 pub mod compile;
+pub mod conntrack;
 pub mod http;
 pub mod metrics;
 pub mod nexthop;

@@ -4,6 +4,7 @@
 
 mod config;
 mod interfaces;
+mod notify;
 mod privileges;
 mod snat_ports;
 
@@ -106,7 +107,7 @@ fn run(
     let missing = privileges::missing();
     if !missing.is_empty() {
         return Err(format!(
-            "run it as root or with the capabilities CAP_NET_ADMIN, CAP_BPF and CAP_NET_RAW, which loading the XDP program and opening AF_XDP sockets need (missing: {}).",
+            "run it as root or with the capabilities CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF, CAP_PERFMON and CAP_IPC_LOCK (or a locked-memory limit of 64 MiB), which loading the XDP program and opening AF_XDP sockets need (missing: {}).",
             missing.join(", ")
         ));
     }
@@ -169,9 +170,11 @@ fn run(
             .spawn(move || control_plane(core, listener))
             .map_err(|e| format!("cannot start the control thread: {e}"))?
     };
+    notify::ready(&format!("serving {}; API on {api}", ifaces.join(", ")));
     let result = control
         .join()
         .map_err(|_| "the control plane panicked".to_string())?;
+    notify::stopping();
     log_totals(&core);
     // Dropping the last reference stops the workers and detaches the XDP program.
     drop(core);

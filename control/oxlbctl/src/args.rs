@@ -21,6 +21,7 @@ Examples:
   oxlbctl delete lb 198.18.100.1 --tcp=2020
   oxlbctl delete lb --all
   oxlbctl get status
+  oxlbctl get ct
 
 Exit status: 0 done, 1 the appliance refused (its message is shown), 2 usage error,
 3 the appliance cannot be reached.";
@@ -75,6 +76,9 @@ pub enum GetWhat {
     Lb,
     /// Whether the appliance's API is up (GET /netlox/v1/).
     Status,
+    /// Every tracked connection, one row per direction (GET /netlox/v1/config/conntrack/all).
+    #[command(alias = "conntrack")]
+    Ct,
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,6 +184,12 @@ pub fn calls(command: &Command) -> Result<Vec<Call>, UsageError> {
             path: format!("{BASE}/"),
             body: None,
             what: "get status".into(),
+        }]),
+        Command::Get { what: GetWhat::Ct } => Ok(vec![Call {
+            method: Method::Get,
+            path: format!("{BASE}/config/conntrack/all"),
+            body: None,
+            what: "get ct".into(),
         }]),
         Command::Create {
             what: CreateWhat::Lb(c),
@@ -571,6 +581,16 @@ mod tests {
             calls(&parse(&["get", "status"]).unwrap().command).unwrap()[0].path,
             "/netlox/v1/"
         );
+    }
+
+    #[test]
+    fn get_ct_and_get_conntrack_ask_for_the_conntrack_listing() {
+        for what in ["ct", "conntrack"] {
+            let c = calls(&parse(&["get", what]).unwrap().command).unwrap();
+            assert_eq!(c.len(), 1);
+            assert_eq!(c[0].path, "/netlox/v1/config/conntrack/all");
+            assert_eq!(c[0].method, Method::Get);
+        }
     }
 
     #[test]

@@ -9,7 +9,10 @@ mod table;
 use args::{Call, Cli, Command, GetWhat, Output};
 use clap::Parser;
 use client::{ApiClient, CallError};
-use oxlb_api::{HealthResponse, LoadBalancerEntry, LoadBalancerList, ResultResponse};
+use oxlb_api::{
+    ConntrackEntry, ConntrackList, HealthResponse, LoadBalancerEntry, LoadBalancerList,
+    ResultResponse,
+};
 use serde::Serialize;
 use std::process::ExitCode;
 
@@ -65,6 +68,13 @@ fn run(client: &ApiClient, cli: &Cli, call: &Call) -> Result<(), CallError> {
             match cli.output {
                 Output::Json => print_json(&health),
                 Output::Table => println!("status: {}", health.status),
+            }
+        }
+        Command::Get { what: GetWhat::Ct } => {
+            let list: ConntrackList = serde_json::from_str(&body).map_err(unexpected)?;
+            match cli.output {
+                Output::Json => print_json(&list),
+                Output::Table => print!("{}", ct_table(&list.ct_attr)),
             }
         }
         Command::Create { .. } | Command::Delete { .. } => {
@@ -141,9 +151,61 @@ fn lb_table(entries: &[LoadBalancerEntry]) -> String {
     table::render(&header, &rows)
 }
 
+/// One row per direction of a connection, columns as loxicmd's `get ct`.
+fn ct_table(entries: &[ConntrackEntry]) -> String {
+    let header = [
+        "SERVICE NAME",
+        "DESTIP",
+        "SRCIP",
+        "DPORT",
+        "SPORT",
+        "PROTO",
+        "STATE",
+        "ACT",
+        "PACKETS",
+        "BYTES",
+    ];
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.serv_name.clone(),
+                e.destination_ip.clone(),
+                e.source_ip.clone(),
+                e.destination_port.to_string(),
+                e.source_port.to_string(),
+                e.protocol.clone(),
+                e.conntrack_state.clone(),
+                e.conntrack_act.clone(),
+                e.packets.to_string(),
+                e.bytes.to_string(),
+            ]
+        })
+        .collect();
+    table::render(&header, &rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ct_table_shows_one_row_per_entry() {
+        let list: ConntrackList = serde_json::from_str(
+            r#"{"ctAttr":[{"sourceIP":"198.18.0.2","destinationIP":"198.18.100.1","sourcePort":40000,
+                "destinationPort":2020,"protocol":"tcp","conntrackState":"est",
+                "conntrackAct":"dnat-198.18.31.1:8080:w1","packets":3,"bytes":180,"servName":"web"}]}"#,
+        )
+        .unwrap();
+        let t = ct_table(&list.ct_attr);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        assert!(lines[0].starts_with("| SERVICE NAME | DESTIP "), "{t}");
+        assert!(
+            lines[2].contains("| web          | 198.18.100.1 | 198.18.0.2 | 2020  | 40000 | tcp   | est   | dnat-198.18.31.1:8080:w1 | 3       | 180   |"),
+            "{t}"
+        );
+    }
 
     #[test]
     fn the_lb_table_shows_one_row_per_endpoint_with_names_for_numbers() {
