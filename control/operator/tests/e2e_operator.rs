@@ -4,25 +4,19 @@
 
 mod support;
 
-use oxlb_tests::{parse_answer, unique_prefix, Node, Topology, TopologyOptions, BACKEND_IPS};
+use oxlb_tests::{
+    in_netns, parse_answer, unique_prefix, Node, Topology, TopologyOptions, BACKEND_IPS,
+};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::os::fd::AsRawFd;
 use support::{service, slice, wait_for, ApiServer};
 
 /// Binds 127.0.0.1:0 inside network namespace `ns` (a socket stays in the namespace it was
 /// created in, so the test's runtime can serve it from anywhere).
 fn listen_in_netns(ns: &str) -> std::net::TcpListener {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        // SAFETY: setns on a namespace fd we own; it only changes this short-lived thread.
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap()
+    in_netns(ns, || {
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind in the namespace")
     })
-    .join()
-    .unwrap()
 }
 
 fn rules(topo: &Topology) -> Vec<Value> {
