@@ -9,4 +9,4 @@ pub mod validate;
 pub use conntrack::{ConntrackEntry, ConntrackList};
 pub use model::*;
 pub use spec::*;
-pub use validate::{service_key, to_entry, validate, ValidationError};
+pub use validate::{oper, service_key, to_entry, validate, Oper, ValidationError};

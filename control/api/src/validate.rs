@@ -72,7 +72,7 @@ pub enum ValidationError {
          replaces it with the endpoints given"
     )]
     OperNotImplemented { oper: i64, name: &'static str },
-    #[error("oper {0} is unknown (loxilb defines 0 create, 1 attach, 2 detach); only oper 0 is implemented")]
+    #[error("oper {0} is unknown: use 0 (create or replace), 1 (attach endpoints) or 2 (detach endpoints)")]
     UnknownOper(i64),
     #[error("security {security} ({name}) is not implemented yet; only security 0 (plain)")]
     SecurityNotImplemented { security: i64, name: &'static str },
@@ -427,22 +427,9 @@ fn mode(mode: i64) -> Result<NatMode, ValidationError> {
 /// behaviour is what oxlb does anyway: `name`, `managed`, and the probe settings while
 /// `monitor` is off (loxilb probes only monitored rules).
 fn check_unimplemented(sa: &ServiceArguments) -> Result<(), ValidationError> {
-    use ValidationError::{NotImplemented, OperNotImplemented, SecurityNotImplemented};
-    match sa.oper {
-        0 => {}
-        1 => {
-            return Err(OperNotImplemented {
-                oper: 1,
-                name: "attach endpoints",
-            })
-        }
-        2 => {
-            return Err(OperNotImplemented {
-                oper: 2,
-                name: "detach endpoints",
-            })
-        }
-        o => return Err(ValidationError::UnknownOper(o)),
+    use ValidationError::{NotImplemented, SecurityNotImplemented};
+    if !(0..=2).contains(&sa.oper) {
+        return Err(ValidationError::UnknownOper(sa.oper));
     }
     match sa.security {
         0 => {}
@@ -529,4 +516,24 @@ fn endpoints(eps: &[Endpoint]) -> Result<Vec<EndpointSpec>, ValidationError> {
         });
     }
     Ok(out)
+}
+
+/// What a `POST /config/loadbalancer` does with its endpoints (loxilb's `oper`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Oper {
+    /// 0: create the rule, or replace it whole.
+    Replace,
+    /// 1: add the endpoints to an existing rule (same address and port: new weight).
+    Attach,
+    /// 2: remove the endpoints from an existing rule.
+    Detach,
+}
+
+/// The operation of a validated body (validation refused any other value).
+pub fn oper(entry: &LoadBalancerEntry) -> Oper {
+    match entry.service_arguments.oper {
+        1 => Oper::Attach,
+        2 => Oper::Detach,
+        _ => Oper::Replace,
+    }
 }

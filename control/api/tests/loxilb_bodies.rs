@@ -1,8 +1,8 @@
 //! loxilb request bodies as real clients send them, and every refusal of what oxlb does not do.
 
 use oxlb_api::{
-    service_key, to_entry, validate, EndpointSpec, ErrorResponse, LoadBalancerEntry,
-    LoadBalancerList, NatMode, ProbeKind, Protocol, ResultResponse, Selection, ServiceKey,
+    oper, service_key, to_entry, validate, EndpointSpec, ErrorResponse, LoadBalancerEntry,
+    LoadBalancerList, NatMode, Oper, ProbeKind, Protocol, ResultResponse, Selection, ServiceKey,
     ValidationError, DEFAULT_INACTIVE_TIMEOUT_SECS,
 };
 use serde_json::{json, Value};
@@ -412,16 +412,17 @@ fn the_l7_and_host_modes_are_refused_by_name() {
 }
 
 #[test]
-fn attach_and_detach_operations_are_refused_as_not_implemented_yet() {
-    for oper in [1, 2] {
-        let e = refused(set_arg("oper", json!(oper)));
-        assert!(matches!(e, ValidationError::OperNotImplemented { .. }));
-        assert_eq!(e.field(), "serviceArguments.oper");
+fn attach_and_detach_operations_are_accepted_and_anything_else_refused() {
+    for (n, want) in [(0, Oper::Replace), (1, Oper::Attach), (2, Oper::Detach)] {
+        let mut v = issue_example();
+        v["serviceArguments"]["oper"] = json!(n);
+        let entry = parse(&v).unwrap();
+        validate(&entry).expect("accepted");
+        assert_eq!(oper(&entry), want);
     }
-    assert_eq!(
-        refused(set_arg("oper", json!(3))),
-        ValidationError::UnknownOper(3)
-    );
+    let e = refused(set_arg("oper", json!(3)));
+    assert_eq!(e, ValidationError::UnknownOper(3));
+    assert_eq!(e.field(), "serviceArguments.oper");
 }
 
 #[test]

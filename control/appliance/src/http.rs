@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use oxlb_api::{
-    service_key, to_entry, validate, ConntrackEntry, ConntrackList, ErrorResponse, HealthResponse,
-    LoadBalancerEntry, LoadBalancerList, ResultResponse,
+    oper, service_key, to_entry, validate, ConntrackEntry, ConntrackList, ErrorResponse,
+    HealthResponse, LoadBalancerEntry, LoadBalancerList, Oper, ResultResponse, ServiceSpec,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -80,6 +80,10 @@ pub fn router(app: Arc<dyn Appliance>) -> Router {
         .route(
             &format!("{BASE}/config/loadbalancer/all"),
             get(list).delete(delete_all),
+        )
+        .route(
+            &format!("{BASE}/config/loadbalancer/name/{{name}}"),
+            delete(delete_by_name),
         )
         .route(
             &format!(
@@ -161,19 +165,62 @@ async fn create(
         let field = e.field();
         Failure(ErrorResponse::new(400, e.to_string()).with_field(field))
     })?;
+    let op = oper(&entry);
     change(&api, move |state| {
         let key = spec.key;
+        let spec = match op {
+            Oper::Replace => spec,
+            Oper::Attach | Oper::Detach => endpoints_changed(state, spec, op)?,
+        };
         let endpoints = spec.endpoints.len();
-        let verb = match state.upsert(spec) {
-            None => "created",
-            Some(_) => "replaced",
+        let verb = match (op, state.upsert(spec)) {
+            (Oper::Replace, None) => "created",
+            (Oper::Replace, Some(_)) => "replaced",
+            (Oper::Attach, _) => "given endpoints",
+            (Oper::Detach, _) => "relieved of endpoints",
         };
         Ok(format!(
-            "load-balancer rule {key} {verb} with {endpoints} endpoint(s)"
+            "load-balancer rule {key} {verb}, now {endpoints} endpoint(s)"
         ))
     })
     .await?;
     Ok(success())
+}
+
+/// The existing rule of `req.key` with `req`'s endpoints attached or detached; every other
+/// setting of the rule stays as it was.
+fn endpoints_changed(
+    state: &DesiredState,
+    req: ServiceSpec,
+    op: Oper,
+) -> Result<ServiceSpec, Failure> {
+    let key = req.key;
+    let Some(current) = state.get(&key) else {
+        return Err(Failure::new(
+            StatusCode::NOT_FOUND,
+            format!("no load-balancer rule for {key} to attach endpoints to or detach them from; create it with oper 0"),
+        ));
+    };
+    let mut next = current.clone();
+    let same = |a: &oxlb_api::EndpointSpec, b: &oxlb_api::EndpointSpec| {
+        a.ip == b.ip && a.target_port == b.target_port
+    };
+    for ep in req.endpoints {
+        next.endpoints.retain(|e| !same(e, &ep));
+        if op == Oper::Attach {
+            next.endpoints.push(ep);
+        }
+    }
+    if next.endpoints.is_empty() {
+        return Err(Failure(
+            ErrorResponse::new(
+                400,
+                format!("detaching these endpoints would leave {key} with none; delete the rule instead"),
+            )
+            .with_field("endpoints"),
+        ));
+    }
+    Ok(next)
 }
 
 async fn list(State(api): State<Api>) -> Result<Json<LoadBalancerList>, Failure> {
@@ -216,6 +263,35 @@ async fn delete_one(
                 format!("no load-balancer rule for {key}"),
             ))
         }
+    })
+    .await?;
+    Ok(success())
+}
+
+/// Deletes every rule with this name (kube-loxilb gives all ports of a Service one name).
+async fn delete_by_name(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Json<ResultResponse>, Failure> {
+    change(&api, move |state| {
+        let keys: Vec<_> = state
+            .services()
+            .filter(|s| s.name == name)
+            .map(|s| s.key)
+            .collect();
+        if keys.is_empty() || name.is_empty() {
+            return Err(Failure::new(
+                StatusCode::NOT_FOUND,
+                format!("no load-balancer rule named {name:?}"),
+            ));
+        }
+        for k in &keys {
+            state.remove(k);
+        }
+        Ok(format!(
+            "{} load-balancer rule(s) named {name:?} deleted",
+            keys.len()
+        ))
     })
     .await?;
     Ok(success())

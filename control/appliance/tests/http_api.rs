@@ -437,3 +437,79 @@ async fn a_wrong_method_on_a_known_path_answers_405_in_json() {
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(body["code"], 405);
 }
+
+fn with_oper(mut body: Value, oper: u8) -> Value {
+    body["serviceArguments"]["oper"] = json!(oper);
+    body
+}
+
+#[tokio::test]
+async fn oper_1_attaches_endpoints_and_oper_2_detaches_them_keeping_the_rest() {
+    let s = start().await;
+    s.post(&rule("198.18.100.1", 2020, &["198.18.31.1", "198.18.31.2"]))
+        .await;
+    let (status, body) = s
+        .post(&with_oper(rule("198.18.100.1", 2020, &["198.18.31.3"]), 1))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        listed_rules(&s.list().await),
+        [(
+            "198.18.100.1".into(),
+            2020,
+            vec![
+                "198.18.31.1".into(),
+                "198.18.31.2".into(),
+                "198.18.31.3".into()
+            ]
+        )]
+    );
+    let (status, body) = s
+        .post(&with_oper(rule("198.18.100.1", 2020, &["198.18.31.1"]), 2))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        listed_rules(&s.list().await),
+        [(
+            "198.18.100.1".into(),
+            2020,
+            vec!["198.18.31.2".into(), "198.18.31.3".into()]
+        )]
+    );
+}
+
+#[tokio::test]
+async fn attaching_to_a_rule_that_does_not_exist_is_404_and_detaching_the_last_endpoint_is_refused()
+{
+    let s = start().await;
+    let (status, body) = s
+        .post(&with_oper(rule("198.18.100.1", 2020, &["198.18.31.3"]), 1))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    s.post(&issue_example()).await;
+    let applied = s.applied();
+    let (status, body) = s
+        .post(&with_oper(rule("198.18.100.1", 2020, &["198.18.31.1"]), 2))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["fields"], json!(["endpoints"]));
+    assert_eq!(s.applied(), applied, "nothing applied");
+}
+
+#[tokio::test]
+async fn deleting_by_name_removes_every_rule_of_that_name_and_an_unknown_name_is_404() {
+    let s = start().await;
+    s.post(&rule("198.18.100.1", 2020, &["198.18.31.1"])).await;
+    s.post(&rule("198.18.100.1", 2021, &["198.18.31.1"])).await;
+    let mut other = rule("198.18.100.2", 80, &["198.18.31.2"]);
+    other["serviceArguments"]["name"] = json!("other");
+    s.post(&other).await;
+    let (status, body) = s.delete("name/web").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        listed_rules(&s.list().await),
+        [("198.18.100.2".into(), 80, vec!["198.18.31.2".into()])]
+    );
+    let (status, _) = s.delete("name/web").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
