@@ -146,7 +146,10 @@ impl Dataplane {
             );
             prepared.push(sockets);
         }
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let cores = core_affinity::get_core_ids().unwrap_or_else(|| {
+            log::warn!("cannot list the CPU cores: workers run unpinned");
+            Vec::new()
+        });
         let mut workers = Vec::new();
         let worker_count = prepared.len() as u16;
         for (q, sockets) in prepared.into_iter().enumerate() {

@@ -51,6 +51,14 @@ pub enum NatMode {
 }
 
 impl NatMode {
+    /// Every mode, for code and tests that must cover them all.
+    pub const ALL: [NatMode; 4] = [
+        NatMode::Dnat,
+        NatMode::OneArm,
+        NatMode::FullNat,
+        NatMode::Dsr,
+    ];
+
     /// Whether the source is translated, so replies come back to an address and port we chose.
     pub fn translates_source(self) -> bool {
         matches!(self, NatMode::OneArm | NatMode::FullNat)

@@ -156,12 +156,7 @@ fn check_verdict(v: Verdict, frame: &[u8], mode: NatMode) {
 
 #[test]
 fn random_and_damaged_frames_never_panic_and_forwarded_ones_are_valid() {
-    for mode in [
-        NatMode::Dnat,
-        NatMode::OneArm,
-        NatMode::FullNat,
-        NatMode::Dsr,
-    ] {
+    for mode in NatMode::ALL {
         let snap = snapshot(mode);
         let mut engine = Engine::new(4096);
         let mut rng = Rng(0x0c1b_0000 + mode as u64);
@@ -229,12 +224,7 @@ fn checksums_valid_or_partial(f: &[u8]) -> bool {
 
 #[test]
 fn intact_frames_in_every_mode_leave_with_valid_checksums() {
-    for mode in [
-        NatMode::Dnat,
-        NatMode::OneArm,
-        NatMode::FullNat,
-        NatMode::Dsr,
-    ] {
+    for mode in NatMode::ALL {
         let snap = snapshot(mode);
         let mut engine = Engine::new(4096);
         let mut rng = Rng(7 + mode as u64);

@@ -9,6 +9,8 @@ use crate::{
     assert_strict_rotation, parse_answer, Answer, Node, Topology, BACKEND_NAMES, CLIENT_IP, VIP,
     VIP_PORT,
 };
+use std::path::PathBuf;
+use std::process::Output;
 
 /// `http://198.18.100.1:2020{path}`.
 pub fn vip_url(path: &str) -> String {
@@ -76,12 +78,12 @@ pub fn udp_request_is_answered(topo: &Topology, diag: &dyn Fn() -> String) {
     );
 }
 
-/// A 10 MiB download through the VIP arrives complete and byte-identical.
-pub fn ten_megabyte_download_is_identical(topo: &Topology, diag: &dyn Fn() -> String) {
-    const SIZE: usize = 10 * 1024 * 1024;
+/// Downloads `size` bytes of `/blob` through the VIP from the client into the scratch
+/// directory. Returns curl's output (stdout: `SIZE_DOWNLOADED SPEED_BYTES_PER_S`) and the file.
+pub fn download_blob(topo: &Topology, size: usize) -> (Output, PathBuf) {
     let file = topo.scratch_dir().join("blob.bin");
-    let file_s = file.to_str().expect("utf-8 path");
-    let url = vip_url(&format!("/blob?size={SIZE}"));
+    let file_s = file.to_str().expect("utf-8 scratch path").to_owned();
+    let url = vip_url(&format!("/blob?size={size}"));
     let out = topo.exec(
         Node::Client,
         &[
@@ -91,10 +93,19 @@ pub fn ten_megabyte_download_is_identical(topo: &Topology, diag: &dyn Fn() -> St
             "--max-time",
             "60",
             "-o",
-            file_s,
+            &file_s,
+            "-w",
+            "%{size_download} %{speed_download}",
             &url,
         ],
     );
+    (out, file)
+}
+
+/// A 10 MiB download through the VIP arrives complete and byte-identical.
+pub fn ten_megabyte_download_is_identical(topo: &Topology, diag: &dyn Fn() -> String) {
+    const SIZE: usize = 10 * 1024 * 1024;
+    let (out, file) = download_blob(topo, SIZE);
     assert!(out.status.success(), "download failed: {out:?}\n{}", diag());
 
     let got = std::fs::read(&file).expect("read the downloaded file");

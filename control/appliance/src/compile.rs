@@ -195,28 +195,13 @@ pub fn xdp_keys(state: &DesiredState, reach: &Reachability) -> XdpKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oxlb_api::{EndpointSpec, NatMode, Selection, ServiceKey};
+    use oxlb_api::NatMode;
 
     fn state(mode: NatMode) -> DesiredState {
         let mut s = DesiredState::default();
         s.upsert(ServiceSpec {
-            key: ServiceKey {
-                external_ip: Ipv4Addr::new(198, 18, 100, 1),
-                port: 2020,
-                protocol: Protocol::Tcp,
-            },
-            name: "web".into(),
             mode,
-            selection: Selection::RoundRobin,
-            endpoints: vec![EndpointSpec {
-                ip: Ipv4Addr::new(198, 18, 31, 1),
-                target_port: 8080,
-                weight: 1,
-            }],
-            inactive_timeout_secs: 1800,
-            allowed_sources: Vec::new(),
-            block_new_flows: false,
-            monitor: None,
+            ..crate::state::test_spec(2020, &[1])
         });
         s
     }

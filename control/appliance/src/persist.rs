@@ -208,8 +208,7 @@ pub fn decode(bytes: &[u8]) -> Result<DesiredState, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oxlb_api::{EndpointSpec, NatMode, Protocol, Selection, ServiceKey, ServiceSpec};
-    use std::net::Ipv4Addr;
+    use oxlb_api::ServiceSpec;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     /// A fresh, empty directory under the system's temp dir, removed on drop.
@@ -234,30 +233,7 @@ mod tests {
         }
     }
 
-    fn spec(port: u16, endpoints: &[u8]) -> ServiceSpec {
-        ServiceSpec {
-            key: ServiceKey {
-                external_ip: Ipv4Addr::new(198, 18, 100, 1),
-                port,
-                protocol: Protocol::Tcp,
-            },
-            name: format!("svc{port}"),
-            mode: NatMode::Dnat,
-            selection: Selection::RoundRobin,
-            endpoints: endpoints
-                .iter()
-                .map(|&last| EndpointSpec {
-                    ip: Ipv4Addr::new(198, 18, 31, last),
-                    target_port: 8080,
-                    weight: 1,
-                })
-                .collect(),
-            inactive_timeout_secs: 60,
-            allowed_sources: Vec::new(),
-            block_new_flows: false,
-            monitor: None,
-        }
-    }
+    use crate::state::test_spec as spec;
 
     fn state(specs: &[ServiceSpec]) -> DesiredState {
         let mut s = DesiredState::default();

@@ -42,36 +42,40 @@ impl DesiredState {
     }
 }
 
+/// A DNAT round-robin rule named `svc<port>` on 198.18.100.1:`port`/tcp, with endpoints
+/// 198.18.31.`n`:8080 for each `n` of `endpoints`: the one rule builder of the crate's tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) fn test_spec(port: u16, endpoints: &[u8]) -> ServiceSpec {
     use oxlb_api::{EndpointSpec, NatMode, Protocol, Selection};
     use std::net::Ipv4Addr;
-
-    fn spec(port: u16, endpoints: &[u8]) -> ServiceSpec {
-        ServiceSpec {
-            key: ServiceKey {
-                external_ip: Ipv4Addr::new(198, 18, 100, 1),
-                port,
-                protocol: Protocol::Tcp,
-            },
-            name: String::new(),
-            mode: NatMode::Dnat,
-            selection: Selection::RoundRobin,
-            endpoints: endpoints
-                .iter()
-                .map(|&last| EndpointSpec {
-                    ip: Ipv4Addr::new(198, 18, 31, last),
-                    target_port: 8080,
-                    weight: 1,
-                })
-                .collect(),
-            inactive_timeout_secs: 1800,
-            allowed_sources: Vec::new(),
-            block_new_flows: false,
-            monitor: None,
-        }
+    ServiceSpec {
+        key: ServiceKey {
+            external_ip: Ipv4Addr::new(198, 18, 100, 1),
+            port,
+            protocol: Protocol::Tcp,
+        },
+        name: format!("svc{port}"),
+        mode: NatMode::Dnat,
+        selection: Selection::RoundRobin,
+        endpoints: endpoints
+            .iter()
+            .map(|&last| EndpointSpec {
+                ip: Ipv4Addr::new(198, 18, 31, last),
+                target_port: 8080,
+                weight: 1,
+            })
+            .collect(),
+        inactive_timeout_secs: 1800,
+        allowed_sources: Vec::new(),
+        block_new_flows: false,
+        monitor: None,
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_spec as spec;
+    use super::*;
 
     #[test]
     fn upserting_the_same_key_replaces_the_whole_endpoint_set() {

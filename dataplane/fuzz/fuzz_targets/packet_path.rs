@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
     // The first byte picks mode and selection; the rest is a sequence of frames, each
     // prefixed by its length, so the fuzzer can build flows across packets.
     let Some((&pick, mut rest)) = data.split_first() else { return };
-    let modes = [NatMode::Dnat, NatMode::OneArm, NatMode::FullNat, NatMode::Dsr];
+    let modes = NatMode::ALL;
     let algs = [
         Algorithm::RoundRobin,
         Algorithm::Hash,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use oxlb_tests::{
-    blob::blob_bytes, parse_answer, require_root, vip_request_body, Node, Topology,
+    blob::blob_bytes, checks, parse_answer, require_root, vip_request_body, Node, Topology,
     TopologyOptions, API_ADDR, VIP, VIP_PORT,
 };
 
@@ -101,24 +101,7 @@ fn demo() -> Result<(), String> {
     }
 
     println!("== 10 MB transfer through the VIP");
-    let file = topo.scratch_dir().join("blob.bin");
-    let file_s = file.to_str().ok_or("non-UTF-8 temp path")?;
-    let blob_url = format!("http://{VIP}:{VIP_PORT}/blob?size={BLOB_SIZE}");
-    let out = topo.exec(
-        Node::Client,
-        &[
-            "curl",
-            "-sS",
-            "--fail",
-            "--max-time",
-            "60",
-            "-o",
-            file_s,
-            "-w",
-            "%{size_download} %{speed_download}",
-            &blob_url,
-        ],
-    );
+    let (out, file) = checks::download_blob(&topo, BLOB_SIZE);
     if out.status.success() {
         let stats = String::from_utf8_lossy(&out.stdout);
         let mut it = stats.split_whitespace();
