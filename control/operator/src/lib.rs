@@ -88,6 +88,7 @@ pub async fn run(f: flags::Flags) -> Result<(), StartError> {
         ),
         resync: Duration::from_secs(f.resync_period.max(1)),
         failures: Mutex::new(Default::default()),
+        status_written: Mutex::new(Default::default()),
         error_counts: Mutex::new(Default::default()),
     });
     log::info!(

@@ -77,6 +77,24 @@ pub struct Context {
     pub failures: Mutex<HashMap<String, u32>>,
     /// Reconcile errors by label, since start.
     pub error_counts: Mutex<HashMap<&'static str, u64>>,
+    /// Per Service, the status this operator last wrote and the resource versions known to be
+    /// older than that write. The watch cache may hand a reconcile a copy from before our own
+    /// status patch; such a copy must not cause the same write again.
+    pub status_written: Mutex<HashMap<String, StatusWrite>>,
+}
+
+/// A status write and the object versions it supersedes.
+#[derive(Debug, Default)]
+pub struct StatusWrite {
+    pub ingress: serde_json::Value,
+    pub older_versions: Vec<String>,
+}
+
+impl StatusWrite {
+    /// True if `version` is known to predate a write of exactly `ingress`.
+    fn covers(&self, ingress: &serde_json::Value, version: Option<&str>) -> bool {
+        &self.ingress == ingress && version.is_some_and(|v| self.older_versions.iter().any(|o| o == v))
+    }
 }
 
 fn key(svc: &Service) -> String {
@@ -157,20 +175,21 @@ async fn patch_finalizers(
     ctx: &Context,
     svc: &Service,
     finalizers: Vec<String>,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let api: Api<Service> =
         Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
     let patch = json!({"metadata": {
         "finalizers": finalizers,
         "resourceVersion": svc.resource_version(),
     }});
-    api.patch(
-        &svc.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
+    let updated = api
+        .patch(
+            &svc.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(updated.resource_version())
 }
 
 /// Removes the Service's rules from every appliance, frees its address, drops the finalizer.
@@ -185,6 +204,7 @@ async fn cleanup(ctx: &Context, svc: &Service) -> Result<Action, Error> {
         return Err(Error::Cleanup(errors.join("; ")));
     }
     ctx.ipam.lock().expect("ipam lock").release(&key(svc));
+    ctx.status_written.lock().expect("status lock").remove(&key(svc));
     let rest: Vec<String> = svc
         .finalizers()
         .iter()
@@ -225,10 +245,12 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
     {
         return Ok(Action::await_change());
     }
+    // Versions of this object that are older than anything this reconcile writes.
+    let mut older_versions: Vec<String> = svc.resource_version().into_iter().collect();
     if !has_finalizer {
         let mut f = svc.finalizers().to_vec();
         f.push(FINALIZER.to_owned());
-        patch_finalizers(&ctx, &svc, f).await?;
+        older_versions.extend(patch_finalizers(&ctx, &svc, f).await?);
     }
     // Compute everything before touching an appliance: an invalid Service changes nothing.
     let vip = address(&ctx, &svc)?;
@@ -278,11 +300,25 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
             .and_then(|s| s.load_balancer.as_ref())
             .and_then(|l| l.ingress.as_ref())
             .map(|i| serde_json::to_value(i).unwrap_or_default());
-        if have.as_ref() != Some(&serde_json::Value::Array(want.clone())) {
+        let want = serde_json::Value::Array(want);
+        let already_written = ctx
+            .status_written
+            .lock()
+            .expect("status lock")
+            .get(&key(&svc))
+            .is_some_and(|w| w.covers(&want, svc.resource_version().as_deref()));
+        if have.as_ref() != Some(&want) && !already_written {
             let api: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
             let patch = json!({"status": {"loadBalancer": {"ingress": want}}});
             api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;
+            ctx.status_written.lock().expect("status lock").insert(
+                key(&svc),
+                StatusWrite {
+                    ingress: want,
+                    older_versions,
+                },
+            );
             log::info!("{}: status shows {vip}", key(&svc));
         }
     }
