@@ -93,7 +93,8 @@ pub struct StatusWrite {
 impl StatusWrite {
     /// True if `version` is known to predate a write of exactly `ingress`.
     fn covers(&self, ingress: &serde_json::Value, version: Option<&str>) -> bool {
-        &self.ingress == ingress && version.is_some_and(|v| self.older_versions.iter().any(|o| o == v))
+        &self.ingress == ingress
+            && version.is_some_and(|v| self.older_versions.iter().any(|o| o == v))
     }
 }
 
@@ -204,7 +205,10 @@ async fn cleanup(ctx: &Context, svc: &Service) -> Result<Action, Error> {
         return Err(Error::Cleanup(errors.join("; ")));
     }
     ctx.ipam.lock().expect("ipam lock").release(&key(svc));
-    ctx.status_written.lock().expect("status lock").remove(&key(svc));
+    ctx.status_written
+        .lock()
+        .expect("status lock")
+        .remove(&key(svc));
     let rest: Vec<String> = svc
         .finalizers()
         .iter()
