@@ -10,11 +10,12 @@ use crate::conntrack::{
 };
 use crate::nat::{complete_checksum_v4, rewrite_v4, Rewrite};
 use crate::ports::PortPools;
-use crate::select::{EndpointKey, FlowTuple, SelectorState};
+use crate::select::{EndpointKey, FlowTuple, SelectorState, SharedSelection};
 use crate::snapshot::{Endpoint, NatMode, PortRange, Proto, Service, ServiceKey, Snapshot};
 use crate::stats::{Counters, DropReason};
 use crate::wire::{ethernet, icmp, ipv4, tcp, udp, WireError};
 use hashbrown::HashMap;
+use std::sync::Arc;
 
 /// How long a TCP flow may wait for its first reply, and a UDP flow for its first answer.
 pub const NEW_FLOW_TIMEOUT_MS: u64 = 30_000;
@@ -56,12 +57,31 @@ pub struct EngineConfig {
     pub snat_ports: PortRange,
 }
 
+/// Selection state shared by all workers, one entry per service (see [`SharedSelection`]).
+#[derive(Debug, Default)]
+pub struct SharedSelections(std::sync::Mutex<HashMap<ServiceKey, Arc<SharedSelection>>>);
+
+impl SharedSelections {
+    /// The shared state of `key`, created on first use (once per service per worker).
+    fn of(&self, key: ServiceKey) -> Arc<SharedSelection> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(key).or_default().clone()
+    }
+
+    /// Forgets a deleted service's rotation and counts.
+    pub fn forget(&self, key: &ServiceKey) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+}
+
 pub struct Engine {
     conntrack: Conntrack,
     /// Selection state per service (rotation, weights, persistence, flow counts), owned by
     /// this worker: each worker rotates on its own.
     selectors: HashMap<ServiceKey, SelectorState>,
     ports: PortPools,
+    /// Present with several workers.
+    shared: Option<Arc<SharedSelections>>,
     pub counters: Counters,
 }
 
@@ -81,7 +101,17 @@ impl Engine {
             conntrack: Conntrack::with_capacity(cfg.conntrack_capacity),
             selectors: HashMap::new(),
             ports: PortPools::new(cfg.snat_ports, cfg.worker, cfg.workers),
+            shared: None,
             counters: Counters::default(),
+        }
+    }
+
+    /// An engine that rotates and counts flows per service together with every other engine
+    /// given the same `shared`: one per worker when there are several.
+    pub fn with_shared_selection(cfg: EngineConfig, shared: Arc<SharedSelections>) -> Self {
+        Engine {
+            shared: Some(shared),
+            ..Self::with_config(cfg)
         }
     }
 
@@ -410,10 +440,18 @@ impl Engine {
         k: &FlowKey,
         now_ms: u64,
     ) -> Result<(Endpoint, usize), DropReason> {
+        let shared = &self.shared;
         let state = self
             .selectors
             .entry(service.key)
-            .or_insert_with(|| SelectorState::new(&service.selector, PERSIST_CAPACITY));
+            .or_insert_with(|| match shared {
+                Some(s) => SelectorState::with_shared(
+                    &service.selector,
+                    PERSIST_CAPACITY,
+                    s.of(service.key),
+                ),
+                None => SelectorState::new(&service.selector, PERSIST_CAPACITY),
+            });
         let tuple = FlowTuple::v4(k.src, k.src_port, k.dst, k.dst_port, k.proto as u8);
         // An endpoint without a health verdict (a shorter `live`) counts as live.
         let i = state

@@ -9,8 +9,10 @@
 pub mod checksum;
 pub mod conntrack;
 pub mod engine;
+pub mod handoff;
 mod kernel_tx;
 pub mod nat;
+pub mod owner;
 pub mod ports;
 pub mod select;
 pub mod snapshot;
@@ -72,6 +74,8 @@ pub enum DataplaneError {
     },
     #[error("no interface to serve: give at least one --iface")]
     NoInterface,
+    #[error("could not create the sockets that wake workers for handed-over frames: {0}")]
+    Handoff(std::io::Error),
     #[error("could not start worker thread: {0}")]
     Thread(std::io::Error),
     #[error("worker {0}'s command ring is full; the worker may be stuck")]
@@ -88,6 +92,7 @@ struct WorkerHandle {
 
 pub struct Dataplane {
     workers: Vec<WorkerHandle>,
+    selections: Arc<engine::SharedSelections>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     retired: Mutex<VecDeque<Arc<Snapshot>>>,
     stop: Arc<AtomicBool>,
@@ -103,16 +108,6 @@ impl Dataplane {
         let queues = cfg.interfaces.iter().map(|i| i.queues).max().unwrap_or(0);
         if queues == 0 {
             return Err(DataplaneError::NoInterface);
-        }
-        if queues > 1 {
-            // Connection tables are per worker, and RSS hashes a reply independently of its
-            // request, so a reply may reach a worker that never saw the flow (and be dropped as
-            // no_flow_no_service). Until flows are steered to their owner, say so loudly.
-            log::warn!(
-                "{queues} RX queues: each worker tracks its own flows, so replies that RSS puts on \
-                 another queue than their request are dropped; reduce to one queue \
-                 (ethtool -L <iface> combined 1) until cross-queue flow ownership lands"
-            );
         }
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -152,23 +147,45 @@ impl Dataplane {
         });
         let mut workers = Vec::new();
         let worker_count = prepared.len() as u16;
-        for (q, sockets) in prepared.into_iter().enumerate() {
+        // Each flow has one owning worker; a frame RSS puts on another queue is passed to it.
+        let ownership = owner::Ownership::new(
+            prepared.len(),
+            cfg.snat_ports,
+            std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u64),
+        );
+        let mesh =
+            handoff::mesh(prepared.len(), handoff::RING_BYTES).map_err(DataplaneError::Handoff)?;
+        if prepared.len() > 1 {
+            log::info!(
+                "{} workers: frames that arrive on a queue other than their flow's owner's are \
+                 passed to the owner",
+                prepared.len()
+            );
+        }
+        let selections = Arc::new(engine::SharedSelections::default());
+        for ((q, sockets), (outbox, inbox)) in prepared.into_iter().enumerate().zip(mesh) {
             let (tx, rx) = rtrb::RingBuffer::new(COMMAND_RING);
             let stats = Arc::new(WorkerStats::default());
             let worker = worker::Worker {
                 sockets,
-                engine: engine::Engine::with_config(engine::EngineConfig {
-                    conntrack_capacity: cfg.conntrack_capacity,
-                    worker: q as u16,
-                    workers: worker_count,
-                    snat_ports: cfg.snat_ports,
-                }),
+                engine: engine::Engine::with_shared_selection(
+                    engine::EngineConfig {
+                        conntrack_capacity: cfg.conntrack_capacity,
+                        worker: q as u16,
+                        workers: worker_count,
+                        snat_ports: cfg.snat_ports,
+                    },
+                    selections.clone(),
+                ),
                 snapshot: snapshot.clone(),
                 commands: rx,
                 stats: stats.clone(),
                 stop: stop.clone(),
                 kernel: kernel_tx::KernelTx::new().map_err(DataplaneError::RawSocket)?,
                 index: q,
+                ownership,
+                outbox,
+                inbox,
             };
             let core = (!cores.is_empty()).then(|| cores[q % cores.len()]);
             let thread = std::thread::Builder::new()
@@ -190,6 +207,7 @@ impl Dataplane {
         }
         Ok(Dataplane {
             workers,
+            selections,
             snapshot,
             retired: Mutex::new(VecDeque::new()),
             stop,
@@ -214,6 +232,9 @@ impl Dataplane {
 
     /// Sends `cmd` to every worker.
     pub fn command(&self, cmd: Command) -> Result<(), DataplaneError> {
+        if let Command::ForgetService(key) = &cmd {
+            self.selections.forget(key);
+        }
         for (i, w) in self.workers.iter().enumerate() {
             let mut ring = w.commands.lock().unwrap_or_else(|e| e.into_inner());
             ring.push(cmd.clone())

@@ -9,6 +9,11 @@ use crate::snapshot::{PortRange, Proto};
 use hashbrown::HashMap;
 use std::net::Ipv4Addr;
 
+/// The worker whose slice holds `port` (any port of `range`) when there are `workers`.
+pub fn owner(range: PortRange, workers: u16, port: u16) -> u16 {
+    port.wrapping_sub(range.first) % workers.max(1)
+}
+
 pub struct PortPools {
     range: PortRange,
     worker: u16,
@@ -31,7 +36,7 @@ impl PortPools {
 
     fn slice(&self) -> Vec<u16> {
         (self.range.first..=self.range.last)
-            .filter(|p| (p - self.range.first) % self.workers == self.worker)
+            .filter(|&p| owner(self.range, self.workers, p) == self.worker)
             .rev()
             .collect()
     }
@@ -49,7 +54,7 @@ impl PortPools {
     pub fn release(&mut self, addr: Ipv4Addr, proto: Proto, port: u16) {
         let in_slice = port >= self.range.first
             && port <= self.range.last
-            && (port - self.range.first) % self.workers == self.worker;
+            && owner(self.range, self.workers, port) == self.worker;
         if let (true, Some(pool)) = (in_slice, self.pools.get_mut(&(addr, proto))) {
             pool.push(port);
         }

@@ -10,6 +10,9 @@
 //! - [`SelectorState`] is mutable and owned by one worker, one per service: the rotation
 //!   cursor, the smooth weighted round robin's current weights, the active-flow counts for
 //!   least connections and the persistence cache. It is built once with fixed capacity.
+//!   With several workers, round robin's cursor and least connections' counts must span all
+//!   of them (a client's connections spread over workers): states built with
+//!   [`SelectorState::with_shared`] keep those two in a [`SharedSelection`] instead.
 //!
 //! [`SelectorState::pick`] takes both, the flow's tuple, a liveness predicate (an endpoint for
 //! which it returns false is never chosen) and the clock, and returns an index into the
@@ -32,6 +35,8 @@
 //! endpoint on every worker, every restart and every release. Tests freeze its outputs.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Maglev table size used unless a service asks otherwise; prime, as katran's.
 pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
@@ -419,6 +424,29 @@ const FREE_ENTRY: PersistEntry = PersistEntry {
     expires_at: 0,
 };
 
+/// The part of one service's selection state that all workers share, so that round robin
+/// rotates and least connections counts across workers as one: with several queues a
+/// client's successive connections land on different workers.
+#[derive(Debug, Default)]
+pub struct SharedSelection {
+    /// Next index round robin starts from.
+    cursor: AtomicUsize,
+    /// Active flows per endpoint, by identity (indices move between publications). Touched
+    /// once per new and per ended flow of least-connections services only.
+    active: Mutex<std::collections::HashMap<EndpointKey, u32>>,
+}
+
+impl SharedSelection {
+    fn count(&self, key: &EndpointKey, change: impl FnOnce(u32) -> u32) {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        let n = active.entry(*key).or_insert(0);
+        *n = change(*n);
+        if *n == 0 {
+            active.remove(key);
+        }
+    }
+}
+
 /// Per-worker, per-service mutable selection state.
 #[derive(Debug, Clone)]
 pub struct SelectorState {
@@ -435,6 +463,9 @@ pub struct SelectorState {
     spare: Vec<u32>,
     /// Set-associative cache of `PERSIST_WAYS`-entry buckets, a power of two of them.
     persist: Box<[PersistEntry]>,
+    /// With several workers: the rotation and flow counts they share, used instead of
+    /// `cursor` and `active` by round robin and least connections.
+    shared: Option<Arc<SharedSelection>>,
 }
 
 impl SelectorState {
@@ -454,6 +485,20 @@ impl SelectorState {
             active: vec![0; sel.len()],
             spare: Vec::with_capacity(sel.len()),
             persist: vec![FREE_ENTRY; entries].into_boxed_slice(),
+            shared: None,
+        }
+    }
+
+    /// Like [`SelectorState::new`], but rotating and counting flows together with every
+    /// other state given the same `shared`.
+    pub fn with_shared(
+        sel: &ServiceSelector,
+        persist_capacity: usize,
+        shared: Arc<SharedSelection>,
+    ) -> SelectorState {
+        SelectorState {
+            shared: Some(shared),
+            ..SelectorState::new(sel, persist_capacity)
         }
     }
 
@@ -473,23 +518,52 @@ impl SelectorState {
             return None;
         }
         match sel.algorithm {
-            Algorithm::RoundRobin => {
-                let ep = self.next_live(sel.len(), &live)?;
-                self.cursor = (ep + 1) % sel.len();
-                Some(ep)
-            }
+            Algorithm::RoundRobin => match &self.shared {
+                Some(shared) => {
+                    let n = sel.len();
+                    let mut cursor = shared.cursor.load(Ordering::Relaxed);
+                    loop {
+                        let ep = next_live(cursor % n, n, &live)?;
+                        // Another worker may have rotated meanwhile: retry from its cursor,
+                        // so no endpoint is skipped or taken twice in a row.
+                        match shared.cursor.compare_exchange_weak(
+                            cursor,
+                            (ep + 1) % n,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        ) {
+                            Ok(_) => return Some(ep),
+                            Err(now) => cursor = now,
+                        }
+                    }
+                }
+                None => {
+                    let ep = next_live(self.cursor, sel.len(), &live)?;
+                    self.cursor = (ep + 1) % sel.len();
+                    Some(ep)
+                }
+            },
             Algorithm::Hash => sel.hash_pick(flow_hash(tuple), &live),
             Algorithm::Weighted => self.smooth_weighted(sel, &live),
             Algorithm::Persist => self.persist(sel, &tuple.src, &live, now_ms, persist_ms),
             Algorithm::LeastConnections => {
                 let n = sel.len();
                 let mut best: Option<(usize, u32)> = None;
+                let shared = self
+                    .shared
+                    .as_ref()
+                    .map(|s| s.active.lock().unwrap_or_else(|e| e.into_inner()));
                 for step in 0..n {
                     let i = (self.cursor + step) % n;
-                    if live(i) && best.is_none_or(|(_, flows)| self.active[i] < flows) {
-                        best = Some((i, self.active[i]));
+                    let flows = match &shared {
+                        Some(active) => active.get(&sel.endpoints[i]).copied().unwrap_or(0),
+                        None => self.active[i],
+                    };
+                    if live(i) && best.is_none_or(|(_, least)| flows < least) {
+                        best = Some((i, flows));
                     }
                 }
+                drop(shared);
                 let (ep, _) = best?;
                 self.cursor = (ep + 1) % n;
                 Some(ep)
@@ -503,6 +577,11 @@ impl SelectorState {
         if let Some(n) = self.active.get_mut(ep) {
             *n = n.saturating_add(1);
         }
+        if let (Some(shared), Some(key)) = (&self.shared, sel.endpoints.get(ep)) {
+            if sel.algorithm == Algorithm::LeastConnections {
+                shared.count(key, |n| n.saturating_add(1));
+            }
+        }
     }
 
     /// Counts a flow of endpoint `ep` of `sel` gone; see [`ServiceSelector::index_of`].
@@ -510,6 +589,11 @@ impl SelectorState {
         self.sync(sel);
         if let Some(n) = self.active.get_mut(ep) {
             *n = n.saturating_sub(1);
+        }
+        if let (Some(shared), Some(key)) = (&self.shared, sel.endpoints.get(ep)) {
+            if sel.algorithm == Algorithm::LeastConnections {
+                shared.count(key, |n| n.saturating_sub(1));
+            }
         }
     }
 
@@ -549,12 +633,6 @@ impl SelectorState {
             self.cursor % sel.len()
         };
         self.fingerprint = sel.fingerprint;
-    }
-
-    fn next_live(&self, n: usize, live: &impl Fn(usize) -> bool) -> Option<usize> {
-        (0..n)
-            .map(|step| (self.cursor + step) % n)
-            .find(|&i| live(i))
     }
 
     /// nginx's smooth weighted round robin: every choosable endpoint gains its weight, the
@@ -635,6 +713,11 @@ impl SelectorState {
         }
         Some(ep)
     }
+}
+
+/// The first index from `cursor` on (wrapping over `n`) for which `live` holds.
+fn next_live(cursor: usize, n: usize, live: &impl Fn(usize) -> bool) -> Option<usize> {
+    (0..n).map(|step| (cursor + step) % n).find(|&i| live(i))
 }
 
 /// splitmix64's finaliser: spreads a 64-bit value over all bits.

@@ -32,8 +32,6 @@ pub enum DropReason {
     ConntrackFull,
     /// Another flow already owns this tuple.
     TupleCollision,
-    /// The packet must leave by an interface this worker has no socket on.
-    NoEgressSocket,
     /// The TX ring was full.
     TxRingFull,
     /// Handing the packet to the kernel (unresolved neighbour) failed.
@@ -51,10 +49,14 @@ pub enum DropReason {
     SourceNotAllowed,
     /// The service refuses new flows (loxilb's `block`).
     ServiceBlocked,
+    /// The flow's owning worker had no room for more frames from this one.
+    HandoffRingFull,
+    /// A frame handed over by another worker found no free frame in this worker's pool.
+    NoFreeFrame,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 20] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::NotIpv4,
@@ -65,7 +67,6 @@ impl DropReason {
         DropReason::NoEndpoint,
         DropReason::ConntrackFull,
         DropReason::TupleCollision,
-        DropReason::NoEgressSocket,
         DropReason::TxRingFull,
         DropReason::KernelTxFailed,
         DropReason::NoSourceAddress,
@@ -74,6 +75,8 @@ impl DropReason {
         DropReason::IcmpNotEcho,
         DropReason::SourceNotAllowed,
         DropReason::ServiceBlocked,
+        DropReason::HandoffRingFull,
+        DropReason::NoFreeFrame,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -90,7 +93,6 @@ impl DropReason {
             DropReason::NoEndpoint => "no_endpoint",
             DropReason::ConntrackFull => "conntrack_full",
             DropReason::TupleCollision => "tuple_collision",
-            DropReason::NoEgressSocket => "no_egress_socket",
             DropReason::TxRingFull => "tx_ring_full",
             DropReason::KernelTxFailed => "kernel_tx_failed",
             DropReason::NoSourceAddress => "no_source_address",
@@ -99,6 +101,8 @@ impl DropReason {
             DropReason::IcmpNotEcho => "icmp_not_echo",
             DropReason::SourceNotAllowed => "source_not_allowed",
             DropReason::ServiceBlocked => "service_blocked",
+            DropReason::HandoffRingFull => "handoff_ring_full",
+            DropReason::NoFreeFrame => "no_free_frame",
         }
     }
 }
@@ -115,6 +119,9 @@ pub struct Counters {
     pub flows_active: u64,
     /// Echo requests to a VIP answered.
     pub icmp_echo_replies: u64,
+    /// Frames received here and passed to the worker that owns their flow (counted in that
+    /// worker's `rx_packets`, not in this one's).
+    pub handed_off: u64,
     pub drops: [u64; DropReason::COUNT],
     /// What the kernel dropped at this worker's sockets (read about once a second).
     pub sockets: SocketStats,
@@ -142,6 +149,7 @@ impl Counters {
         self.flows_expired += o.flows_expired;
         self.flows_active += o.flows_active;
         self.icmp_echo_replies += o.icmp_echo_replies;
+        self.handed_off += o.handed_off;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }
@@ -162,6 +170,7 @@ pub struct WorkerStats {
     flows_expired: AtomicU64,
     flows_active: AtomicU64,
     icmp_echo_replies: AtomicU64,
+    handed_off: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
     /// Written once a second at most, so a lock costs nothing that matters.
     sockets: Mutex<SocketStats>,
@@ -180,6 +189,7 @@ impl WorkerStats {
         self.flows_active.store(c.flows_active, Ordering::Relaxed);
         self.icmp_echo_replies
             .store(c.icmp_echo_replies, Ordering::Relaxed);
+        self.handed_off.store(c.handed_off, Ordering::Relaxed);
         for (a, v) in self.drops.iter().zip(c.drops.iter()) {
             a.store(*v, Ordering::Relaxed);
         }
@@ -201,6 +211,7 @@ impl WorkerStats {
             flows_expired: self.flows_expired.load(Ordering::Relaxed),
             flows_active: self.flows_active.load(Ordering::Relaxed),
             icmp_echo_replies: self.icmp_echo_replies.load(Ordering::Relaxed),
+            handed_off: self.handed_off.load(Ordering::Relaxed),
             drops,
             sockets: self.sockets.lock().map(|s| *s).unwrap_or_default(),
         }

@@ -3,7 +3,9 @@
 
 use crate::conntrack::FlowInfo;
 use crate::engine::{Engine, Verdict};
+use crate::handoff::{Inbox, Outbox};
 use crate::kernel_tx::KernelTx;
+use crate::owner::Ownership;
 use crate::snapshot::{ServiceKey, Snapshot};
 use crate::stats::{DropReason, WorkerStats};
 use crate::wire::{ethernet, ipv4};
@@ -45,6 +47,9 @@ const MAX_PENDING_TX: usize = RING_SIZE as usize;
 /// How often the kernel's per-socket drop counters are read (a syscall per socket).
 const SOCKET_STATS_EVERY: Duration = Duration::from_secs(1);
 const IDLE_WAIT: Duration = Duration::from_millis(10);
+/// Frames from other workers processed per loop iteration, about one RX batch per socket: the
+/// worker's own sockets are not starved by a busy neighbour, nor the neighbour by them.
+const HANDOFF_BUDGET: usize = 128;
 
 pub(crate) struct Worker {
     pub sockets: WorkerSockets,
@@ -56,6 +61,9 @@ pub(crate) struct Worker {
     pub kernel: KernelTx,
     /// This worker's index, named in its answers.
     pub index: usize,
+    pub ownership: Ownership,
+    pub outbox: Outbox,
+    pub inbox: Inbox,
 }
 
 impl Worker {
@@ -89,29 +97,34 @@ impl Worker {
             let mut received = 0;
             for i in 0..self.sockets.port_count() {
                 let engine = &mut self.engine;
-                let kernel = &self.kernel;
-                received += self.sockets.receive(i, |ingress, frame| {
-                    match engine.process(frame, ingress, &snap, now) {
-                        Verdict::Transmit { ifindex } => {
-                            match egress.iter().find(|(ix, _)| *ix == ifindex) {
-                                Some((_, port)) => {
-                                    engine.counters.tx_packets += 1;
-                                    Disposition::Transmit(*port)
+                let (kernel, egress, ownership) = (&self.kernel, &egress, &self.ownership);
+                let (outbox, index) = (&mut self.outbox, self.index);
+                received +=
+                    self.sockets
+                        .receive(i, |ingress, frame| match ownership.owner(frame, &snap) {
+                            Some(owner) if owner != index => {
+                                if outbox.send(owner, ingress, frame) {
+                                    engine.counters.handed_off += 1;
+                                } else {
+                                    engine.counters.drop(DropReason::HandoffRingFull);
                                 }
-                                None => {
-                                    engine.counters.drop(DropReason::NoEgressSocket);
-                                    Disposition::Recycle
-                                }
+                                Disposition::Recycle
                             }
-                        }
-                        Verdict::Kernel => {
-                            hand_to_kernel(kernel, frame, engine);
-                            Disposition::Recycle
-                        }
-                        Verdict::Drop(_) => Disposition::Recycle,
-                    }
-                });
+                            _ => decide(engine, kernel, egress, &snap, now, ingress, frame),
+                        });
             }
+            self.outbox.notify();
+            let engine = &mut self.engine;
+            let (kernel, egress, sockets) = (&self.kernel, &egress, &mut self.sockets);
+            let handed_in = self.inbox.drain(HANDOFF_BUDGET, |ingress, a, b| {
+                let injected = sockets.inject([a, b], ingress, |ingress, frame| {
+                    decide(engine, kernel, egress, &snap, now, ingress, frame)
+                });
+                if !injected {
+                    engine.counters.drop(DropReason::NoFreeFrame);
+                }
+            });
+            received += handed_in;
             self.engine.sweep(now, SWEEP_BUDGET, &snap);
             drop(snap);
             let pending = self.sockets.flush();
@@ -126,13 +139,46 @@ impl Worker {
                 self.engine.counters.sockets = self.sockets.socket_stats();
             }
             self.stats.publish(&self.engine.counters);
-            if received == 0 && pending == 0 {
-                if let Err(e) = self.sockets.wait(IDLE_WAIT) {
+            if received == 0 && pending == 0 && self.inbox.prepare_to_sleep() {
+                if let Err(e) = self.sockets.wait(self.inbox.doorbell_fd(), IDLE_WAIT) {
                     log::error!("worker poll failed: {e}; retrying");
                     std::thread::sleep(IDLE_WAIT);
                 }
+                self.inbox.woke();
             }
         }
+    }
+}
+
+/// What to do with a frame this worker owns: run the engine, then send it out of the
+/// egress interface's socket, to the kernel, or back to the pool.
+fn decide(
+    engine: &mut Engine,
+    kernel: &KernelTx,
+    egress: &[(u32, usize)],
+    snap: &Snapshot,
+    now: u64,
+    ingress: u32,
+    frame: &mut [u8],
+) -> Disposition {
+    match engine.process(frame, ingress, snap, now) {
+        Verdict::Transmit { ifindex } => match egress.iter().find(|(ix, _)| *ix == ifindex) {
+            Some((_, port)) => {
+                engine.counters.tx_packets += 1;
+                Disposition::Transmit(*port)
+            }
+            // An interface with fewer queues than others has no socket for this worker's
+            // queue: the kernel sends the (already rewritten) packet instead.
+            None => {
+                hand_to_kernel(kernel, frame, engine);
+                Disposition::Recycle
+            }
+        },
+        Verdict::Kernel => {
+            hand_to_kernel(kernel, frame, engine);
+            Disposition::Recycle
+        }
+        Verdict::Drop(_) => Disposition::Recycle,
     }
 }
 

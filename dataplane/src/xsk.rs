@@ -9,7 +9,7 @@
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
-use std::io;
+use std::io::{self, Write};
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
@@ -250,6 +250,39 @@ impl WorkerSockets {
         n
     }
 
+    /// Copies a frame given as `parts` (received by another worker) into a frame of this
+    /// worker's pool and hands it to `decide` as if it had arrived on `ingress`. False if the
+    /// pool is empty or the parts do not fit a frame (the caller counts the drop).
+    pub fn inject(
+        &mut self,
+        parts: [&[u8]; 2],
+        ingress: u32,
+        decide: impl FnOnce(u32, &mut [u8]) -> Disposition,
+    ) -> bool {
+        if parts[0].len() + parts[1].len() > FRAME_SIZE as usize {
+            return false;
+        }
+        let Some(mut desc) = self.free.pop() else {
+            return false;
+        };
+        // SAFETY: a frame from the pool is referenced by no ring and no other descriptor.
+        let mut data = unsafe { self.umem.data_mut(&mut desc) };
+        let mut cursor = data.cursor();
+        cursor.set_pos(0);
+        let written = parts.iter().all(|p| cursor.write_all(p).is_ok());
+        if !written {
+            self.free.push(desc);
+            return false;
+        }
+        match decide(ingress, data.contents_mut()) {
+            Disposition::Transmit(out) if out < self.ports.len() => {
+                self.ports[out].pending_tx.push(desc)
+            }
+            _ => self.free.push(desc),
+        }
+        true
+    }
+
     /// Produces pending frames on every TX ring and kicks the kernel (copy mode transmits only
     /// on a syscall) until the ring is empty or the kick budget is spent. Frames that do not
     /// fit stay pending for the next call. Returns how many frames are still pending.
@@ -340,13 +373,15 @@ impl WorkerSockets {
         }
     }
 
-    /// Waits until some socket has frames to read, at most `timeout`.
-    pub fn wait(&self, timeout: Duration) -> io::Result<()> {
+    /// Waits until some socket (or `also`) has something to read, at most `timeout`.
+    pub fn wait(&self, also: RawFd, timeout: Duration) -> io::Result<()> {
         let mut fds: Vec<libc::pollfd> = self
             .ports
             .iter()
-            .map(|p| libc::pollfd {
-                fd: p.fd,
+            .map(|p| p.fd)
+            .chain([also])
+            .map(|fd| libc::pollfd {
+                fd,
                 events: libc::POLLIN,
                 revents: 0,
             })

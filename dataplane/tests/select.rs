@@ -6,7 +6,8 @@ use common::Rng;
 
 use oxlb_dataplane::select::{
     client_hash, flow_hash, Algorithm, EndpointKey, FlowTuple, SelectorError, SelectorState,
-    ServiceSelector, WeightedEndpoint, DEFAULT_TABLE_SIZE, MAX_ENDPOINTS, PERSIST_WAYS,
+    ServiceSelector, SharedSelection, WeightedEndpoint, DEFAULT_TABLE_SIZE, MAX_ENDPOINTS,
+    PERSIST_WAYS,
 };
 use std::net::Ipv4Addr;
 
@@ -362,6 +363,52 @@ fn least_connections_picks_the_endpoint_with_fewest_active_flows() {
     // Closing more flows than were opened does not wrap.
     st.on_flow_close(&sel, 0);
     assert_eq!(st.active_flows(0), 0);
+}
+
+#[test]
+fn workers_sharing_a_selection_rotate_as_one_skipping_a_down_endpoint() {
+    let sel = selector(Algorithm::RoundRobin, &endpoints(3));
+    let shared = std::sync::Arc::new(SharedSelection::default());
+    let mut workers = [
+        SelectorState::with_shared(&sel, 0, shared.clone()),
+        SelectorState::with_shared(&sel, 0, shared),
+    ];
+    let t = fixed_tuple(0);
+    // Picks alternate irregularly between the two workers, as RSS spreads connections.
+    let order = [0, 0, 1, 0, 1, 1, 1, 0, 0, 1, 0, 1];
+    let picks: Vec<usize> = order
+        .iter()
+        .map(|&w| workers[w].pick(&sel, &t, all_live, 0, 0).unwrap())
+        .collect();
+    assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2]);
+    let picks: Vec<usize> = order
+        .iter()
+        .map(|&w| workers[w].pick(&sel, &t, |ep| ep != 1, 0, 0).unwrap())
+        .collect();
+    assert_eq!(picks, [0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2]);
+}
+
+#[test]
+fn workers_sharing_a_selection_count_each_others_flows_for_least_connections() {
+    let sel = selector(Algorithm::LeastConnections, &endpoints(3));
+    let shared = std::sync::Arc::new(SharedSelection::default());
+    let mut a = SelectorState::with_shared(&sel, 0, shared.clone());
+    let mut b = SelectorState::with_shared(&sel, 0, shared);
+    let t = fixed_tuple(0);
+    // Three long connections opened on worker a, one on b: b must avoid a's endpoints.
+    for _ in 0..3 {
+        let ep = a.pick(&sel, &t, all_live, 0, 0).unwrap();
+        a.on_flow_open(&sel, ep);
+    }
+    // Every endpoint has one flow now; b's next two go to different endpoints.
+    let first = b.pick(&sel, &t, all_live, 0, 0).unwrap();
+    b.on_flow_open(&sel, first);
+    let second = b.pick(&sel, &t, all_live, 0, 0).unwrap();
+    assert_ne!(first, second);
+    // A flow a opened and b closes (the count is the service's, not a worker's).
+    b.on_flow_close(&sel, first);
+    b.on_flow_close(&sel, first);
+    assert_eq!(a.pick(&sel, &t, all_live, 0, 0), Some(first));
 }
 
 #[test]

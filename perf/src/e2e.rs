@@ -70,6 +70,7 @@ impl Setup {
             self.prefix(),
             TopologyOptions {
                 ip_forward: self != Setup::Oxlb,
+                ..Default::default()
             },
         );
         if self == Setup::NftDnat {

@@ -50,6 +50,13 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Panics unless running as root: namespaces and XDP need it, and an e2e test that silently
 /// passes without running would hide a broken product.
+/// The value of the sample `name{labels}` on a Prometheus page; panics if it is missing.
+pub fn metric_sample(page: &str, series: &str) -> u64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{page}"))
+}
+
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
@@ -382,6 +389,9 @@ pub struct TopologyOptions {
     /// Sets `net.ipv4.ip_forward=1` in the LB namespace. Off by default so that traffic can
     /// only cross the LB if oxlb forwards it; on for the nftables comparison benchmark.
     pub ip_forward: bool,
+    /// RX and TX queues of every veth (0 and 1 both mean one). More than one spreads flows
+    /// over queues, and thus over oxlb's workers, as RSS does on a real NIC.
+    pub queues: u32,
 }
 
 /// A host of the topology.
@@ -454,11 +464,37 @@ impl Topology {
     }
 
     fn wire(&self, opts: TopologyOptions) {
+        let queues = opts.queues.max(1).to_string();
         let veth = |a: &Netns, a_if: &str, b: &Netns, b_if: &str| {
             run_ok(Command::new("ip").args([
-                "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if,
-                "netns", &b.name,
+                "link",
+                "add",
+                a_if,
+                "netns",
+                &a.name,
+                "numtxqueues",
+                &queues,
+                "numrxqueues",
+                &queues,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                b_if,
+                "netns",
+                &b.name,
+                "numtxqueues",
+                &queues,
+                "numrxqueues",
+                &queues,
             ]));
+            // What a user does on a real NIC; a veth needs it on both ends, since the sender's
+            // TX queue is the receiver's RX queue.
+            if opts.queues > 1 {
+                for (ns, dev) in [(a, a_if), (b, b_if)] {
+                    ns.exec_ok(&["ethtool", "-L", dev, "rx", &queues, "tx", &queues]);
+                }
+            }
         };
         veth(&self.client, "c0", &self.lb, "lb0");
         veth(&self.lb, "lb1", &self.sw, "s-lb");
@@ -665,6 +701,23 @@ impl Topology {
 
     /// Creates the standard VIP (198.18.100.1:2020, `protocol`) over b1..b3:8080, round robin,
     /// DNAT; panics unless the API answers 2xx.
+    /// Creates the VIP for `protocol` with loxilb's `mode` and `sel`, the three backends on
+    /// `target_port`.
+    pub fn add_service(&self, protocol: &str, mode: u8, sel: u8, target_port: u16) {
+        let endpoints: Vec<serde_json::Value> = BACKEND_IPS
+            .iter()
+            .map(|ip| serde_json::json!({"endpointIP": ip, "targetPort": target_port, "weight": 1}))
+            .collect();
+        let body = serde_json::json!({
+            "serviceArguments": {"externalIP": VIP, "port": VIP_PORT, "protocol": protocol,
+                                 "sel": sel, "mode": mode, "name": "modes"},
+            "endpoints": endpoints,
+        })
+        .to_string();
+        let (status, answer) = self.api("POST", "/netlox/v1/config/loadbalancer", Some(&body));
+        assert_eq!(status, 200, "creating the service failed: {answer}");
+    }
+
     pub fn add_vip(&self, protocol: &str) {
         let body = vip_request_body(protocol);
         let (status, reply) = self.api("POST", "/netlox/v1/config/loadbalancer", Some(&body));

@@ -6,32 +6,22 @@
 
 use oxlb_tests::checks::{self, vip_url};
 use oxlb_tests::{
-    parse_answer, unique_prefix, Answer, Node, OxlbGuard, Topology, TopologyOptions, BACKEND_IPS,
-    BACKEND_NAMES, BACKEND_PORT, CLIENT_IP, LB_BACKEND_SIDE_IP, VIP, VIP_PORT,
+    metric_sample, parse_answer, unique_prefix, Answer, Node, OxlbGuard, Topology, TopologyOptions,
+    BACKEND_IPS, BACKEND_NAMES, BACKEND_PORT, CLIENT_IP, LB_BACKEND_SIDE_IP, VIP, VIP_PORT,
 };
 
 fn topology(ip_forward: bool) -> Topology {
-    Topology::build(&unique_prefix(), TopologyOptions { ip_forward })
+    Topology::build(
+        &unique_prefix(),
+        TopologyOptions {
+            ip_forward,
+            ..Default::default()
+        },
+    )
 }
 
 fn log_of(oxlb: &OxlbGuard) -> impl Fn() -> String + '_ {
     move || format!("oxlb output:\n{}", oxlb.log())
-}
-
-/// Creates the VIP for `protocol` with `mode` and `sel`, the three backends on `target_port`.
-fn add_service(topo: &Topology, protocol: &str, mode: u8, sel: u8, target_port: u16) {
-    let endpoints: Vec<serde_json::Value> = BACKEND_IPS
-        .iter()
-        .map(|ip| serde_json::json!({"endpointIP": ip, "targetPort": target_port, "weight": 1}))
-        .collect();
-    let body = serde_json::json!({
-        "serviceArguments": {"externalIP": VIP, "port": VIP_PORT, "protocol": protocol,
-                             "sel": sel, "mode": mode, "name": "modes"},
-        "endpoints": endpoints,
-    })
-    .to_string();
-    let (status, answer) = topo.api("POST", "/netlox/v1/config/loadbalancer", Some(&body));
-    assert_eq!(status, 200, "creating the service failed: {answer}");
 }
 
 /// `n` HTTP requests through the VIP from the client, with `curl_args` added.
@@ -64,8 +54,8 @@ fn mode_works(mode: u8, peer: &str) {
     let topo = topology(false);
     let _backends = topo.start_backends();
     let oxlb = topo.start_oxlb(&[]);
-    add_service(&topo, "tcp", mode, 0, BACKEND_PORT);
-    add_service(&topo, "udp", mode, 0, BACKEND_PORT);
+    topo.add_service("tcp", mode, 0, BACKEND_PORT);
+    topo.add_service("udp", mode, 0, BACKEND_PORT);
     let diag = log_of(&oxlb);
 
     let answers = requests(&topo, 6, &[], &diag);
@@ -132,7 +122,7 @@ fn in_dsr_mode_backends_answer_the_client_themselves_and_see_its_address() {
         guards.push(topo.start_testpeer(node, name, VIP_PORT, node, VIP));
     }
     let oxlb = topo.start_oxlb(&[]);
-    add_service(&topo, "tcp", 3, 0, VIP_PORT);
+    topo.add_service("tcp", 3, 0, VIP_PORT);
     let diag = log_of(&oxlb);
 
     let answers = requests(&topo, 6, &[], &diag);
@@ -149,7 +139,7 @@ fn hashing_keeps_one_client_port_on_one_backend_for_twelve_requests() {
     let topo = topology(false);
     let _backends = topo.start_backends();
     let oxlb = topo.start_oxlb(&[]);
-    add_service(&topo, "tcp", 0, 1, BACKEND_PORT);
+    topo.add_service("tcp", 0, 1, BACKEND_PORT);
     let diag = log_of(&oxlb);
     // The same source port twelve times: the client must not keep the previous connection in
     // TIME_WAIT, or binding the port again fails (the LB side handles the reuse itself).
@@ -179,7 +169,7 @@ fn persist_keeps_a_client_on_one_backend_whatever_its_ports() {
     let topo = topology(false);
     let _backends = topo.start_backends();
     let oxlb = topo.start_oxlb(&[]);
-    add_service(&topo, "tcp", 0, 3, BACKEND_PORT);
+    topo.add_service("tcp", 0, 3, BACKEND_PORT);
     let diag = log_of(&oxlb);
     let answers = requests(&topo, 8, &[], &diag);
     assert!(
@@ -199,7 +189,7 @@ fn a_ping_to_the_vip_is_answered_by_oxlb() {
         !before.status.success(),
         "something answered for the VIP before it existed"
     );
-    add_service(&topo, "tcp", 0, 0, BACKEND_PORT);
+    topo.add_service("tcp", 0, 0, BACKEND_PORT);
     let out = topo.exec(
         Node::Client,
         &["ping", "-c", "3", "-i", "0.2", "-W", "2", VIP],
@@ -250,39 +240,32 @@ fn only_allowed_sources_reach_the_vip() {
     assert_eq!(answers[0].peer_ip, CLIENT_IP);
 }
 
-/// The value of the sample `name{labels}` on a Prometheus page.
-fn sample(page: &str, series: &str) -> u64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{page}"))
-}
-
 #[test]
 fn metrics_count_the_flows_and_packets_that_went_through() {
     let topo = topology(false);
     let _backends = topo.start_backends();
     let oxlb = topo.start_oxlb(&[]);
-    add_service(&topo, "tcp", 0, 0, BACKEND_PORT);
+    topo.add_service("tcp", 0, 0, BACKEND_PORT);
     requests(&topo, 3, &[], &log_of(&oxlb));
 
     let (status, page) = topo.api("GET", "/metrics", None);
     assert_eq!(status, 200, "{page}");
     assert!(
-        sample(&page, "oxlb_flows_created_total{worker=\"0\"}") >= 3,
+        metric_sample(&page, "oxlb_flows_created_total{worker=\"0\"}") >= 3,
         "{page}"
     );
     // Each HTTP exchange is several segments each way, all through the worker.
     assert!(
-        sample(&page, "oxlb_rx_packets_total{worker=\"0\"}") >= 3 * 6,
+        metric_sample(&page, "oxlb_rx_packets_total{worker=\"0\"}") >= 3 * 6,
         "{page}"
     );
-    assert!(sample(&page, "oxlb_xdp_packets_total{action=\"redirected\"}") >= 3 * 6);
+    assert!(metric_sample(&page, "oxlb_xdp_packets_total{action=\"redirected\"}") >= 3 * 6);
     assert_eq!(
-        sample(
+        metric_sample(
             &page,
             "oxlb_drops_total{worker=\"0\",reason=\"conntrack_full\"}"
         ),
         0
     );
-    assert_eq!(sample(&page, "oxlb_services"), 1);
+    assert_eq!(metric_sample(&page, "oxlb_services"), 1);
 }

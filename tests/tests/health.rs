@@ -41,7 +41,7 @@ fn eventually(topo: &Topology, limit: Duration, what: &str, ok: impl Fn(&[String
 
 #[test]
 fn a_backend_failing_its_tcp_probe_gets_no_new_flows_until_it_answers_again() {
-    let topo = Topology::build(&unique_prefix(), TopologyOptions { ip_forward: false });
+    let topo = Topology::build(&unique_prefix(), TopologyOptions::default());
     let mut backends = topo.start_backends();
     let oxlb = topo.start_oxlb(&[]);
     let endpoints: Vec<serde_json::Value> = BACKEND_IPS

@@ -11,7 +11,13 @@ use oxlb_tests::{
 
 /// A topology with forwarding on and nftables round-robin DNAT for the VIP (TCP and UDP).
 fn nft_topology() -> Topology {
-    let topo = Topology::build(&unique_prefix(), TopologyOptions { ip_forward: true });
+    let topo = Topology::build(
+        &unique_prefix(),
+        TopologyOptions {
+            ip_forward: true,
+            ..Default::default()
+        },
+    );
     let map = format!(
         "numgen inc mod 3 map {{ 0 : {}, 1 : {}, 2 : {} }} : {BACKEND_PORT}",
         BACKEND_IPS[0], BACKEND_IPS[1], BACKEND_IPS[2]

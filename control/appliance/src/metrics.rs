@@ -86,6 +86,13 @@ pub fn render(s: &Sample<'_>) -> String {
         "Echo requests to a VIP answered.",
         &per_worker(w, |c| c.icmp_echo_replies),
     );
+    family(
+        &mut out,
+        "oxlb_handed_off_total",
+        "counter",
+        "Frames received by one worker and passed to the worker that owns their flow.",
+        &per_worker(w, |c| c.handed_off),
+    );
     let drops: Vec<(String, u64)> = w
         .iter()
         .enumerate()

@@ -1,0 +1,292 @@
+//! Frames passed from the worker that received them to the worker that owns their flow.
+//!
+//! Every ordered pair of workers has its own SPSC byte ring (rtrb), so passing a frame takes
+//! no lock: the sender copies the frame's bytes in as one record (an 8-byte header, then the
+//! bytes), the owner copies them into a frame of its own UMEM and processes it as if it had
+//! received it. Copy-mode AF_XDP copies every frame anyway; this adds one copy for the share
+//! of packets that RSS put on a queue other than their owner's.
+//!
+//! A worker with nothing to do sleeps in poll(2). Its inbox has a datagram socket in that
+//! poll set, and a sender writes one byte to it only when the owner said it is going to sleep
+//! (a flag checked after each batch), so a busy owner costs its senders no system call.
+
+use std::io::ErrorKind;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Record header: frame length (u16), two spare bytes, ingress ifindex (u32), little-endian.
+const HEADER: usize = 8;
+/// Bytes of each ring: about 350 full-size frames or 7000 small ones waiting for one owner.
+pub const RING_BYTES: usize = 512 * 1024;
+
+/// How a sleeping worker is woken.
+struct Doorbell {
+    sleeping: AtomicBool,
+    ring: UnixDatagram,
+    listen: UnixDatagram,
+}
+
+/// One worker's sending side: a ring to every other worker.
+pub struct Outbox {
+    to: Vec<Option<rtrb::Producer<u8>>>,
+    doorbells: Vec<Arc<Doorbell>>,
+    /// Workers sent to since the last `notify`.
+    sent: Vec<bool>,
+}
+
+/// One worker's receiving side: a ring from every other worker.
+pub struct Inbox {
+    from: Vec<rtrb::Consumer<u8>>,
+    doorbell: Arc<Doorbell>,
+}
+
+/// The rings between `workers` workers: element `i` is worker `i`'s outbox and inbox.
+pub fn mesh(workers: usize, ring_bytes: usize) -> std::io::Result<Vec<(Outbox, Inbox)>> {
+    let mut doorbells = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (ring, listen) = UnixDatagram::pair()?;
+        ring.set_nonblocking(true)?;
+        listen.set_nonblocking(true)?;
+        doorbells.push(Arc::new(Doorbell {
+            sleeping: AtomicBool::new(false),
+            ring,
+            listen,
+        }));
+    }
+    let mut outboxes: Vec<Outbox> = (0..workers)
+        .map(|_| Outbox {
+            to: (0..workers).map(|_| None).collect(),
+            doorbells: doorbells.clone(),
+            sent: vec![false; workers],
+        })
+        .collect();
+    let mut inboxes: Vec<Inbox> = doorbells
+        .iter()
+        .map(|d| Inbox {
+            from: Vec::new(),
+            doorbell: d.clone(),
+        })
+        .collect();
+    for (from, outbox) in outboxes.iter_mut().enumerate() {
+        for (to, inbox) in inboxes.iter_mut().enumerate() {
+            if from != to {
+                let (p, c) = rtrb::RingBuffer::new(ring_bytes);
+                outbox.to[to] = Some(p);
+                inbox.from.push(c);
+            }
+        }
+    }
+    Ok(outboxes.into_iter().zip(inboxes).collect())
+}
+
+impl Outbox {
+    /// Queues `frame`, received on `ingress`, for `worker`. False if that worker's ring is
+    /// full (the caller counts the drop) or `worker` is this one or unknown.
+    pub fn send(&mut self, worker: usize, ingress: u32, frame: &[u8]) -> bool {
+        let Some(Some(ring)) = self.to.get_mut(worker) else {
+            return false;
+        };
+        let Ok(len) = u16::try_from(frame.len()) else {
+            return false;
+        };
+        let Ok(mut chunk) = ring.write_chunk(HEADER + frame.len()) else {
+            return false;
+        };
+        let mut header = [0u8; HEADER];
+        header[..2].copy_from_slice(&len.to_le_bytes());
+        header[4..].copy_from_slice(&ingress.to_le_bytes());
+        let (a, b) = chunk.as_mut_slices();
+        copy_across(&header, frame, a, b);
+        // One commit for header and bytes: the owner never sees half a record.
+        chunk.commit_all();
+        self.sent[worker] = true;
+        true
+    }
+
+    /// Wakes every worker sent to since the last call that is asleep or about to sleep.
+    pub fn notify(&mut self) {
+        if !self.sent.iter().any(|&s| s) {
+            return;
+        }
+        // Pairs with the fence in `Inbox::prepare_to_sleep`: either the owner sees our
+        // records when it checks its rings, or we see its flag here.
+        fence(Ordering::SeqCst);
+        for (worker, sent) in self.sent.iter_mut().enumerate() {
+            if std::mem::take(sent)
+                && self.doorbells[worker]
+                    .sleeping
+                    .swap(false, Ordering::SeqCst)
+            {
+                // A full socket buffer means a wake-up is already pending: nothing lost.
+                let _ = self.doorbells[worker].ring.send(&[1]);
+            }
+        }
+    }
+}
+
+impl Inbox {
+    /// Hands up to `budget` waiting frames to `take` as (ingress ifindex, the frame's bytes in
+    /// one or two pieces). Returns how many were taken.
+    pub fn drain(&mut self, budget: usize, mut take: impl FnMut(u32, &[u8], &[u8])) -> usize {
+        let mut n = 0;
+        for ring in &mut self.from {
+            while n < budget {
+                let Ok(head) = ring.read_chunk(HEADER) else {
+                    break;
+                };
+                let mut header = [0u8; HEADER];
+                let (a, b) = head.as_slices();
+                header[..a.len()].copy_from_slice(a);
+                header[a.len()..].copy_from_slice(b);
+                head.commit_all();
+                let len = usize::from(u16::from_le_bytes([header[0], header[1]]));
+                let ingress = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+                // The record was committed whole, so its bytes are there.
+                let Ok(body) = ring.read_chunk(len) else {
+                    break;
+                };
+                let (a, b) = body.as_slices();
+                take(ingress, a, b);
+                body.commit_all();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Says this worker is going to sleep; false (and not sleeping) if frames are already
+    /// waiting, in which case it must not sleep.
+    pub fn prepare_to_sleep(&self) -> bool {
+        self.doorbell.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if self.from.iter().any(|r| !r.is_empty()) {
+            self.doorbell.sleeping.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Back from sleep: clears the flag and empties the doorbell.
+    pub fn woke(&self) {
+        self.doorbell.sleeping.store(false, Ordering::SeqCst);
+        let mut buf = [0u8; 16];
+        loop {
+            match self.doorbell.listen.recv(&mut buf) {
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// The descriptor that becomes readable when a sender rings.
+    pub fn doorbell_fd(&self) -> RawFd {
+        self.doorbell.listen.as_raw_fd()
+    }
+}
+
+/// Writes `header` then `frame` across the two pieces of a ring chunk of exactly their size.
+fn copy_across(header: &[u8], frame: &[u8], a: &mut [u8], b: &mut [u8]) {
+    let mut at = 0;
+    for src in [header, frame] {
+        let mut src = src;
+        while !src.is_empty() {
+            let (dst, off) = if at < a.len() {
+                (&mut a[at..], at)
+            } else {
+                (&mut b[at - a.len()..], at)
+            };
+            let n = dst.len().min(src.len());
+            dst[..n].copy_from_slice(&src[..n]);
+            src = &src[n..];
+            at = off + n;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(inbox: &mut Inbox, budget: usize) -> Vec<(u32, Vec<u8>)> {
+        let mut got = Vec::new();
+        inbox.drain(budget, |ingress, a, b| {
+            got.push((ingress, [a, b].concat()));
+        });
+        got
+    }
+
+    #[test]
+    fn frames_arrive_whole_and_in_order_across_the_ring_end() {
+        let mut mesh = mesh(2, 300).unwrap();
+        let (mut out0, _) = mesh.remove(0);
+        let (_, mut in1) = mesh.remove(0);
+        // Frames of varying length wrap around the 300-byte ring many times.
+        for round in 0..50u8 {
+            let frames: Vec<Vec<u8>> = (0..3)
+                .map(|i| vec![round.wrapping_add(i); 30 + usize::from(round % 7) * 9])
+                .collect();
+            for (i, f) in frames.iter().enumerate() {
+                assert!(out0.send(1, 10 + i as u32, f));
+            }
+            let got = collect(&mut in1, 64);
+            let want: Vec<(u32, Vec<u8>)> = frames
+                .into_iter()
+                .enumerate()
+                .map(|(i, f)| (10 + i as u32, f))
+                .collect();
+            assert_eq!(got, want, "round {round}");
+        }
+    }
+
+    #[test]
+    fn a_full_ring_refuses_the_frame_instead_of_overwriting() {
+        let mut mesh = mesh(2, 128).unwrap();
+        let (_, mut in0) = mesh.remove(0);
+        let (mut out1, _) = mesh.remove(0);
+        let frame = [7u8; 50];
+        assert!(out1.send(0, 1, &frame));
+        assert!(out1.send(0, 1, &frame));
+        assert!(
+            !out1.send(0, 1, &frame),
+            "third record does not fit in 128 bytes"
+        );
+        assert_eq!(collect(&mut in0, 10).len(), 2);
+        assert!(out1.send(0, 1, &frame));
+    }
+
+    #[test]
+    fn nothing_is_sent_to_oneself_or_to_an_unknown_worker() {
+        let mut mesh = mesh(2, 1024).unwrap();
+        let (mut out0, mut in0) = mesh.remove(0);
+        assert!(!out0.send(0, 1, &[1, 2, 3]));
+        assert!(!out0.send(5, 1, &[1, 2, 3]));
+        assert!(collect(&mut in0, 10).is_empty());
+    }
+
+    #[test]
+    fn a_sleeping_owner_is_woken_by_a_sender_and_a_busy_one_is_not_rung() {
+        let mut mesh = mesh(2, 1024).unwrap();
+        let (mut out0, _) = mesh.remove(0);
+        let (_, mut in1) = mesh.remove(0);
+        let rung = |inbox: &Inbox| inbox.doorbell.listen.recv(&mut [0u8; 4]).is_ok();
+        // Busy owner: no flag, no ring.
+        assert!(out0.send(1, 1, &[1]));
+        out0.notify();
+        assert!(!rung(&in1));
+        // Frames waiting: the owner must not sleep.
+        assert!(!in1.prepare_to_sleep());
+        assert_eq!(collect(&mut in1, 10).len(), 1);
+        // Asleep: the next send rings once.
+        assert!(in1.prepare_to_sleep());
+        assert!(out0.send(1, 1, &[2]));
+        assert!(out0.send(1, 1, &[3]));
+        out0.notify();
+        assert!(rung(&in1));
+        assert!(!rung(&in1), "two sends to a sleeper ring once");
+        in1.woke();
+        assert_eq!(collect(&mut in1, 10).len(), 2);
+    }
+}

@@ -1,0 +1,211 @@
+//! Which worker owns a packet's flow, computed from the packet alone.
+//!
+//! RSS puts a flow's request and its reply on queues chosen independently, so with several
+//! queues a reply often reaches a worker that never saw the request. Each flow therefore has
+//! one owning worker, computable from either direction without any shared table:
+//!
+//! - a request (to a service) and a reply straight to the client (DNAT) both carry the
+//!   client's address and port, so both hash those to the same worker;
+//! - a reply to one of our source-translated ports (one-arm, full NAT) goes to the worker that
+//!   allocated the port: each worker allocates only from its own slice of the range.
+//!
+//! A packet received elsewhere is handed to its owner (see `handoff`), so connection state,
+//! port pools and selection state stay single-threaded.
+
+use crate::ports;
+use crate::snapshot::{PortRange, Proto, ServiceKey, Snapshot};
+use crate::wire::{ethernet, ipv4};
+use std::net::Ipv4Addr;
+
+/// What the workers agree on to find a flow's owner; the same value in every worker.
+#[derive(Debug, Clone, Copy)]
+pub struct Ownership {
+    workers: usize,
+    snat_ports: PortRange,
+    /// Random per process: a sender cannot aim all its flows at one worker.
+    key: u64,
+}
+
+impl Ownership {
+    pub fn new(workers: usize, snat_ports: PortRange, key: u64) -> Self {
+        Ownership {
+            workers: workers.max(1),
+            snat_ports,
+            key,
+        }
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// The worker that owns the flow of `frame`, or `None` when any worker may handle it where
+    /// it arrived: a single worker, ICMP echo (answered without state), or a frame that does
+    /// not parse (dropped and counted by whoever sees it).
+    pub fn owner(&self, frame: &[u8], snap: &Snapshot) -> Option<usize> {
+        if self.workers == 1 {
+            return None;
+        }
+        let (src, dst, proto, src_port, dst_port) = ports_of(frame)?;
+        let service = ServiceKey {
+            vip: dst,
+            port: dst_port,
+            proto,
+        };
+        if snap.services.contains_key(&service) {
+            return Some(self.client_owner(src, src_port, proto));
+        }
+        let to_our_port = (snap.vips.contains(&dst) || snap.own_addrs.contains(&dst))
+            && (self.snat_ports.first..=self.snat_ports.last).contains(&dst_port);
+        if to_our_port {
+            return Some(ports::owner(self.snat_ports, self.workers as u16, dst_port) as usize);
+        }
+        // A reply on its way back to the client (DNAT), or the host's own traffic (the
+        // engine passes it on wherever it is handled).
+        Some(self.client_owner(dst, dst_port, proto))
+    }
+
+    fn client_owner(&self, addr: Ipv4Addr, port: u16, proto: Proto) -> usize {
+        let packed = (u64::from(u32::from(addr)) << 24) | (u64::from(port) << 8) | proto as u64;
+        let h = mix(packed ^ self.key);
+        // Multiply-shift maps the high bits evenly onto 0..workers without a division.
+        (((h >> 32) * self.workers as u64) >> 32) as usize
+    }
+}
+
+/// splitmix64's finaliser: every input bit moves about half of the output bits.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Addresses, protocol and ports of a TCP or UDP frame, read without validating more than
+/// needed to find them; ICMP, fragments and anything malformed give `None`.
+fn ports_of(frame: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr, Proto, u16, u16)> {
+    let eth = ethernet::Frame::new_checked(frame).ok()?;
+    if eth.ethertype() != ethernet::ETHERTYPE_IPV4 {
+        return None;
+    }
+    let ip = ipv4::Packet::new_checked(&frame[ethernet::HEADER_LEN..]).ok()?;
+    if ip.is_fragment() {
+        return None;
+    }
+    let proto = Proto::from_ip_proto(ip.protocol())?;
+    let l4 = frame.get(ethernet::HEADER_LEN + ip.header_len()..)?;
+    let port = |at: usize| Some(u16::from_be_bytes([*l4.get(at)?, *l4.get(at + 1)?]));
+    Some((ip.src(), ip.dst(), proto, port(0)?, port(2)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::select::Algorithm;
+    use crate::snapshot::{Endpoint, NatMode, Service};
+    use std::time::Duration;
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+    const OURS: Ipv4Addr = Ipv4Addr::new(198, 18, 31, 254);
+    const BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 31, 1);
+
+    fn frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 8];
+        f[12..14].copy_from_slice(&ethernet::ETHERTYPE_IPV4.to_be_bytes());
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&28u16.to_be_bytes());
+        f[23] = 17;
+        f[26..30].copy_from_slice(&src.octets());
+        f[30..34].copy_from_slice(&dst.octets());
+        f[34..36].copy_from_slice(&sport.to_be_bytes());
+        f[36..38].copy_from_slice(&dport.to_be_bytes());
+        f[38..40].copy_from_slice(&8u16.to_be_bytes());
+        f
+    }
+
+    fn snapshot() -> Snapshot {
+        let key = ServiceKey {
+            vip: VIP,
+            port: 2020,
+            proto: Proto::Udp,
+        };
+        let svc = Service::new(
+            key,
+            "s".into(),
+            NatMode::Dnat,
+            Algorithm::RoundRobin,
+            vec![Endpoint {
+                addr: BACKEND,
+                port: 8080,
+                weight: 1,
+            }],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let mut snap = Snapshot::default();
+        snap.services.insert(key, svc);
+        snap.vips.insert(VIP);
+        snap.own_addrs.insert(OURS);
+        snap
+    }
+
+    #[test]
+    fn a_request_and_its_dnat_reply_have_the_same_owner_for_every_client_port() {
+        let own = Ownership::new(4, PortRange::default(), 0x1234_5678);
+        let snap = snapshot();
+        let client = Ipv4Addr::new(198, 18, 0, 2);
+        let mut seen = [0usize; 4];
+        for port in 30000..31000u16 {
+            let req = own.owner(&frame(client, port, VIP, 2020), &snap);
+            let reply = own.owner(&frame(BACKEND, 8080, client, port), &snap);
+            assert_eq!(req, reply, "client port {port}");
+            seen[req.unwrap()] += 1;
+        }
+        // Spread: every worker owns a fair share (1000 flows over 4, each well above 150).
+        assert!(seen.iter().all(|&n| n > 150), "{seen:?}");
+    }
+
+    #[test]
+    fn a_reply_to_a_translated_port_goes_to_the_worker_whose_slice_holds_the_port() {
+        let range = PortRange::default();
+        let own = Ownership::new(2, range, 7);
+        let snap = snapshot();
+        for port in [range.first, range.first + 1, range.first + 2, range.last] {
+            let want = ports::owner(range, 2, port) as usize;
+            assert_eq!(
+                own.owner(&frame(BACKEND, 8080, OURS, port), &snap),
+                Some(want)
+            );
+            assert_eq!(
+                own.owner(&frame(BACKEND, 8080, VIP, port), &snap),
+                Some(want)
+            );
+        }
+    }
+
+    #[test]
+    fn a_client_port_inside_the_snat_range_still_follows_the_client_hash() {
+        let range = PortRange::default();
+        let own = Ownership::new(2, range, 99);
+        let snap = snapshot();
+        let client = Ipv4Addr::new(198, 18, 0, 2);
+        for port in range.first..range.first + 64 {
+            let req = own.owner(&frame(client, port, VIP, 2020), &snap);
+            assert_eq!(req, own.owner(&frame(BACKEND, 8080, client, port), &snap));
+        }
+    }
+
+    #[test]
+    fn one_worker_or_an_unparsable_frame_needs_no_owner() {
+        let snap = snapshot();
+        let f = frame(Ipv4Addr::new(198, 18, 0, 2), 1000, VIP, 2020);
+        assert_eq!(
+            Ownership::new(1, PortRange::default(), 0).owner(&f, &snap),
+            None
+        );
+        let two = Ownership::new(2, PortRange::default(), 0);
+        assert_eq!(two.owner(&f[..30], &snap), None);
+        let mut icmp = f.clone();
+        icmp[23] = 1;
+        assert_eq!(two.owner(&icmp, &snap), None);
+    }
+}
