@@ -1,14 +1,15 @@
 //! Frames passed from the worker that received them to the worker that owns their flow.
 //!
 //! Every ordered pair of workers has its own SPSC byte ring (rtrb), so passing a frame takes
-//! no lock: the sender copies the frame's bytes in as one record (an 8-byte header, then the
-//! bytes), the owner copies them into a frame of its own UMEM and processes it as if it had
-//! received it. Copy-mode AF_XDP copies every frame anyway; this adds one copy for the share
+//! no lock: the sender stages each frame as a record (an 8-byte header, then the bytes) and
+//! pushes a whole batch with one commit; the owner reads everything committed with one read,
+//! copies each frame into a frame of its own UMEM and processes it as if it had received it.
+//! Per batch rather than per frame, the ring's indices cross between the cores once. Copy-mode AF_XDP copies every frame anyway; this adds one copy for the share
 //! of packets that RSS put on a queue other than their owner's.
 //!
 //! A worker with nothing to do sleeps in poll(2). Its inbox has a datagram socket in that
 //! poll set, and a sender writes one byte to it only when the owner said it is going to sleep
-//! (a flag checked after each batch), so a busy owner costs its senders no system call.
+//! (a flag checked after each flush), so a busy owner costs its senders no system call.
 
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, RawFd};
@@ -32,8 +33,19 @@ struct Doorbell {
 pub struct Outbox {
     to: Vec<Option<rtrb::Producer<u8>>>,
     doorbells: Vec<Arc<Doorbell>>,
-    /// Workers sent to since the last `notify`.
-    sent: Vec<bool>,
+    /// Records collected per worker during one batch and pushed by `flush` in one ring
+    /// commit: one cache-line exchange with the owner per batch instead of per frame.
+    staged: Vec<Vec<u8>>,
+    staged_records: Vec<usize>,
+}
+
+/// What one [`Outbox::flush`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flushed {
+    /// Frames now in their owner's ring.
+    pub passed: usize,
+    /// Frames that found the owner's ring full.
+    pub dropped: usize,
 }
 
 /// One worker's receiving side: a ring from every other worker.
@@ -59,7 +71,8 @@ pub fn mesh(workers: usize, ring_bytes: usize) -> std::io::Result<Vec<(Outbox, I
         .map(|_| Outbox {
             to: (0..workers).map(|_| None).collect(),
             doorbells: doorbells.clone(),
-            sent: vec![false; workers],
+            staged: vec![Vec::new(); workers],
+            staged_records: vec![0; workers],
         })
         .collect();
     let mut inboxes: Vec<Inbox> = doorbells
@@ -82,48 +95,84 @@ pub fn mesh(workers: usize, ring_bytes: usize) -> std::io::Result<Vec<(Outbox, I
 }
 
 impl Outbox {
-    /// Queues `frame`, received on `ingress`, for `worker`. False if that worker's ring is
-    /// full (the caller counts the drop) or `worker` is this one or unknown.
+    /// Stages `frame`, received on `ingress`, for `worker` until the next `flush`. False if
+    /// `worker` is this one or unknown, or the frame is too long to describe.
     pub fn send(&mut self, worker: usize, ingress: u32, frame: &[u8]) -> bool {
-        let Some(Some(ring)) = self.to.get_mut(worker) else {
+        if !matches!(self.to.get(worker), Some(Some(_))) {
             return false;
-        };
+        }
         let Ok(len) = u16::try_from(frame.len()) else {
             return false;
         };
-        let Ok(mut chunk) = ring.write_chunk(HEADER + frame.len()) else {
-            return false;
-        };
-        let mut header = [0u8; HEADER];
-        header[..2].copy_from_slice(&len.to_le_bytes());
-        header[4..].copy_from_slice(&ingress.to_le_bytes());
-        let (a, b) = chunk.as_mut_slices();
-        copy_across(&header, frame, a, b);
-        // One commit for header and bytes: the owner never sees half a record.
-        chunk.commit_all();
-        self.sent[worker] = true;
+        let staged = &mut self.staged[worker];
+        staged.extend_from_slice(&len.to_le_bytes());
+        staged.extend_from_slice(&[0, 0]);
+        staged.extend_from_slice(&ingress.to_le_bytes());
+        staged.extend_from_slice(frame);
+        self.staged_records[worker] += 1;
         true
     }
 
-    /// Wakes every worker sent to since the last call that is asleep or about to sleep.
-    pub fn notify(&mut self) {
-        if !self.sent.iter().any(|&s| s) {
-            return;
+    /// Pushes every staged record into its owner's ring (as many whole records as fit; the
+    /// rest are dropped) and wakes owners that are asleep or about to sleep.
+    pub fn flush(&mut self) -> Flushed {
+        let mut done = Flushed::default();
+        let mut rung = false;
+        for worker in 0..self.to.len() {
+            let records = std::mem::take(&mut self.staged_records[worker]);
+            let (Some(ring), staged) = (&mut self.to[worker], &mut self.staged[worker]) else {
+                continue;
+            };
+            if records == 0 {
+                continue;
+            }
+            let (fit, fit_bytes) = whole_records_within(staged, ring.slots());
+            if fit > 0 {
+                let mut chunk = ring
+                    .write_chunk(fit_bytes)
+                    .expect("no more than the free slots just counted");
+                let (a, b) = chunk.as_mut_slices();
+                a.copy_from_slice(&staged[..a.len()]);
+                b.copy_from_slice(&staged[a.len()..fit_bytes]);
+                // One commit per batch: the owner never sees half a record.
+                chunk.commit_all();
+                rung = true;
+            }
+            staged.clear();
+            done.passed += fit;
+            done.dropped += records - fit;
         }
+        if rung {
+            self.ring_sleepers();
+        }
+        done
+    }
+
+    fn ring_sleepers(&mut self) {
         // Pairs with the fence in `Inbox::prepare_to_sleep`: either the owner sees our
         // records when it checks its rings, or we see its flag here.
         fence(Ordering::SeqCst);
-        for (worker, sent) in self.sent.iter_mut().enumerate() {
-            if std::mem::take(sent)
-                && self.doorbells[worker]
-                    .sleeping
-                    .swap(false, Ordering::SeqCst)
-            {
+        for (worker, doorbell) in self.doorbells.iter().enumerate() {
+            if self.to[worker].is_some() && doorbell.sleeping.swap(false, Ordering::SeqCst) {
                 // A full socket buffer means a wake-up is already pending: nothing lost.
-                let _ = self.doorbells[worker].ring.send(&[1]);
+                let _ = doorbell.ring.send(&[1]);
             }
         }
     }
+}
+
+/// How many whole records from the start of `staged` fit in `room` bytes, and their bytes.
+fn whole_records_within(staged: &[u8], room: usize) -> (usize, usize) {
+    let (mut records, mut at) = (0, 0);
+    while at + HEADER <= staged.len() {
+        let end = at + HEADER + usize::from(u16::from_le_bytes([staged[at], staged[at + 1]]));
+        if end > room {
+            break;
+        }
+        records += 1;
+        at = end;
+    }
+    (records, at)
 }
 
 impl Inbox {
@@ -132,26 +181,29 @@ impl Inbox {
     pub fn drain(&mut self, budget: usize, mut take: impl FnMut(u32, &[u8], &[u8])) -> usize {
         let mut n = 0;
         for ring in &mut self.from {
-            while n < budget {
-                let Ok(head) = ring.read_chunk(HEADER) else {
-                    break;
-                };
+            if n == budget {
+                break;
+            }
+            // Everything committed so far, in one read: records are only ever whole.
+            let Ok(chunk) = ring.read_chunk(ring.slots()) else {
+                continue;
+            };
+            let (a, b) = chunk.as_slices();
+            let total = a.len() + b.len();
+            let mut at = 0;
+            while n < budget && at + HEADER <= total {
                 let mut header = [0u8; HEADER];
-                let (a, b) = head.as_slices();
-                header[..a.len()].copy_from_slice(a);
-                header[a.len()..].copy_from_slice(b);
-                head.commit_all();
+                let (h1, h2) = pieces(a, b, at, HEADER);
+                header[..h1.len()].copy_from_slice(h1);
+                header[h1.len()..].copy_from_slice(h2);
                 let len = usize::from(u16::from_le_bytes([header[0], header[1]]));
                 let ingress = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-                // The record was committed whole, so its bytes are there.
-                let Ok(body) = ring.read_chunk(len) else {
-                    break;
-                };
-                let (a, b) = body.as_slices();
-                take(ingress, a, b);
-                body.commit_all();
+                let (f1, f2) = pieces(a, b, at + HEADER, len);
+                take(ingress, f1, f2);
+                at += HEADER + len;
                 n += 1;
             }
+            chunk.commit(at);
         }
         n
     }
@@ -187,22 +239,15 @@ impl Inbox {
     }
 }
 
-/// Writes `header` then `frame` across the two pieces of a ring chunk of exactly their size.
-fn copy_across(header: &[u8], frame: &[u8], a: &mut [u8], b: &mut [u8]) {
-    let mut at = 0;
-    for src in [header, frame] {
-        let mut src = src;
-        while !src.is_empty() {
-            let (dst, off) = if at < a.len() {
-                (&mut a[at..], at)
-            } else {
-                (&mut b[at - a.len()..], at)
-            };
-            let n = dst.len().min(src.len());
-            dst[..n].copy_from_slice(&src[..n]);
-            src = &src[n..];
-            at = off + n;
-        }
+/// The bytes `at..at + len` of the concatenation of `a` and `b`, as a piece of each.
+fn pieces<'a>(a: &'a [u8], b: &'a [u8], at: usize, len: usize) -> (&'a [u8], &'a [u8]) {
+    let end = at + len;
+    if end <= a.len() {
+        (&a[at..end], &[])
+    } else if at >= a.len() {
+        (&[], &b[at - a.len()..end - a.len()])
+    } else {
+        (&a[at..], &b[..end - a.len()])
     }
 }
 
@@ -231,6 +276,13 @@ mod tests {
             for (i, f) in frames.iter().enumerate() {
                 assert!(out0.send(1, 10 + i as u32, f));
             }
+            assert_eq!(
+                out0.flush(),
+                Flushed {
+                    passed: 3,
+                    dropped: 0
+                }
+            );
             let got = collect(&mut in1, 64);
             let want: Vec<(u32, Vec<u8>)> = frames
                 .into_iter()
@@ -247,14 +299,21 @@ mod tests {
         let (_, mut in0) = mesh.remove(0);
         let (mut out1, _) = mesh.remove(0);
         let frame = [7u8; 50];
-        assert!(out1.send(0, 1, &frame));
-        assert!(out1.send(0, 1, &frame));
-        assert!(
-            !out1.send(0, 1, &frame),
-            "third record does not fit in 128 bytes"
+        for _ in 0..3 {
+            assert!(out1.send(0, 1, &frame));
+        }
+        // Two 58-byte records fit in 128 bytes, the third is dropped whole.
+        assert_eq!(
+            out1.flush(),
+            Flushed {
+                passed: 2,
+                dropped: 1
+            }
         );
         assert_eq!(collect(&mut in0, 10).len(), 2);
         assert!(out1.send(0, 1, &frame));
+        assert_eq!(out1.flush().passed, 1);
+        assert_eq!(collect(&mut in0, 10).len(), 1);
     }
 
     #[test]
@@ -263,6 +322,7 @@ mod tests {
         let (mut out0, mut in0) = mesh.remove(0);
         assert!(!out0.send(0, 1, &[1, 2, 3]));
         assert!(!out0.send(5, 1, &[1, 2, 3]));
+        assert_eq!(out0.flush(), Flushed::default());
         assert!(collect(&mut in0, 10).is_empty());
     }
 
@@ -274,7 +334,7 @@ mod tests {
         let rung = |inbox: &Inbox| inbox.doorbell.listen.recv(&mut [0u8; 4]).is_ok();
         // Busy owner: no flag, no ring.
         assert!(out0.send(1, 1, &[1]));
-        out0.notify();
+        out0.flush();
         assert!(!rung(&in1));
         // Frames waiting: the owner must not sleep.
         assert!(!in1.prepare_to_sleep());
@@ -283,9 +343,12 @@ mod tests {
         assert!(in1.prepare_to_sleep());
         assert!(out0.send(1, 1, &[2]));
         assert!(out0.send(1, 1, &[3]));
-        out0.notify();
+        out0.flush();
         assert!(rung(&in1));
-        assert!(!rung(&in1), "two sends to a sleeper ring once");
+        assert!(
+            !rung(&in1),
+            "two frames in one batch to a sleeper ring once"
+        );
         in1.woke();
         assert_eq!(collect(&mut in1, 10).len(), 2);
     }

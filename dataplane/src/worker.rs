@@ -103,17 +103,20 @@ impl Worker {
                     self.sockets
                         .receive(i, |ingress, frame| match ownership.owner(frame, &snap) {
                             Some(owner) if owner != index => {
-                                if outbox.send(owner, ingress, frame) {
-                                    engine.counters.handed_off += 1;
-                                } else {
-                                    engine.counters.drop(DropReason::HandoffRingFull);
+                                // Only an impossible owner or length fails here; ring room is
+                                // known, and counted, at the flush below.
+                                if !outbox.send(owner, ingress, frame) {
+                                    engine.counters.drop(DropReason::Malformed);
                                 }
                                 Disposition::Recycle
                             }
                             _ => decide(engine, kernel, egress, &snap, now, ingress, frame),
                         });
             }
-            self.outbox.notify();
+            let flushed = self.outbox.flush();
+            self.engine.counters.handed_off += flushed.passed as u64;
+            self.engine.counters.drops[DropReason::HandoffRingFull as usize] +=
+                flushed.dropped as u64;
             let engine = &mut self.engine;
             let (kernel, egress, sockets) = (&self.kernel, &egress, &mut self.sockets);
             let handed_in = self.inbox.drain(HANDOFF_BUDGET, |ingress, a, b| {

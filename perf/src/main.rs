@@ -3,13 +3,17 @@
 //! - `engine [runs] [flows]`: the packet engine's own cost in memory, one core.
 //! - `e2e [--runs N] [--seconds S]`: iperf3 through kernel forwarding, nftables DNAT and oxlb on
 //!   the demo topology, interleaved in one run (needs root, iperf3, nftables; see `perf/e2e.sh`).
+//! - `ownership [runs] [flows] [seconds]`: how a packet meets its flow's state when RSS spreads
+//!   a flow over two workers: oxlb's hand-off rings against a shared sharded table.
 
 mod e2e;
 mod engine;
+mod ownership;
 mod summary;
 
-const USAGE: &str =
-    "usage: oxlb-perf engine [runs] [flows]\n       oxlb-perf e2e [--runs N] [--seconds S]";
+const USAGE: &str = "usage: oxlb-perf engine [runs] [flows]\n       \
+                     oxlb-perf e2e [--runs N] [--seconds S]\n       \
+                     oxlb-perf ownership [runs] [flows] [seconds]";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -18,6 +22,12 @@ fn main() {
             let runs: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
             let flows: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(10_000);
             engine::run(runs, flows);
+        }
+        "ownership" => {
+            let runs: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
+            let flows: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(100_000);
+            let secs: f64 = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1.0);
+            ownership::run(runs, flows, secs);
         }
         "e2e" => match e2e::Options::parse(&args[2..]) {
             Ok(opts) => e2e::run(opts, &args.join(" ")),
