@@ -4,10 +4,14 @@
 // everything else (ARP, ND, ICMP, SSH, the API, routing protocols) to the kernel.
 //
 // A packet is load-balancer traffic when its (dst addr, dst port, proto) is a
-// VIP in lb_dst, or its (src addr, src port, proto) is a known endpoint in
-// lb_src (replies in DNAT mode), or its destination is one of our source-translation
-// addresses with a port in the range of lb_snat (replies in one-arm and full-NAT modes). The userspace loader (src/lib.rs) writes both
-// maps and mirrors struct lb_key byte for byte; change them together.
+// VIP in lb_dst, or its destination is one of our own addresses in lb_snat with
+// a port in that entry's range (replies in one-arm and full-NAT modes), or its
+// (src addr, src port, proto) is a known endpoint in lb_src (replies in DNAT
+// mode). A packet to one of our own addresses outside the range is the host's
+// own connection (a health probe's answer, an operator's session with a
+// backend) and goes to the kernel even when it comes from an endpoint's port.
+// The userspace loader (src/lib.rs) writes the maps and mirrors struct lb_key
+// byte for byte; change them together.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -57,9 +61,11 @@ struct {
 	__type(value, __u32);
 } lb_src SEC(".maps");
 
-// Our own addresses that source-translated flows (one-arm, full NAT) use: key with port 0,
-// value (first << 16 | last), the port range replies come back to. Other ports on these
-// addresses (SSH, the API, BGP) stay with the kernel.
+// Our own addresses: those source-translated flows (one-arm, full NAT) use and
+// those the host talks to endpoints from. Key with port 0, value (first << 16 |
+// last), the port range replies come back to. Other ports on these addresses
+// (SSH, the API, BGP, the host's own connections) stay with the kernel; the
+// range is reserved from the kernel's ephemeral ports, so they never collide.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
@@ -142,16 +148,27 @@ static __always_inline int read_ports(void *l4, void *data_end, __u8 proto,
 	return -1;
 }
 
-// True when dst's address is one of ours for source-translated flows and dport lies in the
-// port range replies use. Clobbers dst->port.
-static __always_inline int in_snat_range(struct lb_key *dst, __be16 dport)
+enum own_verdict {
+	NOT_OURS = 0,
+	OURS_IN_RANGE = 1,
+	OURS_OUTSIDE_RANGE = 2,
+};
+
+// Whether dst's address is one of ours, and if so whether dport lies in the
+// port range translated replies use. Restores dst->port.
+static __always_inline enum own_verdict own_address(struct lb_key *dst, __be16 dport)
 {
 	__u32 *range;
 	__u16 port = bpf_ntohs(dport);
 
 	dst->port = 0;
 	range = bpf_map_lookup_elem(&lb_snat, dst);
-	return range && port >= (*range >> 16) && port <= (*range & 0xffff);
+	dst->port = dport;
+	if (!range)
+		return NOT_OURS;
+	if (port >= (*range >> 16) && port <= (*range & 0xffff))
+		return OURS_IN_RANGE;
+	return OURS_OUTSIDE_RANGE;
 }
 
 SEC("xdp")
@@ -213,9 +230,14 @@ int oxlb_redirect(struct xdp_md *ctx)
 	src.port = sport;
 	src.proto = proto;
 
-	if (!bpf_map_lookup_elem(&lb_dst, &dst) && !bpf_map_lookup_elem(&lb_src, &src) &&
-	    !in_snat_range(&dst, dport))
-		return pass(STAT_PASSED);
+	if (!bpf_map_lookup_elem(&lb_dst, &dst)) {
+		enum own_verdict own = own_address(&dst, dport);
+
+		if (own == OURS_OUTSIDE_RANGE)
+			return pass(STAT_PASSED);
+		if (own == NOT_OURS && !bpf_map_lookup_elem(&lb_src, &src))
+			return pass(STAT_PASSED);
+	}
 
 	__u32 ifindex = ctx->ingress_ifindex;
 	__u32 *slot = bpf_map_lookup_elem(&iface_slot, &ifindex);

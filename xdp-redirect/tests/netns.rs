@@ -334,6 +334,35 @@ fn sync_keys_adds_missing_keys_removes_the_others_and_the_program_matches_them()
 }
 
 #[test]
+fn an_endpoints_answer_to_our_own_address_outside_the_snat_range_goes_to_the_kernel() {
+    let pair = NetnsPair::new();
+    let mut xdp = in_netns(&pair.a, || {
+        XdpRedirect::attach(&names(&[IFACE_A])).expect("attach")
+    });
+    assert!(pair.ping_from_b(1));
+    // B is an endpoint (its port 7777 answers DNAT flows) and A is our own address.
+    xdp.sync_keys(
+        &BTreeSet::new(),
+        &BTreeSet::from([LbKey::v4(ADDR_B, 7777, UDP)]),
+    )
+    .expect("sync keys");
+    xdp.sync_snat(&BTreeSet::from([LbKey::v4(ADDR_A, 0, UDP)]), 40000, 49999)
+        .expect("sync snat");
+
+    // To one of our ports outside the range: the host's own connection (a health probe).
+    let before = xdp.stats().expect("stats");
+    pair.udp_from_b(7777, 30000);
+    let after = wait_for_stats(&xdp, |s| s.passed > before.passed);
+    assert_eq!(after.no_socket, before.no_socket, "{after:?}");
+    assert!(after.passed > before.passed, "{after:?}");
+
+    // Inside the range: load-balancer traffic (no socket registered here, so counted so).
+    pair.udp_from_b(7777, 40005);
+    let later = wait_for_stats(&xdp, |s| s.no_socket > after.no_socket);
+    assert_eq!(later.no_socket, after.no_socket + 1, "{later:?}");
+}
+
+#[test]
 fn registering_a_socket_for_an_interface_that_is_not_attached_is_refused() {
     let pair = NetnsPair::new();
     let mut xdp = in_netns(&pair.a, || {

@@ -168,9 +168,14 @@ pub fn xdp_keys(state: &DesiredState, reach: &Reachability) -> XdpKeys {
         keys.dst.insert(LbKey::v4(spec.key.external_ip, 0, ICMP));
         match mode(spec.mode) {
             // Endpoints answer from their own address and port, straight to the client.
+            // Their answers to our own address are the host's connections (health probes):
+            // listing that address lets the XDP program pass those to the kernel.
             snapshot::NatMode::Dnat => {
                 for e in &spec.endpoints {
                     keys.src.insert(LbKey::v4(e.ip, e.target_port, p));
+                    if let Some(src) = reach.sources.get(&e.ip) {
+                        keys.snat.insert(LbKey::v4(*src, 0, p));
+                    }
                 }
             }
             // Endpoints answer to the VIP, on a port of the SNAT range.
@@ -253,13 +258,17 @@ mod tests {
     }
 
     #[test]
-    fn dnat_steers_the_vip_and_the_endpoints_answers() {
+    fn dnat_steers_the_vip_and_the_endpoints_answers_but_not_those_to_the_host() {
         let k = xdp_keys(&state(NatMode::Dnat), &reach());
         assert_eq!(k.dst.len(), 2, "the service's port and ICMP");
         assert!(k
             .src
             .contains(&LbKey::v4(Ipv4Addr::new(198, 18, 31, 1), 8080, 6)));
-        assert!(k.snat.is_empty());
+        // Our own address toward the endpoint: its answers to the host stay with the kernel.
+        assert_eq!(
+            k.snat.into_iter().collect::<Vec<_>>(),
+            [LbKey::v4(Ipv4Addr::new(198, 18, 31, 254), 0, 6)]
+        );
     }
 
     #[test]
