@@ -12,7 +12,7 @@ packages=(
     # XDP program (clang -target bpf, asm/ headers) and vendored libxdp/libbpf for xsk-rs
     clang llvm libbpf-dev gcc-multilib libelf-dev zlib1g-dev m4 pkg-config make
     # topology, clients and comparison points used by the demo, tests and benchmarks
-    iproute2 iputils-ping procps curl nftables ethtool iperf3 python3-scapy
+    iproute2 iputils-ping procps curl nftables ethtool iperf3 wrk python3-scapy
 )
 
 missing=()

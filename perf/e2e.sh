@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# End-to-end benchmark: iperf3 through plain kernel forwarding, nftables DNAT and oxlb on the demo
-# topology, interleaved in one run (see `oxlb-perf e2e`). Needs root (network namespaces, XDP).
+# End-to-end benchmark on the demo topology, four setups interleaved in one run: plain kernel
+# forwarding, nftables DNAT, oxlb with one queue and oxlb with two queues (see `oxlb-perf e2e`).
+# Tests: UDP 64 B pps and TCP throughput (iperf3), keep-alive HTTP requests/s and new
+# connections/s with p99 latency (wrk). Needs root (network namespaces, XDP).
 #
-#   sudo bash perf/e2e.sh                      # --runs 5 --seconds 5, about 5 minutes
+#   sudo bash perf/e2e.sh                      # --runs 5 --seconds 5, about 9 minutes
 #   sudo bash perf/e2e.sh --runs 3 --seconds 3
+#   sudo bash perf/e2e.sh --only http,conn     # any of pps,tcp,http,conn
 #
-# The table is printed and written to perf/results/e2e-<timestamp>.txt. Namespaces are named
+# The tables are printed and written to perf/results/e2e-<timestamp>.txt. Namespaces are named
 # oxperf-*; a run killed with SIGKILL leaves them, and the next run removes them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +19,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 missing=()
-for tool in iperf3 nft ip ss curl timeout; do
+for tool in iperf3 wrk nft ip ss curl timeout sysctl ethtool; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ((${#missing[@]})); then

@@ -1,43 +1,80 @@
-//! `e2e`: iperf3 through the LB namespace of the demo topology, three setups side by side in one
-//! run: plain kernel forwarding without NAT (the upper reference), nftables DNAT, and oxlb.
+//! `e2e`: traffic through the LB namespace of the demo topology, four setups side by side in one
+//! run: plain kernel forwarding without NAT (the upper reference), nftables DNAT, oxlb with one
+//! queue, and oxlb with two queues (two workers passing frames to a flow's owner).
 //!
-//! Each setup has its own topology, built once; rounds interleave the setups (A, B, C, A, B, C,
-//! ...) so that noise on a shared machine hits all three alike. oxlb runs only during its own
-//! slot: it is started, configured over the REST API and stopped again every round, and its
-//! `totals:` line (rx/tx/drops by reason) is kept from each stop.
+//! Tests: UDP 64-byte pps and TCP throughput (iperf3), keep-alive HTTP requests/s and p99
+//! latency (wrk), and new connections/s with p99 latency (wrk, one request per connection).
+//!
+//! Each setup has its own topology and HTTP server, built once; rounds interleave the setups
+//! (A, B, C, D, A, B, ...) so that noise on a shared machine hits all of them alike. oxlb runs
+//! only during its own slot: it is started, configured over the REST API and stopped again every
+//! round, and its `totals:` line (rx/tx/drops by reason) is kept from each stop.
 //!
 //! Traffic goes only to addresses in the namespaces built here (198.18.0.0/15); every client is
 //! bounded by `timeout`, the whole run by a deadline; the harness's guards remove namespaces
 //! and stop the processes started here (by PID) also when a step panics.
 
 use crate::summary::Summary;
-use oxlb_tests::{ChildGuard, Node, Topology, TopologyOptions, BACKEND_IPS, VIP, VIP_PORT};
+use oxlb_tests::{binary, ChildGuard, Node, Topology, TopologyOptions, BACKEND_IPS, VIP, VIP_PORT};
 use serde_json::Value;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 /// iperf3's server port in backend b1.
 const IPERF_PORT: u16 = 5201;
+/// The HTTP server's port in backend b1.
+const HTTP_PORT: u16 = 8080;
+/// The VIP's HTTP port; VIP_PORT carries iperf3.
+const VIP_HTTP_PORT: u16 = 80;
 /// The one server every setup reaches (b1).
 const SERVER_IP: &str = BACKEND_IPS[0];
-/// Seconds an iperf3 client may take beyond its test time (connect, stats exchange).
+/// Seconds a client may take beyond its test time (connect, stats exchange).
 const CLIENT_SLACK_SECS: u32 = 10;
-/// How long a freshly started iperf3 server may take to listen.
+/// How long a freshly started server may take to listen.
 const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// UDP payload size of the small-packet test.
 const UDP_PAYLOAD: &str = "64";
+/// One wrk thread per core of this 2-core machine; more only adds switching.
+const WRK_THREADS: &str = "2";
+/// Enough requests in flight to keep the path busy, few enough for the server's thread pool.
+const WRK_CONNECTIONS: &str = "32";
+/// Server threads: at least WRK_CONNECTIONS, as each keep-alive connection holds one.
+const HTTPD_THREADS: &str = "64";
+/// wrk's per-request timeout; a request slower than this counts as an error, not a latency.
+const WRK_TIMEOUT: &str = "2s";
+
+/// wrk reports through this script, so nothing depends on the layout of its human report.
+/// Defining only `done` keeps wrk's requests static (no Lua on the per-request path).
+const WRK_REPORT_LUA: &str = r#"-- Written by oxlb-perf e2e: prints wrk's totals as one JSON line.
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"duration_us":%d,"requests":%d,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d,"p50_us":%d,"p99_us":%d}\n',
+    summary.duration, summary.requests, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"#;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Setup {
     KernelForward,
     NftDnat,
     Oxlb,
+    Oxlb2Queues,
 }
 
-const SETUPS: [Setup; 3] = [Setup::KernelForward, Setup::NftDnat, Setup::Oxlb];
+const SETUPS: [Setup; 4] = [
+    Setup::KernelForward,
+    Setup::NftDnat,
+    Setup::Oxlb,
+    Setup::Oxlb2Queues,
+];
+/// Indices into SETUPS of the two references every ratio is taken against.
+const KERNEL: usize = 0;
+const NFT: usize = 1;
 
 impl Setup {
     fn name(self) -> &'static str {
@@ -45,6 +82,7 @@ impl Setup {
             Setup::KernelForward => "kernel-forward",
             Setup::NftDnat => "nft-dnat",
             Setup::Oxlb => "oxlb",
+            Setup::Oxlb2Queues => "oxlb-2q",
         }
     }
 
@@ -54,41 +92,117 @@ impl Setup {
             Setup::KernelForward => "oxperf-kfwd",
             Setup::NftDnat => "oxperf-nft",
             Setup::Oxlb => "oxperf-oxlb",
+            Setup::Oxlb2Queues => "oxperf-oxlb2q",
         }
     }
 
-    /// Where the client sends: the backend itself without NAT, the VIP otherwise.
-    fn target(self) -> (&'static str, u16) {
-        match self {
-            Setup::KernelForward => (SERVER_IP, IPERF_PORT),
-            Setup::NftDnat | Setup::Oxlb => (VIP, VIP_PORT),
+    fn is_oxlb(self) -> bool {
+        matches!(self, Setup::Oxlb | Setup::Oxlb2Queues)
+    }
+
+    /// Where the client sends to reach `port` on b1: b1 itself without NAT, the VIP otherwise.
+    fn target(self, server_port: u16) -> (&'static str, u16) {
+        match (self, server_port) {
+            (Setup::KernelForward, port) => (SERVER_IP, port),
+            (_, HTTP_PORT) => (VIP, VIP_HTTP_PORT),
+            _ => (VIP, VIP_PORT),
         }
     }
 
-    fn build(self) -> Topology {
+    fn build(self) -> Bench {
         let topo = Topology::build(
             self.prefix(),
             TopologyOptions {
-                ip_forward: self != Setup::Oxlb,
-                ..Default::default()
+                ip_forward: !self.is_oxlb(),
+                queues: if self == Setup::Oxlb2Queues { 2 } else { 1 },
             },
         );
         if self == Setup::NftDnat {
             let ruleset = format!(
                 "table ip oxlbperf {{\n chain pre {{\n  type nat hook prerouting priority dstnat; policy accept;\n  \
                  ip daddr {VIP} tcp dport {VIP_PORT} dnat to {SERVER_IP}:{IPERF_PORT}\n  \
-                 ip daddr {VIP} udp dport {VIP_PORT} dnat to {SERVER_IP}:{IPERF_PORT}\n }}\n}}\n"
+                 ip daddr {VIP} udp dport {VIP_PORT} dnat to {SERVER_IP}:{IPERF_PORT}\n  \
+                 ip daddr {VIP} tcp dport {VIP_HTTP_PORT} dnat to {SERVER_IP}:{HTTP_PORT}\n }}\n}}\n"
             );
             let file = topo.scratch_dir().join("ruleset.nft");
             std::fs::write(&file, ruleset).expect("write the nftables ruleset");
-            topo.exec_ok(Node::Lb, &["nft", "-f", file.to_str().expect("utf-8 path")]);
+            topo.exec_ok(Node::Lb, &["nft", "-f", path_str(&file)]);
         }
-        topo
+        // The connection test opens tens of thousands of connections per run. If the client
+        // happens to close first, its ports sit in TIME_WAIT; without reuse the default range
+        // (28k ports, 60 s) would run out and measure the client, not the path.
+        topo.exec_ok(
+            Node::Client,
+            &[
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.tcp_tw_reuse=1",
+                "net.ipv4.ip_local_port_range=1024 65535",
+            ],
+        );
+        let lua = topo.scratch_dir().join("wrk-report.lua");
+        std::fs::write(&lua, WRK_REPORT_LUA).expect("write the wrk report script");
+
+        let httpd_bin = binary("oxlb-perf-httpd");
+        let port = HTTP_PORT.to_string();
+        let mut httpd = topo.spawn(
+            Node::Backend(1),
+            &[
+                path_str(&httpd_bin),
+                "--port",
+                &port,
+                "--threads",
+                HTTPD_THREADS,
+            ],
+            "httpd",
+        );
+        if let Err(e) = wait_listening(&topo, &mut httpd, HTTP_PORT) {
+            panic!("{}: {e}", self.name());
+        }
+        Bench {
+            setup: self,
+            httpd,
+            lua,
+            topo,
+        }
     }
 }
 
-/// The quantities reported per setup; one run yields all of them.
-#[derive(Debug, Clone, Copy)]
+/// One setup's topology and the processes that live as long as it.
+struct Bench {
+    setup: Setup,
+    /// Declared before `topo`: fields drop in order, and the server must stop before its
+    /// namespace is deleted.
+    httpd: ChildGuard,
+    lua: PathBuf,
+    topo: Topology,
+}
+
+/// What `--only` selects; each test yields one or more metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Test {
+    Pps,
+    Tcp,
+    Http,
+    Conn,
+}
+
+const TESTS: [Test; 4] = [Test::Pps, Test::Tcp, Test::Http, Test::Conn];
+
+impl Test {
+    fn name(self) -> &'static str {
+        match self {
+            Test::Pps => "pps",
+            Test::Tcp => "tcp",
+            Test::Http => "http",
+            Test::Conn => "conn",
+        }
+    }
+}
+
+/// The quantities reported per setup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Metric {
     /// Datagrams the iperf3 server received per second (sent minus lost).
     UdpReceived,
@@ -96,23 +210,77 @@ enum Metric {
     UdpSent,
     /// TCP goodput at the receiver.
     TcpReceived,
+    /// Successful (2xx) keep-alive requests per second.
+    HttpRate,
+    /// wrk's 99th percentile of request latency, keep-alive, in µs.
+    HttpP99,
+    /// Successful requests per second with `Connection: close`: one new connection each.
+    ConnRate,
+    /// wrk's 99th percentile with one connection per request, in µs. wrk starts the clock
+    /// once the connection is established, so this is request to response on a fresh flow;
+    /// the handshake's cost shows in the rate.
+    ConnP99,
 }
 
-const METRICS: [Metric; 3] = [Metric::UdpReceived, Metric::UdpSent, Metric::TcpReceived];
+const METRICS: [Metric; 7] = [
+    Metric::UdpReceived,
+    Metric::UdpSent,
+    Metric::TcpReceived,
+    Metric::HttpRate,
+    Metric::HttpP99,
+    Metric::ConnRate,
+    Metric::ConnP99,
+];
 
 impl Metric {
     fn label(self) -> &'static str {
         match self {
             Metric::UdpReceived => "udp 64 B received (kpps)",
-            Metric::UdpSent => "udp 64 B sent (kpps)",
+            Metric::UdpSent => "udp 64 B sent, offered load (kpps)",
             Metric::TcpReceived => "tcp received (Gbit/s)",
+            Metric::HttpRate => "http keep-alive (k requests/s)",
+            Metric::HttpP99 => "http keep-alive p99 latency (ms)",
+            Metric::ConnRate => "new connections, 1 request each (k conn/s)",
+            Metric::ConnP99 => "new connections p99 latency, request to response (ms)",
         }
     }
 
+    /// Short form for the per-round progress lines.
+    fn short(self) -> &'static str {
+        match self {
+            Metric::UdpReceived => "udp rx kpps",
+            Metric::UdpSent => "udp tx kpps",
+            Metric::TcpReceived => "tcp Gbit/s",
+            Metric::HttpRate => "http k/s",
+            Metric::HttpP99 => "p99 ms",
+            Metric::ConnRate => "conn k/s",
+            Metric::ConnP99 => "p99 ms",
+        }
+    }
+
+    /// Divisor from the stored value to the unit in the label.
     fn unit(self) -> f64 {
         match self {
-            Metric::UdpReceived | Metric::UdpSent => 1e3,
+            Metric::UdpReceived
+            | Metric::UdpSent
+            | Metric::HttpRate
+            | Metric::ConnRate
+            | Metric::HttpP99
+            | Metric::ConnP99 => 1e3,
             Metric::TcpReceived => 1e9,
+        }
+    }
+
+    fn lower_is_better(self) -> bool {
+        matches!(self, Metric::HttpP99 | Metric::ConnP99)
+    }
+
+    fn test(self) -> Test {
+        match self {
+            Metric::UdpReceived | Metric::UdpSent => Test::Pps,
+            Metric::TcpReceived => Test::Tcp,
+            Metric::HttpRate | Metric::HttpP99 => Test::Http,
+            Metric::ConnRate | Metric::ConnP99 => Test::Conn,
         }
     }
 }
@@ -122,14 +290,17 @@ impl Metric {
 pub struct Options {
     pub runs: usize,
     pub seconds: u32,
+    /// Which tests run, indexed like TESTS.
+    tests: [bool; 4],
 }
 
 impl Options {
-    /// Parses `[--runs N] [--seconds S]`.
+    /// Parses `[--runs N] [--seconds S] [--only pps,tcp,http,conn]`.
     pub fn parse(args: &[String]) -> Result<Options, String> {
         let mut opts = Options {
             runs: 5,
             seconds: 5,
+            tests: [true; 4],
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -138,6 +309,18 @@ impl Options {
             match flag.as_str() {
                 "--runs" => opts.runs = value.parse().map_err(bad)?,
                 "--seconds" => opts.seconds = value.parse().map_err(bad)?,
+                "--only" => {
+                    opts.tests = [false; 4];
+                    for name in value.split(',').filter(|s| !s.is_empty()) {
+                        let i = TESTS.iter().position(|t| t.name() == name).ok_or_else(|| {
+                            format!("--only: unknown test {name:?}; tests are pps,tcp,http,conn")
+                        })?;
+                        opts.tests[i] = true;
+                    }
+                    if !opts.tests.contains(&true) {
+                        return Err("--only needs at least one of pps,tcp,http,conn".into());
+                    }
+                }
                 _ => return Err(format!("unknown option {flag}")),
             }
         }
@@ -150,19 +333,100 @@ impl Options {
         Ok(opts)
     }
 
-    /// Upper bound of the whole run: every client at its timeout, plus oxlb restarts.
+    fn runs_test(self, test: Test) -> bool {
+        TESTS
+            .iter()
+            .zip(self.tests)
+            .any(|(&t, selected)| t == test && selected)
+    }
+
+    /// Upper bound of the whole run: every client at its timeout (iperf3 may retry once),
+    /// plus oxlb's start and stop.
     fn deadline(self) -> Duration {
         let per_client = u64::from(self.seconds + CLIENT_SLACK_SECS) + 5;
-        let per_round = 3 * 2 * 2 * per_client + 60;
+        let clients: u64 = [
+            (Test::Pps, 2),
+            (Test::Tcp, 2),
+            (Test::Http, 1),
+            (Test::Conn, 1),
+        ]
+        .iter()
+        .filter(|(t, _)| self.runs_test(*t))
+        .map(|(_, n)| n)
+        .sum();
+        let per_round = SETUPS.len() as u64 * (clients * per_client + 60);
         Duration::from_secs(per_round * self.runs as u64 + 120)
+    }
+}
+
+/// One wrk run's totals, from [`WRK_REPORT_LUA`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct WrkReport {
+    seconds: f64,
+    /// Complete responses, whatever their status.
+    requests: u64,
+    connect_errors: u64,
+    read_errors: u64,
+    write_errors: u64,
+    /// Responses other than 2xx/3xx.
+    status_errors: u64,
+    timeouts: u64,
+    p99_us: f64,
+}
+
+impl WrkReport {
+    /// The last line of wrk's stdout that parses as the script's JSON object.
+    fn parse(stdout: &str) -> Option<WrkReport> {
+        let json: Value = stdout
+            .lines()
+            .rev()
+            .filter(|l| l.trim_start().starts_with('{'))
+            .find_map(|l| serde_json::from_str(l).ok())?;
+        let n = |k: &str| json[k].as_u64();
+        Some(WrkReport {
+            seconds: json["duration_us"].as_f64().filter(|&d| d > 0.0)? / 1e6,
+            requests: n("requests")?,
+            connect_errors: n("connect")?,
+            read_errors: n("read")?,
+            write_errors: n("write")?,
+            status_errors: n("status")?,
+            timeouts: n("timeout")?,
+            p99_us: json["p99_us"].as_f64()?,
+        })
+    }
+
+    fn ok_per_second(&self) -> f64 {
+        self.requests.saturating_sub(self.status_errors) as f64 / self.seconds
+    }
+
+    fn errors(&self) -> u64 {
+        self.connect_errors
+            + self.read_errors
+            + self.write_errors
+            + self.status_errors
+            + self.timeouts
+    }
+
+    fn errors_text(&self) -> String {
+        format!(
+            "{} requests, errors: connect {}, read {}, write {}, status {}, timeout {}",
+            self.requests,
+            self.connect_errors,
+            self.read_errors,
+            self.write_errors,
+            self.status_errors,
+            self.timeouts
+        )
     }
 }
 
 /// Everything measured: `values[setup][metric]`, one entry per successful run.
 #[derive(Default)]
 struct Results {
-    values: [[Vec<f64>; 3]; 3],
+    values: [[Vec<f64>; METRICS.len()]; SETUPS.len()],
     failures: Vec<String>,
+    /// Measurements kept despite some errors (wrk's error counts).
+    notes: Vec<String>,
     oxlb_totals: Vec<String>,
 }
 
@@ -170,6 +434,11 @@ struct Results {
 pub fn run(opts: Options, command_line: &str) {
     let started = Instant::now();
     let deadline = opts.deadline();
+    let tests: Vec<&str> = TESTS
+        .iter()
+        .filter(|&&t| opts.runs_test(t))
+        .map(|t| t.name())
+        .collect();
     let mut header = String::new();
     let _ = writeln!(header, "command: {command_line}");
     let _ = writeln!(header, "kernel: {}", command_output("uname", &["-r"]));
@@ -181,59 +450,76 @@ pub fn run(opts: Options, command_line: &str) {
     );
     let _ = writeln!(
         header,
-        "{} runs x {} s per metric; rounds interleave kernel-forward, nft-dnat, oxlb; \
-         server iperf3 in b1 ({SERVER_IP}:{IPERF_PORT}), client in the client namespace",
-        opts.runs, opts.seconds
+        "wrk: {}",
+        first_line(&command_output("wrk", &["-v"]))
+    );
+    let _ = writeln!(
+        header,
+        "{} runs x {} s per test ({}); rounds interleave {}; servers in b1: iperf3 \
+         ({SERVER_IP}:{IPERF_PORT}), oxlb-perf-httpd ({SERVER_IP}:{HTTP_PORT}); clients in the \
+         client namespace; wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}",
+        opts.runs,
+        opts.seconds,
+        tests.join(","),
+        SETUPS.map(Setup::name).join(", "),
     );
     print!("{header}");
 
-    let topos: Vec<(Setup, Topology)> = SETUPS.iter().map(|&s| (s, s.build())).collect();
+    let benches: Vec<Bench> = SETUPS.iter().map(|&s| s.build()).collect();
     let mut results = Results::default();
     'rounds: for round in 1..=opts.runs {
-        for (si, (setup, topo)) in topos.iter().enumerate() {
+        for (si, bench) in benches.iter().enumerate() {
             if started.elapsed() > deadline {
                 results.failures.push(format!(
                     "stopped at round {round}: the run exceeded {deadline:?}"
                 ));
                 break 'rounds;
             }
-            let sample = measure_setup(*setup, topo, opts.seconds, round, &mut results);
-            for (mi, v) in sample.iter().enumerate() {
-                if let Some(v) = v {
-                    results.values[si][mi].push(*v);
+            let sample = measure_setup(bench, opts, round, &mut results);
+            let mut line = format!("round {round}/{} {:<15}", opts.runs, bench.setup.name());
+            for ((mi, metric), v) in METRICS.iter().enumerate().zip(sample) {
+                if !opts.runs_test(metric.test()) {
+                    continue;
                 }
+                if let Some(v) = v {
+                    results.values[si][mi].push(v);
+                }
+                let _ = write!(
+                    line,
+                    " {} {},",
+                    metric.short(),
+                    fmt_opt(v, metric.unit(), 2)
+                );
             }
-            println!(
-                "round {round}/{} {:<15} udp rx {} kpps, udp tx {} kpps, tcp {} Gbit/s",
-                opts.runs,
-                setup.name(),
-                fmt_opt(sample[0], 1e3, 1),
-                fmt_opt(sample[1], 1e3, 1),
-                fmt_opt(sample[2], 1e9, 2),
-            );
+            println!("{}", line.trim_end_matches(','));
         }
     }
-    drop(topos);
+    drop(benches);
 
-    let report = format!("{header}{}", render(&results));
+    let body = render(&results, opts);
+    let report = format!("{header}\n{body}");
     println!();
-    print!("{}", render(&results));
+    print!("{body}");
     let path = write_report(&report);
     println!("written to {}", path.display());
 }
 
-/// One slot of a round: oxlb up (if it is this setup), TCP test, UDP test, oxlb down.
+/// One slot of a round: oxlb up (if it is this setup), the selected tests, oxlb down.
 fn measure_setup(
-    setup: Setup,
-    topo: &Topology,
-    seconds: u32,
+    bench: &Bench,
+    opts: Options,
     round: usize,
     results: &mut Results,
-) -> [Option<f64>; 3] {
-    let oxlb = (setup == Setup::Oxlb).then(|| {
+) -> [Option<f64>; METRICS.len()] {
+    let (setup, topo, seconds) = (bench.setup, &bench.topo, opts.seconds);
+    let oxlb = setup.is_oxlb().then(|| {
         let oxlb = topo.start_oxlb(&[]);
-        for proto in ["tcp", "udp"] {
-            let body = service_body(proto);
+        for (proto, port, target, name) in [
+            ("tcp", VIP_PORT, IPERF_PORT, "iperf"),
+            ("udp", VIP_PORT, IPERF_PORT, "iperf"),
+            ("tcp", VIP_HTTP_PORT, HTTP_PORT, "http"),
+        ] {
+            let body = service_body(proto, port, target, name);
             let (status, reply) = topo.api("POST", "/netlox/v1/config/loadbalancer", Some(&body));
             assert!(
                 (200..300).contains(&status),
@@ -243,21 +529,60 @@ fn measure_setup(
         oxlb
     });
 
-    let mut record = |what: &str, r: Result<Value, String>| match r {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let msg = format!("round {round} {} {what}: {e}", setup.name());
-            eprintln!("{msg}");
-            results.failures.push(msg);
-            None
-        }
+    let mut failed = |what: &str, e: String| {
+        let msg = format!("round {round} {} {what}: {e}", setup.name());
+        eprintln!("{msg}");
+        results.failures.push(msg);
     };
-    // TCP first: a UDP flood that wedges a setup then still leaves its TCP figure.
-    let tcp = record("tcp", iperf(topo, setup, seconds, &[]));
-    let udp = record(
-        "udp",
-        iperf(topo, setup, seconds, &["-u", "-l", UDP_PAYLOAD, "-b", "0"]),
-    );
+    let mut sample = [None; METRICS.len()];
+    let mut set = |m: Metric, v: Option<f64>| {
+        let i = METRICS.iter().position(|&x| x == m).expect("listed metric");
+        sample[i] = v;
+    };
+    let mut wrk_notes = Vec::new();
+    // TCP first and the UDP flood last: a flood that wedges a setup still leaves the others.
+    if opts.runs_test(Test::Tcp) {
+        match iperf(topo, setup, seconds, &[]) {
+            Ok(j) => set(
+                Metric::TcpReceived,
+                j["end"]["sum_received"]["bits_per_second"].as_f64(),
+            ),
+            Err(e) => failed("tcp", e),
+        }
+    }
+    for (test, close, rate, p99) in [
+        (Test::Http, false, Metric::HttpRate, Metric::HttpP99),
+        (Test::Conn, true, Metric::ConnRate, Metric::ConnP99),
+    ] {
+        if !opts.runs_test(test) {
+            continue;
+        }
+        match wrk(bench, seconds, close) {
+            Ok(r) => {
+                if r.errors() > 0 {
+                    wrk_notes.push(format!(
+                        "round {round} {} {}: {}",
+                        setup.name(),
+                        test.name(),
+                        r.errors_text()
+                    ));
+                }
+                set(rate, Some(r.ok_per_second()));
+                set(p99, Some(r.p99_us));
+            }
+            Err(e) => failed(test.name(), e),
+        }
+    }
+    if opts.runs_test(Test::Pps) {
+        match iperf(topo, setup, seconds, &["-u", "-l", UDP_PAYLOAD, "-b", "0"]) {
+            Ok(j) => {
+                set(Metric::UdpReceived, udp_rate(&j, "sum_received", true));
+                set(Metric::UdpSent, udp_rate(&j, "sum_sent", false));
+            }
+            Err(e) => failed("udp", e),
+        }
+    }
+    results.notes.append(&mut wrk_notes);
 
     if let Some(oxlb) = oxlb {
         oxlb.stop();
@@ -266,30 +591,26 @@ fn measure_setup(
             .lines()
             .find_map(|l| l.find("totals:").map(|i| l[i..].to_string()))
             .unwrap_or_else(|| "no totals line in oxlb's log".to_string());
-        println!("round {round} oxlb {totals}");
-        results.oxlb_totals.push(format!("round {round}: {totals}"));
+        println!("round {round} {} {totals}", setup.name());
+        results
+            .oxlb_totals
+            .push(format!("round {round} {}: {totals}", setup.name()));
     }
-
-    let udp_rx = udp.as_ref().and_then(|j| udp_rate(j, "sum_received", true));
-    let udp_tx = udp.as_ref().and_then(|j| udp_rate(j, "sum_sent", false));
-    let tcp_rx = tcp
-        .as_ref()
-        .and_then(|j| j["end"]["sum_received"]["bits_per_second"].as_f64());
-    [udp_rx, udp_tx, tcp_rx]
+    sample
 }
 
-/// The loxilb-compatible body of one service VIP:2020 -> b1:5201, DNAT, round robin.
-fn service_body(protocol: &str) -> String {
+/// The loxilb-compatible body of one service VIP:port -> b1:target, DNAT, round robin.
+fn service_body(protocol: &str, port: u16, target: u16, name: &str) -> String {
     serde_json::json!({
         "serviceArguments": {
             "externalIP": VIP,
-            "port": VIP_PORT,
+            "port": port,
             "protocol": protocol,
             "sel": 0,
             "mode": 0,
-            "name": "iperf",
+            "name": name,
         },
-        "endpoints": [{"endpointIP": SERVER_IP, "targetPort": IPERF_PORT, "weight": 1}],
+        "endpoints": [{"endpointIP": SERVER_IP, "targetPort": target, "weight": 1}],
     })
     .to_string()
 }
@@ -307,6 +628,58 @@ fn udp_rate(json: &Value, which: &str, subtract_lost: bool) -> Option<f64> {
     };
     let secs = s["seconds"].as_f64().filter(|&t| t > 0.0)?;
     Some((packets - lost) / secs)
+}
+
+/// wrk from the client against the HTTP server in b1, for `seconds`, keep-alive unless
+/// `close`. A run that completed no successful request is a failure; one with some errors is
+/// kept (the caller notes them), as wrk's rate already counts only completed requests.
+fn wrk(bench: &Bench, seconds: u32, close: bool) -> Result<WrkReport, String> {
+    let (ip, port) = bench.setup.target(HTTP_PORT);
+    let url = format!("http://{ip}:{port}/");
+    let (duration, limit) = (
+        format!("{seconds}s"),
+        (seconds + CLIENT_SLACK_SECS).to_string(),
+    );
+    let mut args = vec![
+        "timeout",
+        "-k",
+        "5",
+        &limit,
+        "wrk",
+        "-t",
+        WRK_THREADS,
+        "-c",
+        WRK_CONNECTIONS,
+        "-d",
+        &duration,
+        "--timeout",
+        WRK_TIMEOUT,
+        "--latency",
+        "-s",
+        path_str(&bench.lua),
+    ];
+    if close {
+        args.extend_from_slice(&["-H", "Connection: close"]);
+    }
+    args.push(&url);
+    let out = bench.topo.exec(Node::Client, &args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = WrkReport::parse(&stdout).ok_or_else(|| {
+        format!(
+            "wrk exited {} without its report; stdout: {}; stderr: {}",
+            out.status,
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })?;
+    if report.ok_per_second() <= 0.0 {
+        return Err(format!(
+            "no successful request to {url}: {}; server log: {:?}",
+            report.errors_text(),
+            bench.httpd.log().trim()
+        ));
+    }
+    Ok(report)
 }
 
 /// One iperf3 test against a one-off server in b1. A client that failed to start its test
@@ -334,8 +707,8 @@ fn iperf_once(
     seconds: u32,
     extra: &[&str],
 ) -> Result<Value, String> {
-    let _server = start_server(topo)?;
-    let (ip, port) = setup.target();
+    let _server = start_iperf_server(topo)?;
+    let (ip, port) = setup.target(IPERF_PORT);
     let (port, secs, limit) = (
         port.to_string(),
         seconds.to_string(),
@@ -374,80 +747,76 @@ fn iperf_once(
 }
 
 /// `iperf3 -s -1` in b1, once it listens. The guard stops it if the client did not finish it.
-fn start_server(topo: &Topology) -> Result<ChildGuard, String> {
+fn start_iperf_server(topo: &Topology) -> Result<ChildGuard, String> {
     let port = IPERF_PORT.to_string();
     let mut server = topo.spawn(
         Node::Backend(1),
         &["iperf3", "-s", "-1", "-p", &port],
         "iperf3-server",
     );
-    let filter = format!("sport = :{IPERF_PORT}");
+    wait_listening(topo, &mut server, IPERF_PORT)?;
+    Ok(server)
+}
+
+/// Waits (bounded) until something in b1 listens on TCP `port`; fails if `server` exits first.
+fn wait_listening(topo: &Topology, server: &mut ChildGuard, port: u16) -> Result<(), String> {
+    let filter = format!("sport = :{port}");
     let deadline = Instant::now() + SERVER_READY_TIMEOUT;
     loop {
         if let Some(status) = server.try_wait() {
-            return Err(format!("iperf3 server exited ({status}): {}", server.log()));
+            return Err(format!(
+                "the server for port {port} exited ({status}): {}",
+                server.log()
+            ));
         }
         let ss = topo.exec(Node::Backend(1), &["ss", "-Hltn", &filter]);
         if !String::from_utf8_lossy(&ss.stdout).trim().is_empty() {
-            return Ok(server);
+            return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(format!(
-                "iperf3 server did not listen on {IPERF_PORT} within {SERVER_READY_TIMEOUT:?}"
+                "nothing listened on {port} within {SERVER_READY_TIMEOUT:?}"
             ));
         }
         thread::sleep(Duration::from_millis(50));
     }
 }
 
-/// The summary table, the ratios of medians, oxlb's counters and any failures.
-fn render(r: &Results) -> String {
+/// One table per metric (median, min, max, ratios of medians), then oxlb's counters, wrk's
+/// error counts and any failures.
+fn render(r: &Results, opts: Options) -> String {
     let mut out = String::new();
+    for (mi, metric) in METRICS.iter().enumerate() {
+        if !opts.runs_test(metric.test()) {
+            continue;
+        }
+        let summaries: Vec<Option<Summary>> = SETUPS
+            .iter()
+            .enumerate()
+            .map(|(si, _)| Summary::of(&r.values[si][mi]))
+            .collect();
+        out.push_str(&render_table(*metric, &r.values, mi, &summaries));
+        out.push('\n');
+    }
     let _ = writeln!(
         out,
-        "{:<15} {:<26} {:>4} {:>10} {:>10} {:>10}",
-        "setup", "metric", "n", "min", "median", "max"
+        "ratios are of medians, row / column; for latency, below 1 is better"
     );
-    let mut medians = [[None; 3]; 3];
-    for (si, setup) in SETUPS.iter().enumerate() {
-        for (mi, metric) in METRICS.iter().enumerate() {
-            let v = &r.values[si][mi];
-            let s = Summary::of(v);
-            medians[si][mi] = s.map(|s| s.median);
-            let cell = |x: Option<f64>| fmt_opt(x, metric.unit(), 2);
-            let _ = writeln!(
-                out,
-                "{:<15} {:<26} {:>4} {:>10} {:>10} {:>10}",
-                setup.name(),
-                metric.label(),
-                v.len(),
-                cell(s.map(|s| s.min)),
-                cell(s.map(|s| s.median)),
-                cell(s.map(|s| s.max)),
-            );
-        }
-    }
-    let _ = writeln!(out);
-    let _ = writeln!(out, "ratio of medians");
-    for (name, other) in [("oxlb / nft-dnat", 1), ("oxlb / kernel-forward", 0)] {
-        let _ = write!(out, "  {name:<22}");
-        for (mi, metric) in METRICS.iter().enumerate() {
-            let ratio = match (medians[2][mi], medians[other][mi]) {
-                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-                _ => "-".to_string(),
-            };
-            let _ = write!(out, "  {}: {ratio}", metric.label());
-        }
-        let _ = writeln!(out);
-    }
     let _ = writeln!(out);
     let _ = writeln!(out, "oxlb counters at each stop (from its log):");
     for t in &r.oxlb_totals {
         let _ = writeln!(out, "  {t}");
     }
+    if !r.notes.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "wrk runs kept despite errors (rates count only 2xx):");
+        for n in &r.notes {
+            let _ = writeln!(out, "  {n}");
+        }
+    }
     if !r.failures.is_empty() {
         let _ = writeln!(out);
-        let _ = writeln!(out, "failed measurements (left out of the table):");
+        let _ = writeln!(out, "failed measurements (left out of the tables):");
         for f in &r.failures {
             let _ = writeln!(out, "  {f}");
         }
@@ -455,8 +824,53 @@ fn render(r: &Results) -> String {
     out
 }
 
+fn render_table(
+    metric: Metric,
+    values: &[[Vec<f64>; METRICS.len()]; SETUPS.len()],
+    mi: usize,
+    summaries: &[Option<Summary>],
+) -> String {
+    let mut out = String::new();
+    let better = if metric.lower_is_better() {
+        "lower is better"
+    } else {
+        "higher is better"
+    };
+    let _ = writeln!(out, "{}; {better}", metric.label());
+    let _ = writeln!(
+        out,
+        "  {:<15} {:>3} {:>10} {:>10} {:>10} {:>13} {:>12}",
+        "setup", "n", "median", "min", "max", "/ kernel-fw", "/ nft-dnat"
+    );
+    let median = |si: usize| summaries[si].map(|s| s.median);
+    for (si, setup) in SETUPS.iter().enumerate() {
+        let s = summaries[si];
+        let cell = |x: Option<f64>| fmt_opt(x, metric.unit(), 2);
+        let ratio = |reference: usize| match (median(si), median(reference)) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<15} {:>3} {:>10} {:>10} {:>10} {:>13} {:>12}",
+            setup.name(),
+            values[si][mi].len(),
+            cell(s.map(|s| s.median)),
+            cell(s.map(|s| s.min)),
+            cell(s.map(|s| s.max)),
+            ratio(KERNEL),
+            ratio(NFT),
+        );
+    }
+    out
+}
+
 fn fmt_opt(x: Option<f64>, unit: f64, decimals: usize) -> String {
     x.map_or_else(|| "-".to_string(), |x| format!("{:.*}", decimals, x / unit))
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
 }
 
 fn command_output(program: &str, args: &[&str]) -> String {
@@ -492,24 +906,25 @@ mod tests {
     }
 
     #[test]
-    fn options_default_to_five_runs_of_five_seconds_and_reject_unknown_flags() {
-        assert_eq!(
-            Options::parse(&[]).unwrap(),
-            Options {
-                runs: 5,
-                seconds: 5
-            }
-        );
-        assert_eq!(
-            Options::parse(&args("--seconds 3 --runs 2")).unwrap(),
-            Options {
-                runs: 2,
-                seconds: 3
-            }
-        );
+    fn options_default_to_five_runs_of_five_seconds_of_every_test_and_reject_unknown_flags() {
+        let all = Options::parse(&[]).unwrap();
+        assert_eq!((all.runs, all.seconds), (5, 5));
+        assert!(TESTS.iter().all(|&t| all.runs_test(t)));
+        let some = Options::parse(&args("--seconds 3 --runs 2")).unwrap();
+        assert_eq!((some.runs, some.seconds), (2, 3));
         assert!(Options::parse(&args("--runs")).is_err());
         assert!(Options::parse(&args("--runs 0")).is_err());
         assert!(Options::parse(&args("--fast 1")).is_err());
+    }
+
+    #[test]
+    fn only_selects_the_named_tests_and_rejects_unknown_or_empty_lists() {
+        let o = Options::parse(&args("--only http,conn")).unwrap();
+        assert!(o.runs_test(Test::Http) && o.runs_test(Test::Conn));
+        assert!(!o.runs_test(Test::Pps) && !o.runs_test(Test::Tcp));
+        assert!(o.deadline() < Options::parse(&[]).unwrap().deadline());
+        assert!(Options::parse(&args("--only http,udp")).is_err());
+        assert!(Options::parse(&args("--only ,")).is_err());
     }
 
     #[test]
@@ -521,5 +936,35 @@ mod tests {
         assert_eq!(udp_rate(&json, "sum_received", true), Some(400.0));
         assert_eq!(udp_rate(&json, "sum_sent", false), Some(500.0));
         assert_eq!(udp_rate(&Value::Null, "sum_sent", false), None);
+    }
+
+    #[test]
+    fn wrk_report_is_the_scripts_json_line_among_wrks_human_output() {
+        let stdout = "Running 5s test @ http://198.18.100.1:80/\n  2 threads and 32 connections\n\
+            {not json\n\
+            {\"duration_us\":5000000,\"requests\":100000,\"connect\":0,\"read\":2,\"write\":0,\
+            \"status\":1000,\"timeout\":3,\"p50_us\":300,\"p99_us\":1200}\n\
+            Requests/sec:  20000.00\n";
+        let r = WrkReport::parse(stdout).unwrap();
+        assert_eq!(r.seconds, 5.0);
+        assert_eq!(r.ok_per_second(), 19_800.0);
+        assert_eq!(r.p99_us, 1200.0);
+        assert_eq!(r.errors(), 1005);
+        assert_eq!(WrkReport::parse("Requests/sec: 1\n"), None);
+        let zero_time = "{\"duration_us\":0,\"requests\":0,\"connect\":0,\"read\":0,\"write\":0,\
+            \"status\":0,\"timeout\":0,\"p50_us\":0,\"p99_us\":0}";
+        assert_eq!(WrkReport::parse(zero_time), None);
+    }
+
+    #[test]
+    fn only_kernel_forwarding_bypasses_the_vip_and_http_has_its_own_vip_port() {
+        assert_eq!(
+            Setup::KernelForward.target(HTTP_PORT),
+            (SERVER_IP, HTTP_PORT)
+        );
+        assert_eq!(Setup::NftDnat.target(HTTP_PORT), (VIP, VIP_HTTP_PORT));
+        assert_eq!(Setup::Oxlb2Queues.target(IPERF_PORT), (VIP, VIP_PORT));
+        assert_eq!(SETUPS[KERNEL], Setup::KernelForward);
+        assert_eq!(SETUPS[NFT], Setup::NftDnat);
     }
 }

@@ -1,8 +1,10 @@
 //! Benchmarks of oxlb.
 //!
 //! - `engine [runs] [flows]`: the packet engine's own cost in memory, one core.
-//! - `e2e [--runs N] [--seconds S]`: iperf3 through kernel forwarding, nftables DNAT and oxlb on
-//!   the demo topology, interleaved in one run (needs root, iperf3, nftables; see `perf/e2e.sh`).
+//! - `e2e [--runs N] [--seconds S] [--only pps,tcp,http,conn]`: small-packet pps and TCP
+//!   throughput (iperf3), HTTP requests/s and new connections/s with p99 (wrk) through kernel
+//!   forwarding, nftables DNAT, oxlb and oxlb with two queues on the demo topology, interleaved in
+//!   one run (needs root, iperf3, wrk, nftables; see `perf/e2e.sh`).
 //! - `ownership [runs] [flows] [seconds]`: how a packet meets its flow's state when RSS spreads
 //!   a flow over two workers: oxlb's hand-off rings against a shared sharded table.
 
@@ -12,7 +14,7 @@ mod ownership;
 mod summary;
 
 const USAGE: &str = "usage: oxlb-perf engine [runs] [flows]\n       \
-                     oxlb-perf e2e [--runs N] [--seconds S]\n       \
+                     oxlb-perf e2e [--runs N] [--seconds S] [--only pps,tcp,http,conn]\n       \
                      oxlb-perf ownership [runs] [flows] [seconds]";
 
 fn main() {
