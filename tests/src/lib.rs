@@ -10,6 +10,7 @@
 
 pub mod blob;
 pub mod checks;
+pub mod health;
 
 use std::fmt;
 use std::fs::File;
@@ -637,6 +638,12 @@ impl Topology {
     /// namespace and waits (bounded) until `GET /netlox/v1/` answers 200. Panics with oxlb's
     /// output if it exits or times out. `EXTRA` may name another `--state-dir`.
     pub fn start_oxlb(&self, extra_args: &[&str]) -> OxlbGuard {
+        self.start_oxlb_with(extra_args, &ApiAccess::default())
+    }
+
+    /// [`Topology::start_oxlb`] for an API reached as `access` says (another address, HTTPS,
+    /// a token): waits until `GET /netlox/v1/` answers 200 that way.
+    pub fn start_oxlb_with(&self, extra_args: &[&str], access: &ApiAccess) -> OxlbGuard {
         let bin = oxlb_binary();
         let state_dir = self.state_dir();
         let mut args = vec![
@@ -660,15 +667,16 @@ impl Topology {
                     child.log()
                 );
             }
-            if self.api("GET", "/netlox/v1/", None).0 == 200 {
+            if self.api_with(access, "GET", "/netlox/v1/", None).0 == 200 {
                 return OxlbGuard { child };
             }
             if Instant::now() >= deadline {
                 let log = child.log();
                 drop(child);
                 panic!(
-                    "oxlb's API did not answer 200 on http://{API_ADDR}/netlox/v1/ within \
-                     {OXLB_READY_TIMEOUT:?}; output:\n{log}"
+                    "oxlb's API did not answer 200 on {}/netlox/v1/ within \
+                     {OXLB_READY_TIMEOUT:?}; output:\n{log}",
+                    access.base
                 );
             }
             thread::sleep(Duration::from_millis(100));
@@ -689,6 +697,46 @@ impl Topology {
             "-w",
             "\n%{http_code}",
         ];
+        if let Some(b) = body {
+            args.extend_from_slice(&["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        args.push(&url);
+        let out = self.exec(Node::Lb, &args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// [`Topology::api`] reached as `access` says: its base URL, its bearer token, the CA curl
+    /// trusts for HTTPS.
+    pub fn api_with(
+        &self,
+        access: &ApiAccess,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        let url = format!("{}{path}", access.base);
+        let auth = access
+            .token
+            .as_ref()
+            .map(|t| format!("Authorization: Bearer {t}"));
+        let mut args = vec![
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ];
+        if let Some(ca) = &access.ca_file {
+            args.extend_from_slice(&["--cacert", ca.to_str().expect("utf-8 path")]);
+        }
+        if let Some(h) = &auth {
+            args.extend_from_slice(&["-H", h]);
+        }
         if let Some(b) = body {
             args.extend_from_slice(&["-H", "Content-Type: application/json", "--data-binary", b]);
         }
@@ -779,6 +827,28 @@ impl Drop for Topology {
 
 // ---------------------------------------------------------------------------------------------
 // Requests and answers
+
+/// How the harness reaches oxlb's API; the default is plain HTTP on [`API_ADDR`] without a
+/// token, as [`Topology::api`] does.
+#[derive(Debug, Clone)]
+pub struct ApiAccess {
+    /// Base URL without a trailing slash, e.g. `https://198.18.0.1:11111`.
+    pub base: String,
+    /// The bearer token sent with every call.
+    pub token: Option<String>,
+    /// PEM CA certificate curl trusts for an `https://` base.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for ApiAccess {
+    fn default() -> ApiAccess {
+        ApiAccess {
+            base: format!("http://{API_ADDR}"),
+            token: None,
+            ca_file: None,
+        }
+    }
+}
 
 /// The loxilb-compatible body creating the standard VIP over the three backends.
 pub fn vip_request_body(protocol: &str) -> String {

@@ -2,11 +2,15 @@
 #![forbid(unsafe_code)]
 
 pub mod conntrack;
+pub mod endpoint;
 pub mod model;
 pub mod spec;
+pub mod status;
 pub mod validate;
 
 pub use conntrack::{ConntrackEntry, ConntrackList};
+pub use endpoint::{EndpointEntry, EndpointList};
 pub use model::*;
 pub use spec::*;
+pub use status::StatusResponse;
 pub use validate::{oper, service_key, to_entry, validate, Oper, ValidationError};

@@ -132,6 +132,10 @@ pub enum ProbeKind {
     Udp,
     /// `GET request` answered with a 2xx or 3xx status (and a body containing `response`).
     Http,
+    /// As `Http`, over TLS; the endpoint's certificate is not verified (as loxilb does).
+    Https,
+    /// An ICMP echo request is answered; the port, `request` and `response` are ignored.
+    Ping,
     /// Monitored, but never probed: every endpoint stays up.
     None,
 }
@@ -143,6 +147,8 @@ impl ProbeKind {
             ProbeKind::Tcp => "tcp",
             ProbeKind::Udp => "udp",
             ProbeKind::Http => "http",
+            ProbeKind::Https => "https",
+            ProbeKind::Ping => "ping",
             ProbeKind::None => "none",
         }
     }
@@ -152,11 +158,12 @@ impl ProbeKind {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ProbeSpec {
     pub kind: ProbeKind,
-    /// The port probed; 0 probes each endpoint's `targetPort`.
+    /// The port probed; 0 probes each endpoint's `targetPort`. Kept but unused for ping.
     pub port: u16,
-    /// http: the path to GET (empty: `/`); udp: the payload to send (empty: one zero byte).
+    /// http, https: the path to GET (empty: `/`); udp: the payload to send (empty: one zero
+    /// byte).
     pub request: String,
-    /// A substring the answer (http: its body) must contain; empty accepts any answer.
+    /// A substring the answer (http, https: its body) must contain; empty accepts any answer.
     pub response: String,
     /// Seconds to wait for one probe's answer; never 0.
     pub timeout_secs: u32,

@@ -86,9 +86,9 @@ pub enum ValidationError {
         field: &'static str,
         what: &'static str,
     },
-    #[error("probetype {0:?} is not implemented yet: use tcp, udp, http or none")]
+    #[error("probetype {0:?} is not implemented yet: use tcp, udp, http, https, ping or none")]
     ProbeTypeNotImplemented(String),
-    #[error("probetype {0:?} is unknown: use tcp, udp, http or none")]
+    #[error("probetype {0:?} is unknown: use tcp, udp, http, https, ping or none")]
     UnknownProbeType(String),
     #[error("endpoints is empty: a rule needs at least one endpoint")]
     NoEndpoints,
@@ -197,9 +197,13 @@ fn probe(sa: &ServiceArguments) -> Result<ProbeSpec, ValidationError> {
         "tcp" => ProbeKind::Tcp,
         "udp" => ProbeKind::Udp,
         "http" => ProbeKind::Http,
+        "https" => ProbeKind::Https,
+        // `probeport` (and `probereq`, `proberesp`) mean nothing to ICMP; loxilb accepts and
+        // ignores them, and so do we, so that its requests work unchanged.
+        "ping" => ProbeKind::Ping,
         "none" => ProbeKind::None,
-        // ping needs a raw ICMP socket; https and sctp a TLS or SCTP client.
-        "ping" | "https" | "sctp" => {
+        // An SCTP probe needs SCTP sockets, which the kernels oxlb runs on may lack.
+        "sctp" => {
             return Err(ValidationError::ProbeTypeNotImplemented(
                 sa.probetype.clone(),
             ))
@@ -535,5 +539,67 @@ pub fn oper(entry: &LoadBalancerEntry) -> Oper {
         1 => Oper::Attach,
         2 => Oper::Detach,
         _ => Oper::Replace,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A monitored TCP rule over one endpoint, with probe type `probetype`.
+    fn monitored(probetype: &str) -> LoadBalancerEntry {
+        serde_json::from_value(serde_json::json!({
+            "serviceArguments": {"externalIP": "198.18.100.1", "port": 2020, "protocol": "tcp",
+                                 "monitor": true, "probetype": probetype},
+            "endpoints": [{"endpointIP": "198.18.31.1", "targetPort": 8080, "weight": 1}],
+        }))
+        .expect("the body parses")
+    }
+
+    #[test]
+    fn ping_is_accepted_and_a_probe_port_given_with_it_is_kept_but_unused() {
+        let mut entry = monitored("ping");
+        entry.service_arguments.probeport = 9;
+        let spec = validate(&entry).expect("ping is a probe type");
+        let probe = spec.monitor.clone().expect("monitored");
+        assert_eq!((probe.kind, probe.port), (ProbeKind::Ping, 9));
+        let listed = to_entry(&spec).service_arguments;
+        assert_eq!((listed.probetype.as_str(), listed.probeport), ("ping", 9));
+    }
+
+    #[test]
+    fn https_is_accepted_with_its_path_and_expected_body_and_listed_back() {
+        let mut entry = monitored("https");
+        entry.service_arguments.probeport = 8443;
+        entry.service_arguments.probereq = "/healthz".to_owned();
+        entry.service_arguments.proberesp = "healthy".to_owned();
+        let spec = validate(&entry).expect("https is a probe type");
+        let probe = spec.monitor.clone().expect("monitored");
+        assert_eq!(probe.kind, ProbeKind::Https);
+        assert_eq!(
+            (probe.port, probe.request.as_str(), probe.response.as_str()),
+            (8443, "/healthz", "healthy")
+        );
+        assert_eq!(validate(&to_entry(&spec)), Ok(spec));
+    }
+
+    #[test]
+    fn sctp_probes_stay_refused_by_name() {
+        let e = validate(&monitored("sctp")).expect_err("no SCTP sockets");
+        assert_eq!(
+            e,
+            ValidationError::ProbeTypeNotImplemented("sctp".to_owned())
+        );
+        assert_eq!(e.field(), "serviceArguments.probetype");
+        assert!(e.to_string().contains("https, ping"), "{e}");
+    }
+
+    #[test]
+    fn unknown_and_empty_probe_types_are_refused_naming_the_known_ones() {
+        for t in ["icmp", "", "PING", "grpc"] {
+            let e = validate(&monitored(t)).expect_err("unknown probe type");
+            assert_eq!(e, ValidationError::UnknownProbeType(t.to_owned()));
+            assert_eq!(e.field(), "serviceArguments.probetype");
+        }
     }
 }

@@ -187,6 +187,10 @@ impl Appliance for ApplianceCore {
         self.lock().state.clone()
     }
 
+    fn down_endpoints(&self) -> Down {
+        self.lock().down.clone()
+    }
+
     fn metrics(&self) -> Option<String> {
         let (workers, xdp) = self.stats();
         let services = self.lock().state.len();

@@ -1,10 +1,13 @@
 //! The appliance control plane: REST server, desired state, snapshot compilation, next hops, the state file.
 pub mod appliance;
+pub mod auth;
 pub mod compile;
 pub mod conntrack;
+pub mod endpoints;
 pub mod http;
 pub mod metrics;
 pub mod nexthop;
 pub mod persist;
 pub mod probe;
 pub mod state;
+pub mod tls;

@@ -5,6 +5,12 @@
 //! `retries` consecutive failed probes and comes back after one success. A probe runs every
 //! `max(1 s, timeout)`, so a slow answer never overlaps the next probe. Down only stops new
 //! flows; established ones continue until they end or time out.
+//!
+//! Probe types: `tcp`, `udp`, `http`, `https` (the `http` probe over TLS, see [`tls`]) and
+//! `ping` (ICMP echo, see [`icmp`]).
+
+mod icmp;
+mod tls;
 
 use crate::appliance::ApplianceCore;
 use crate::compile::HealthKey;
@@ -16,7 +22,7 @@ use std::io;
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::task::{AbortHandle, JoinSet};
 
@@ -40,6 +46,12 @@ pub enum ProbeError {
     /// An HTTP status other than 2xx or 3xx, or no status line.
     #[error("HTTP status {0}")]
     BadStatus(String),
+    /// Neither kind of ICMP socket could be opened, so no ping probe can run.
+    #[error(
+        "cannot open an ICMP socket for ping probes: a raw socket needs CAP_NET_RAW ({raw}); \
+         a ping socket needs the group in net.ipv4.ping_group_range ({ping})"
+    )]
+    NoIcmpSocket { raw: io::Error, ping: io::Error },
 }
 
 /// Time between two probes of one endpoint.
@@ -55,6 +67,9 @@ pub async fn probe_once(probe: &ProbeSpec, addr: SocketAddrV4) -> Result<(), Pro
             ProbeKind::Tcp => tcp(addr).await,
             ProbeKind::Udp => udp(addr, &probe.request, &probe.response).await,
             ProbeKind::Http => http(addr, &probe.request, &probe.response).await,
+            ProbeKind::Https => https(addr, &probe.request, &probe.response).await,
+            // ICMP has no ports: the probe port is ignored, as loxilb does.
+            ProbeKind::Ping => icmp::ping(*addr.ip()).await,
             ProbeKind::None => Ok(()),
         }
     };
@@ -87,8 +102,27 @@ async fn udp(addr: SocketAddrV4, request: &str, expect: &str) -> Result<(), Prob
 
 /// `GET path` (empty: `/`) over HTTP/1.1 answers 2xx or 3xx, with `expect` in the body if set.
 async fn http(addr: SocketAddrV4, path: &str, expect: &str) -> Result<(), ProbeError> {
+    let stream = TcpStream::connect(addr).await?;
+    http_exchange(stream, addr, path, expect).await
+}
+
+/// The `http` probe over TLS, whatever certificate the endpoint presents (see [`tls`]).
+async fn https(addr: SocketAddrV4, path: &str, expect: &str) -> Result<(), ProbeError> {
+    let tcp = TcpStream::connect(addr).await?;
+    let stream = tls::connector()
+        .connect(tls::server_name(*addr.ip()), tcp)
+        .await?;
+    http_exchange(stream, addr, path, expect).await
+}
+
+/// Sends `GET path` to `addr` on `stream` and checks the answer (see [`http`]).
+async fn http_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    addr: SocketAddrV4,
+    path: &str,
+    expect: &str,
+) -> Result<(), ProbeError> {
     let path = if path.is_empty() { "/" } else { path };
-    let mut stream = TcpStream::connect(addr).await?;
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: oxlb-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     );
@@ -96,7 +130,13 @@ async fn http(addr: SocketAddrV4, path: &str, expect: &str) -> Result<(), ProbeE
     let mut answer = Vec::with_capacity(4096);
     let mut buf = [0u8; 4096];
     loop {
-        let n = stream.read(&mut buf).await?;
+        let n = match stream.read(&mut buf).await {
+            Ok(n) => n,
+            // Many TLS servers close without close_notify once the answer is sent; the
+            // answer read so far is still the whole answer of a `Connection: close` request.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !answer.is_empty() => 0,
+            Err(e) => return Err(e.into()),
+        };
         if n == 0 {
             break;
         }
@@ -382,6 +422,102 @@ mod tests {
             probe_once(&spec(ProbeKind::Udp, "", ""), addr).await,
             Err(ProbeError::Io(_))
         ));
+    }
+
+    /// An HTTPS server with a fresh self-signed certificate, answering every connection with
+    /// `answer` and then closing the TCP connection without a TLS close_notify.
+    async fn https_server(answer: &'static str) -> SocketAddrV4 {
+        let cert = rcgen::generate_simple_self_signed(vec!["backend.invalid".to_owned()])
+            .expect("a self-signed certificate");
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .expect("a server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = v4(l.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    continue;
+                };
+                let mut buf = [0u8; 1024];
+                let _ = tls.read(&mut buf).await;
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.flush().await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn https_probe_accepts_a_self_signed_certificate_and_checks_status_and_body() {
+        let ok = https_server("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nhealthy").await;
+        assert!(
+            probe_once(&spec(ProbeKind::Https, "/healthz", "healthy"), ok)
+                .await
+                .is_ok()
+        );
+        assert!(matches!(
+            probe_once(&spec(ProbeKind::Https, "/", "ready"), ok).await,
+            Err(ProbeError::UnexpectedAnswer(_))
+        ));
+        let failing = https_server("HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\n\r\n").await;
+        assert!(matches!(
+            probe_once(&spec(ProbeKind::Https, "", ""), failing).await,
+            Err(ProbeError::BadStatus(s)) if s == "503"
+        ));
+    }
+
+    #[tokio::test]
+    async fn https_probe_reads_an_answer_ended_by_a_close_without_close_notify() {
+        // No Content-Length: the answer ends where the connection does.
+        let abrupt = https_server("HTTP/1.0 200 OK\r\n\r\nhealthy and done").await;
+        assert!(probe_once(&spec(ProbeKind::Https, "", "and done"), abrupt)
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn https_probe_fails_against_a_plain_http_server() {
+        let plain = http_server("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nhealthy").await;
+        assert!(matches!(
+            probe_once(&spec(ProbeKind::Https, "", ""), plain).await,
+            Err(ProbeError::Io(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn ping_probe_is_answered_by_the_loopback_address_whatever_the_port() {
+        let mut p = spec(ProbeKind::Ping, "", "");
+        p.port = 9;
+        let addr = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9);
+        if let Err(e) = probe_once(&p, addr).await {
+            panic!("ping 127.0.0.1: {e}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_ping_probes_each_get_their_own_answer() {
+        // Every raw socket sees all 32 replies (and, on loopback, all 32 requests): each
+        // probe must skip the 63 messages that are not its own and still finish in time.
+        let p = spec(ProbeKind::Ping, "", "");
+        let addr = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0);
+        let mut set = JoinSet::new();
+        for _ in 0..32 {
+            let p = p.clone();
+            set.spawn(async move { probe_once(&p, addr).await });
+        }
+        while let Some(done) = set.join_next().await {
+            if let Err(e) = done.expect("the probe task ran") {
+                panic!("a concurrent ping failed: {e}");
+            }
+        }
     }
 
     #[test]

@@ -10,7 +10,8 @@ mod snat_ports;
 
 use clap::{Parser, Subcommand};
 use oxlb_control::appliance::ApplianceCore;
-use oxlb_control::http::{self, Appliance};
+use oxlb_control::auth::{self, ApiToken};
+use oxlb_control::http::{self, About, ApiOptions, Appliance};
 use oxlb_control::nexthop::NextHopResolver;
 use oxlb_control::persist::StateStore;
 use oxlb_control::probe;
@@ -21,7 +22,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(
@@ -41,9 +42,20 @@ enum Cmd {
         /// An interface to serve (client side, endpoint side, or both); repeat for several.
         #[arg(long = "iface", required = true)]
         ifaces: Vec<String>,
-        /// Address of the REST API.
+        /// Address of the REST API. Any address but a loopback one needs --api-token-file.
         #[arg(long, default_value = "127.0.0.1:11111")]
         api: SocketAddr,
+        /// File holding the API's bearer token (surrounding whitespace is trimmed). Every
+        /// request, GET /netlox/v1/ included, must then send `Authorization: Bearer TOKEN`,
+        /// or is answered 401 and changes nothing. Make one with `openssl rand -hex 32`.
+        #[arg(long, value_name = "PATH")]
+        api_token_file: Option<PathBuf>,
+        /// PEM certificate chain of the API: with --api-tls-key, the API speaks HTTPS only.
+        #[arg(long, value_name = "PATH", requires = "api_tls_key")]
+        api_tls_cert: Option<PathBuf>,
+        /// PEM private key of --api-tls-cert.
+        #[arg(long, value_name = "PATH", requires = "api_tls_cert")]
+        api_tls_key: Option<PathBuf>,
         /// TOML file of services to install at start (see configs/oxlb.toml). Applied on top
         /// of the saved state: an entry replaces a saved service with the same external IP,
         /// port and protocol, and is saved with the rest.
@@ -74,18 +86,29 @@ fn main() -> ExitCode {
         Cmd::Run {
             ifaces,
             api,
+            api_token_file,
+            api_tls_cert,
+            api_tls_key,
             config,
             state_dir,
             conntrack_capacity,
             snat_ports,
-        } => match run(
-            ifaces,
+        } => match api_security(
             api,
-            config,
-            &state_dir,
-            conntrack_capacity,
-            &snat_ports,
-        ) {
+            api_token_file.as_deref(),
+            api_tls_cert.as_deref().zip(api_tls_key.as_deref()),
+        )
+        .and_then(|security| {
+            run(
+                ifaces,
+                api,
+                security,
+                config,
+                &state_dir,
+                conntrack_capacity,
+                &snat_ports,
+            )
+        }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("oxlb: {e}");
@@ -95,14 +118,42 @@ fn main() -> ExitCode {
     }
 }
 
+/// The API's token and TLS configuration, refused before anything else is done if a file
+/// cannot be used or the API would be reachable from other hosts without a token.
+fn api_security(
+    api: SocketAddr,
+    token_file: Option<&Path>,
+    tls_files: Option<(&Path, &Path)>,
+) -> Result<ApiOptions, String> {
+    let token = token_file
+        .map(ApiToken::from_file)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    auth::check_exposure(api, token.as_ref()).map_err(|e| e.to_string())?;
+    let tls = tls_files
+        .map(|(cert, key)| oxlb_control::tls::server_config(cert, key))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    if token.is_some() && tls.is_none() && !api.ip().is_loopback() {
+        log::warn!("the API on {api} has a token but no TLS: the token crosses the network in clear; give --api-tls-cert and --api-tls-key");
+    }
+    Ok(ApiOptions {
+        token,
+        tls,
+        about: About::default(),
+    })
+}
+
 fn run(
     ifaces: Vec<String>,
     api: SocketAddr,
+    mut security: ApiOptions,
     config: Option<PathBuf>,
     state_dir: &Path,
     conntrack_capacity: usize,
     snat_ports: &str,
 ) -> Result<(), String> {
+    let started = Instant::now();
     let snat_ports = snat_ports::parse(snat_ports)?;
     let missing = privileges::missing();
     if !missing.is_empty() {
@@ -139,11 +190,26 @@ fn run(
         },
     )
     .map_err(|e| e.to_string())?;
+    let scheme = if security.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     log::info!(
-        "serving {} with {} worker(s); API on http://{api}/netlox/v1/",
+        "serving {} with {} worker(s); API on {scheme}://{api}/netlox/v1/{}",
         ifaces.join(", "),
-        dataplane.worker_count()
+        dataplane.worker_count(),
+        if security.token.is_some() {
+            " (bearer token required)"
+        } else {
+            ""
+        }
     );
+    security.about = About {
+        interfaces: ifaces.clone(),
+        workers: dataplane.worker_count(),
+        started,
+    };
     let resolver = NextHopResolver::new().map_err(|e| e.to_string())?;
     snat_ports::reserve(snat_ports)?;
     let core = Arc::new(ApplianceCore::new(
@@ -167,7 +233,7 @@ fn run(
         let core = core.clone();
         std::thread::Builder::new()
             .name("oxlb-control".into())
-            .spawn(move || control_plane(core, listener))
+            .spawn(move || control_plane(core, listener, security))
             .map_err(|e| format!("cannot start the control thread: {e}"))?
     };
     notify::ready(&format!("serving {}; API on {api}", ifaces.join(", ")));
@@ -184,7 +250,11 @@ fn run(
 
 /// The tokio runtime of the control plane: the REST API, the next-hop refresher, the endpoint
 /// health probes, and the signal handling that ends them.
-fn control_plane(core: Arc<ApplianceCore>, listener: std::net::TcpListener) -> Result<(), String> {
+fn control_plane(
+    core: Arc<ApplianceCore>,
+    listener: std::net::TcpListener,
+    options: ApiOptions,
+) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -208,7 +278,7 @@ fn control_plane(core: Arc<ApplianceCore>, listener: std::net::TcpListener) -> R
         };
         let prober = tokio::spawn(probe::supervise(core.clone()));
         let app: Arc<dyn Appliance> = core.clone();
-        let served = http::serve(listener, app, shutdown_signal()).await;
+        let served = http::serve_with(listener, app, options, shutdown_signal()).await;
         refresher.abort();
         prober.abort();
         served.map_err(|e| format!("API server failed: {e}"))

@@ -9,6 +9,7 @@
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use oxlb_api::LoadBalancerEntry;
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 pub const DEFAULT_API: &str = "http://127.0.0.1:11111";
 pub const BASE: &str = "/netlox/v1";
@@ -21,10 +22,13 @@ Examples:
   oxlbctl delete lb 198.18.100.1 --tcp=2020
   oxlbctl delete lb --all
   oxlbctl get status
+  oxlbctl get status --detail
   oxlbctl get ct
+  oxlbctl get ep
+  oxlbctl --api https://198.18.0.1:11111 --ca-file ca.pem --token-file token get lb
 
-Exit status: 0 done, 1 the appliance refused (its message is shown), 2 usage error,
-3 the appliance cannot be reached.";
+Exit status: 0 done, 1 the appliance refused (its message is shown; also a missing or wrong
+token), 2 usage error, 3 the appliance cannot be reached (or its certificate is not trusted).";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,9 +38,17 @@ Exit status: 0 done, 1 the appliance refused (its message is shown), 2 usage err
     after_help = EXAMPLES
 )]
 pub struct Cli {
-    /// Base URL of the appliance's API.
+    /// Base URL of the appliance's API: http://... or https://...
     #[arg(long, global = true, default_value = DEFAULT_API)]
     pub api: String,
+    /// File holding the API's bearer token (the appliance's --api-token-file); sent as
+    /// `Authorization: Bearer TOKEN` with every request.
+    #[arg(long, global = true, env = "OXLB_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate(s) to trust for an https:// API besides the system's, e.g. the CA of
+    /// the appliance's self-signed certificate.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
     /// Output: a table for people, or JSON (the appliance's own shapes) for scripts.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -74,8 +86,17 @@ pub enum GetWhat {
     /// Every load-balancer rule (GET /netlox/v1/config/loadbalancer/all).
     #[command(alias = "loadbalancer")]
     Lb,
-    /// Whether the appliance's API is up (GET /netlox/v1/).
-    Status,
+    /// Whether the appliance's API is up (GET /netlox/v1/, which loxilb answers too); with
+    /// --detail, oxlb's version, uptime, workers, interfaces and rule count
+    /// (GET /netlox/v1/status).
+    Status {
+        #[arg(long, short = 'd')]
+        detail: bool,
+    },
+    /// Every endpoint with its health probe and state ok/nok
+    /// (GET /netlox/v1/config/endpoint/all).
+    #[command(alias = "endpoint")]
+    Ep,
     /// Every tracked connection, one row per direction (GET /netlox/v1/config/conntrack/all).
     #[command(alias = "conntrack")]
     Ct,
@@ -178,12 +199,26 @@ pub fn calls(command: &Command) -> Result<Vec<Call>, UsageError> {
             what: "get lb".into(),
         }]),
         Command::Get {
-            what: GetWhat::Status,
+            what: GetWhat::Status { detail: false },
         } => Ok(vec![Call {
             method: Method::Get,
             path: format!("{BASE}/"),
             body: None,
             what: "get status".into(),
+        }]),
+        Command::Get {
+            what: GetWhat::Status { detail: true },
+        } => Ok(vec![Call {
+            method: Method::Get,
+            path: format!("{BASE}/status"),
+            body: None,
+            what: "get status --detail".into(),
+        }]),
+        Command::Get { what: GetWhat::Ep } => Ok(vec![Call {
+            method: Method::Get,
+            path: format!("{BASE}/config/endpoint/all"),
+            body: None,
+            what: "get ep".into(),
         }]),
         Command::Get { what: GetWhat::Ct } => Ok(vec![Call {
             method: Method::Get,
@@ -581,6 +616,27 @@ mod tests {
             calls(&parse(&["get", "status"]).unwrap().command).unwrap()[0].path,
             "/netlox/v1/"
         );
+    }
+
+    #[test]
+    fn get_status_detail_and_get_ep_ask_for_oxlbs_status_and_the_endpoint_listing() {
+        let path = |args: &[&str]| {
+            calls(&parse(args).unwrap().command).unwrap()[0]
+                .path
+                .clone()
+        };
+        assert_eq!(path(&["get", "status", "--detail"]), "/netlox/v1/status");
+        assert_eq!(path(&["get", "status"]), "/netlox/v1/");
+        for what in ["ep", "endpoint"] {
+            assert_eq!(path(&["get", what]), "/netlox/v1/config/endpoint/all");
+        }
+    }
+
+    #[test]
+    fn token_and_ca_files_are_global_options() {
+        let c = parse(&["get", "lb", "--token-file", "/t", "--ca-file", "/ca.pem"]).unwrap();
+        assert_eq!(c.token_file.as_deref(), Some(std::path::Path::new("/t")));
+        assert_eq!(c.ca_file.as_deref(), Some(std::path::Path::new("/ca.pem")));
     }
 
     #[test]

@@ -8,10 +8,10 @@ mod table;
 
 use args::{Call, Cli, Command, GetWhat, Output};
 use clap::Parser;
-use client::{ApiClient, CallError};
+use client::{Access, ApiClient, CallError};
 use oxlb_api::{
-    ConntrackEntry, ConntrackList, HealthResponse, LoadBalancerEntry, LoadBalancerList,
-    ResultResponse,
+    ConntrackEntry, ConntrackList, EndpointEntry, EndpointList, HealthResponse, LoadBalancerEntry,
+    LoadBalancerList, ResultResponse, StatusResponse,
 };
 use serde::Serialize;
 use std::process::ExitCode;
@@ -31,7 +31,11 @@ fn main() -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
-    let client = match ApiClient::new(&cli.api) {
+    let access = Access {
+        token_file: cli.token_file.as_deref(),
+        ca_file: cli.ca_file.as_deref(),
+    };
+    let client = match ApiClient::new(&cli.api, &access) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("oxlbctl: {e}");
@@ -62,7 +66,23 @@ fn run(client: &ApiClient, cli: &Cli, call: &Call) -> Result<(), CallError> {
             }
         }
         Command::Get {
-            what: GetWhat::Status,
+            what: GetWhat::Status { detail: true },
+        } => {
+            let status: StatusResponse = serde_json::from_str(&body).map_err(unexpected)?;
+            match cli.output {
+                Output::Json => print_json(&status),
+                Output::Table => print!("{}", status_lines(&status)),
+            }
+        }
+        Command::Get { what: GetWhat::Ep } => {
+            let list: EndpointList = serde_json::from_str(&body).map_err(unexpected)?;
+            match cli.output {
+                Output::Json => print_json(&list),
+                Output::Table => print!("{}", ep_table(&list.attr)),
+            }
+        }
+        Command::Get {
+            what: GetWhat::Status { detail: false },
         } => {
             let health: HealthResponse = serde_json::from_str(&body).map_err(unexpected)?;
             match cli.output {
@@ -93,6 +113,14 @@ fn report(e: &CallError, output: Output) -> ExitCode {
     match e {
         CallError::Refused { body, .. } if output == Output::Json => {
             println!("{}", body.trim());
+            ExitCode::from(REFUSED)
+        }
+        // A refusal like any other for the exit status; the message says what to give.
+        CallError::Unauthorized { body, .. } => {
+            if output == Output::Json {
+                println!("{}", body.trim());
+            }
+            eprintln!("oxlbctl: the appliance refused: {e}");
             ExitCode::from(REFUSED)
         }
         CallError::Refused { .. } | CallError::Unexpected { .. } => {
@@ -151,6 +179,51 @@ fn lb_table(entries: &[LoadBalancerEntry]) -> String {
     table::render(&header, &rows)
 }
 
+/// `key: value` lines, as `get status` prints its one line.
+fn status_lines(s: &StatusResponse) -> String {
+    format!(
+        "status: {}\nversion: {}\nuptime: {}s\nworkers: {}\ninterfaces: {}\nservices: {}\n",
+        s.status,
+        s.version,
+        s.uptime_seconds,
+        s.workers,
+        s.interfaces.join(", "),
+        s.services
+    )
+}
+
+/// One row per endpoint and probe, columns as loxicmd's `get ep`.
+fn ep_table(entries: &[EndpointEntry]) -> String {
+    let header = [
+        "HOST",
+        "NAME",
+        "PTYPE",
+        "PORT",
+        "DURATION",
+        "RETRIES",
+        "PROBE REQ",
+        "PROBE RESP",
+        "STATE",
+    ];
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.host_name.clone(),
+                e.name.clone(),
+                e.probe_type.clone(),
+                e.probe_port.to_string(),
+                e.probe_duration.to_string(),
+                e.inactive_retries.to_string(),
+                e.probe_req.clone(),
+                e.probe_resp.clone(),
+                e.curr_state.clone(),
+            ]
+        })
+        .collect();
+    table::render(&header, &rows)
+}
+
 /// One row per direction of a connection, columns as loxicmd's `get ct`.
 fn ct_table(entries: &[ConntrackEntry]) -> String {
     let header = [
@@ -204,6 +277,74 @@ mod tests {
         assert!(
             lines[2].contains("| web          | 198.18.100.1 | 198.18.0.2 | 2020  | 40000 | tcp   | est   | dnat-198.18.31.1:8080:w1 | 3       | 180   |"),
             "{t}"
+        );
+    }
+
+    #[test]
+    fn the_ep_table_shows_one_row_per_endpoint_with_its_state() {
+        let list: EndpointList = serde_json::from_str(
+            r#"{"Attr":[{"hostName":"198.18.31.1","name":"198.18.31.1_tcp_8080","inactiveReTries":2,
+                "probeType":"tcp","probeDuration":1,"probePort":8080,"currState":"nok"}]}"#,
+        )
+        .unwrap();
+        let t = ep_table(&list.attr);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        assert!(lines[0].starts_with("| HOST "), "{t}");
+        let cells: Vec<&str> = lines[2].split('|').map(str::trim).collect();
+        assert_eq!(
+            cells,
+            [
+                "",
+                "198.18.31.1",
+                "198.18.31.1_tcp_8080",
+                "tcp",
+                "8080",
+                "1",
+                "2",
+                "",
+                "",
+                "nok",
+                ""
+            ],
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn the_detailed_status_is_one_key_per_line_starting_with_the_plain_status() {
+        let s = StatusResponse {
+            status: "ok".into(),
+            version: "0.1.0".into(),
+            uptime_seconds: 3,
+            workers: 1,
+            interfaces: vec!["lb0".into(), "lb1".into()],
+            services: 2,
+        };
+        assert_eq!(
+            status_lines(&s),
+            "status: ok\nversion: 0.1.0\nuptime: 3s\nworkers: 1\ninterfaces: lb0, lb1\nservices: 2\n"
+        );
+    }
+
+    #[test]
+    fn a_401_says_which_token_to_give() {
+        let none = CallError::Unauthorized {
+            message: "this API needs a token".into(),
+            body: String::new(),
+            token_file: None,
+        };
+        assert!(none.to_string().contains("--token-file PATH"), "{none}");
+        let wrong = CallError::Unauthorized {
+            message: "not the one".into(),
+            body: String::new(),
+            token_file: Some("/etc/oxlb/token".into()),
+        };
+        assert!(
+            wrong
+                .to_string()
+                .contains("the token in /etc/oxlb/token was not accepted"),
+            "{wrong}"
         );
     }
 
