@@ -10,6 +10,7 @@ pub mod checksum;
 pub mod conntrack;
 pub mod engine;
 pub mod handoff;
+pub mod icmp_error;
 mod kernel_tx;
 pub mod nat;
 pub mod owner;

@@ -16,6 +16,7 @@
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
+#include <linux/icmp.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/tcp.h>
@@ -171,6 +172,39 @@ static __always_inline enum own_verdict own_address(struct lb_key *dst, __be16 d
 	return OURS_OUTSIDE_RANGE;
 }
 
+// True for an ICMP error (unreachable, time exceeded, parameter problem) that
+// quotes a packet of ours on its way to an endpoint: from our own address and a
+// port of the SNAT range (one-arm, full NAT), or to an endpoint's port (DNAT).
+// The error is addressed to the client or to our own address, so no other key
+// catches it; the workers translate it for the host it is meant for.
+static __always_inline int quotes_our_request(struct icmphdr *icmp, void *data_end)
+{
+	struct iphdr *quoted = (void *)(icmp + 1);
+	struct lb_key key = {};
+	__be16 *ports;
+
+	if ((void *)(icmp + 1) > data_end)
+		return 0;
+	if (icmp->type != ICMP_DEST_UNREACH && icmp->type != ICMP_TIME_EXCEEDED &&
+	    icmp->type != ICMP_PARAMETERPROB)
+		return 0;
+	if ((void *)(quoted + 1) > data_end || quoted->ihl != 5)
+		return 0;
+	ports = (void *)(quoted + 1);
+	if ((void *)(ports + 2) > data_end)
+		return 0;
+	if (quoted->protocol != IPPROTO_TCP && quoted->protocol != IPPROTO_UDP)
+		return 0;
+	key.family = KEY_FAMILY_V4;
+	key.proto = quoted->protocol;
+	set_v4(key.addr, quoted->saddr);
+	if (own_address(&key, ports[0]) == OURS_IN_RANGE)
+		return 1;
+	set_v4(key.addr, quoted->daddr);
+	key.port = ports[1];
+	return bpf_map_lookup_elem(&lb_src, &key) != 0;
+}
+
 SEC("xdp")
 int oxlb_redirect(struct xdp_md *ctx)
 {
@@ -230,7 +264,11 @@ int oxlb_redirect(struct xdp_md *ctx)
 	src.port = sport;
 	src.proto = proto;
 
-	if (!bpf_map_lookup_elem(&lb_dst, &dst)) {
+	if (proto == IPPROTO_ICMP && dst.family == KEY_FAMILY_V4 &&
+	    !bpf_map_lookup_elem(&lb_dst, &dst)) {
+		if (!quotes_our_request(l4, data_end))
+			return pass(STAT_PASSED);
+	} else if (!bpf_map_lookup_elem(&lb_dst, &dst)) {
 		enum own_verdict own = own_address(&dst, dport);
 
 		if (own == OURS_OUTSIDE_RANGE)

@@ -95,6 +95,16 @@ impl NetnsPair {
             .success()
     }
 
+    /// Sends one UDP datagram from a (198.18.0.1:sport) to b (198.18.0.2:dport).
+    fn udp_from_a(&self, sport: u16, dport: u16) {
+        in_netns(&self.a, move || {
+            let socket = UdpSocket::bind((ADDR_A, sport)).expect("bind UDP socket in a");
+            socket
+                .send_to(b"oxlb", (ADDR_B, dport))
+                .expect("send UDP datagram");
+        });
+    }
+
     /// Sends one UDP datagram from b (198.18.0.2:sport) to a (198.18.0.1:dport).
     fn udp_from_b(&self, sport: u16, dport: u16) {
         in_netns(&self.b, move || {
@@ -360,6 +370,42 @@ fn an_endpoints_answer_to_our_own_address_outside_the_snat_range_goes_to_the_ker
     pair.udp_from_b(7777, 40005);
     let later = wait_for_stats(&xdp, |s| s.no_socket > after.no_socket);
     assert_eq!(later.no_socket, after.no_socket + 1, "{later:?}");
+}
+
+#[test]
+fn icmp_errors_quoting_our_translated_or_endpoint_bound_packets_are_steered_and_others_passed() {
+    let pair = NetnsPair::new();
+    let mut xdp = in_netns(&pair.a, || {
+        XdpRedirect::attach(&names(&[IFACE_A])).expect("attach")
+    });
+    assert!(pair.ping_from_b(1));
+    xdp.sync_keys(
+        &BTreeSet::new(),
+        &BTreeSet::from([LbKey::v4(ADDR_B, 7777, UDP)]),
+    )
+    .expect("sync keys");
+    xdp.sync_snat(&BTreeSet::from([LbKey::v4(ADDR_A, 0, UDP)]), 40000, 49999)
+        .expect("sync snat");
+    // Nothing listens on b: each datagram from a earns a real port unreachable from b's
+    // kernel, quoting it.
+    let before = xdp.stats().expect("stats");
+    pair.udp_from_a(30000, 7778);
+    let after = wait_for_stats(&xdp, |s| s.passed > before.passed);
+    std::thread::sleep(Duration::from_millis(200));
+    let after = xdp.stats().expect("stats");
+    assert_eq!(
+        after.no_socket, before.no_socket,
+        "host's own datagram: {after:?}"
+    );
+
+    // From our address and a SNAT port: a translated request's error.
+    pair.udp_from_a(40005, 7778);
+    let snat = wait_for_stats(&xdp, |s| s.no_socket > after.no_socket);
+    assert_eq!(snat.no_socket, after.no_socket + 1, "{snat:?}");
+    // To an endpoint's port: a DNAT request's error.
+    pair.udp_from_a(30001, 7777);
+    let dnat = wait_for_stats(&xdp, |s| s.no_socket > snat.no_socket);
+    assert_eq!(dnat.no_socket, snat.no_socket + 1, "{dnat:?}");
 }
 
 #[test]

@@ -40,6 +40,23 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(Packet { buf })
     }
 
+    /// A view over a packet quoted in an ICMP error: truncated by design, so only the version
+    /// and a header length within the buffer are checked, not the total length.
+    pub fn new_quoted(buf: T) -> Result<Self, WireError> {
+        let b = buf.as_ref();
+        if b.len() < MIN_HEADER_LEN {
+            return Err(WireError::Truncated);
+        }
+        let ihl = usize::from(b[VER_IHL] & 0x0f) * 4;
+        if b[VER_IHL] >> 4 != 4 || ihl < MIN_HEADER_LEN {
+            return Err(WireError::Malformed);
+        }
+        if ihl > b.len() {
+            return Err(WireError::Truncated);
+        }
+        Ok(Packet { buf })
+    }
+
     pub fn header_len(&self) -> usize {
         usize::from(self.buf.as_ref()[VER_IHL] & 0x0f) * 4
     }

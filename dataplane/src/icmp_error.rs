@@ -1,0 +1,236 @@
+//! ICMP errors about load-balanced flows, translated for the host they are meant for.
+//!
+//! An ICMP error quotes the IP header and first 8 bytes of the packet that caused it. When that
+//! packet was one we rewrote, the quote holds the rewritten addresses and ports, which the host
+//! receiving the error does not know: a client told "fragmentation needed" about a packet to an
+//! endpoint it never heard of cannot find its socket, so its path MTU discovery never learns,
+//! and a large transfer stalls. The error is therefore rewritten like the flow's own packets:
+//!
+//! - about a request we forwarded (sent by a router or the endpoint on the endpoint's side), it
+//!   travels as a reply: the client receives it from the VIP, quoting its own request to the VIP;
+//! - about a reply we forwarded (sent on the client's side, to the VIP), it travels as a
+//!   request: the endpoint receives it quoting its own answer.
+//!
+//! The quoted tuple reversed is the tuple of a packet answering the quoted one, which is how the
+//! connection table knows the flow in the direction the error travels.
+
+use crate::checksum::{fold, ipv4_header, sum, update16, update32};
+use crate::conntrack::FlowKey;
+use crate::snapshot::Proto;
+use crate::wire::{get_u16, ipv4, set_u16, WireError};
+use std::net::Ipv4Addr;
+
+pub const TYPE_DEST_UNREACHABLE: u8 = 3;
+pub const TYPE_TIME_EXCEEDED: u8 = 11;
+pub const TYPE_PARAMETER_PROBLEM: u8 = 12;
+/// Destination unreachable, code 4: fragmentation needed and DF set (RFC 1191).
+pub const CODE_FRAG_NEEDED: u8 = 4;
+
+/// Bytes of the quoted packet's transport header every ICMP error carries (RFC 792).
+const QUOTED_L4: usize = 8;
+const ICMP_HEADER: usize = 8;
+
+/// Whether an ICMP type is an error that quotes the packet it is about.
+pub fn is_error(icmp_type: u8) -> bool {
+    matches!(
+        icmp_type,
+        TYPE_DEST_UNREACHABLE | TYPE_TIME_EXCEEDED | TYPE_PARAMETER_PROBLEM
+    )
+}
+
+/// What an ICMP error quotes, found in an IPv4 packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quote {
+    /// The quoted packet's tuple reversed: the tuple the connection table has for packets
+    /// travelling the way the error does.
+    pub key: FlowKey,
+    /// Offset of the quoted IP header in the outer IP packet.
+    inner_at: usize,
+    inner_header_len: usize,
+}
+
+/// The quote of an ICMP error in `ip_buf` (an IPv4 packet), if it is one about a TCP or UDP
+/// packet and holds the full quoted IP header and the 8 bytes with the ports.
+pub fn quote(ip_buf: &[u8]) -> Option<Quote> {
+    let outer = ipv4::Packet::new_checked(ip_buf).ok()?;
+    if outer.protocol() != ipv4::PROTO_ICMP || outer.is_fragment() {
+        return None;
+    }
+    let icmp_at = outer.header_len();
+    let end = outer.total_len();
+    if !is_error(*ip_buf.get(icmp_at)?) {
+        return None;
+    }
+    let inner_at = icmp_at + ICMP_HEADER;
+    let inner = ipv4::Packet::new_quoted(ip_buf.get(inner_at..end)?).ok()?;
+    let inner_header_len = inner.header_len();
+    let l4 = ip_buf.get(inner_at + inner_header_len..end)?;
+    if l4.len() < QUOTED_L4 {
+        return None;
+    }
+    let proto = Proto::from_ip_proto(inner.protocol())?;
+    Some(Quote {
+        key: FlowKey {
+            src: inner.dst(),
+            dst: inner.src(),
+            src_port: get_u16(l4, 2),
+            dst_port: get_u16(l4, 0),
+            proto,
+        },
+        inner_at,
+        inner_header_len,
+    })
+}
+
+/// How to rewrite an ICMP error: the outer addresses and the quoted packet's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Translation {
+    /// The outer source, or `None` to keep whoever sent the error.
+    pub outer_src: Option<Ipv4Addr>,
+    pub outer_dst: Ipv4Addr,
+    /// The quoted packet's source and destination (address, port).
+    pub quoted_src: (Ipv4Addr, u16),
+    pub quoted_dst: (Ipv4Addr, u16),
+}
+
+/// Rewrites the error in `ip_buf` described by `quote`: the quoted header and ports (with the
+/// quoted UDP checksum kept consistent), the outer addresses, and every checksum that covers
+/// them. The ICMP checksum is recomputed over the whole message, which is small.
+pub fn translate(ip_buf: &mut [u8], quote: &Quote, t: &Translation) -> Result<(), WireError> {
+    let total = ipv4::Packet::new_checked(&*ip_buf)?.total_len();
+    let (inner_at, ihl) = (quote.inner_at, quote.inner_header_len);
+    let l4_at = inner_at + ihl;
+    if total < l4_at + QUOTED_L4 {
+        return Err(WireError::Truncated);
+    }
+
+    let inner = &mut ip_buf[inner_at..total];
+    let old_src: [u8; 4] = inner[12..16].try_into().expect("4 bytes");
+    let old_dst: [u8; 4] = inner[16..20].try_into().expect("4 bytes");
+    let (new_src, new_dst) = (t.quoted_src.0.octets(), t.quoted_dst.0.octets());
+    inner[12..16].copy_from_slice(&new_src);
+    inner[16..20].copy_from_slice(&new_dst);
+    set_u16(inner, 10, 0);
+    let c = ipv4_header(&inner[..ihl]);
+    set_u16(inner, 10, c);
+
+    let l4 = &mut inner[ihl..];
+    let (old_sport, old_dport) = (get_u16(l4, 0), get_u16(l4, 2));
+    set_u16(l4, 0, t.quoted_src.1);
+    set_u16(l4, 2, t.quoted_dst.1);
+    // The quoted transport checksum: UDP's lies within the 8 quoted bytes; TCP's only when
+    // the sender quoted more. Zero means "no checksum" for UDP and stays zero. Updating it
+    // incrementally keeps the quote exactly as the host sent it.
+    let check_at = match quote.key.proto {
+        Proto::Udp => Some(6),
+        Proto::Tcp => Some(16),
+    }
+    .filter(|&at| l4.len() >= at + 2);
+    if let Some(at) = check_at {
+        let mut c = get_u16(l4, at);
+        if !(quote.key.proto == Proto::Udp && c == 0) {
+            c = update32(c, old_src, new_src);
+            c = update32(c, old_dst, new_dst);
+            c = update16(c, old_sport, t.quoted_src.1);
+            c = update16(c, old_dport, t.quoted_dst.1);
+            if quote.key.proto == Proto::Udp && c == 0 {
+                c = 0xffff;
+            }
+            set_u16(l4, at, c);
+        }
+    }
+
+    let mut outer = ipv4::Packet::new_checked(&mut *ip_buf)?;
+    if let Some(src) = t.outer_src {
+        outer.set_src(src);
+    }
+    outer.set_dst(t.outer_dst);
+    outer.set_checksum(0);
+    let c = ipv4_header(outer.header());
+    outer.set_checksum(c);
+
+    let icmp_at = inner_at - ICMP_HEADER;
+    let icmp = &mut ip_buf[icmp_at..total];
+    set_u16(icmp, 2, 0);
+    let c = !fold(sum(icmp));
+    set_u16(icmp, 2, c);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Expected packets built independently with scapy, which computes every checksum.
+    /// Port unreachable from endpoint 198.18.31.1 to client 198.18.0.2, quoting the whole UDP
+    /// datagram 198.18.0.2:40000 -> 198.18.31.1:8080 as we forwarded it (DNAT).
+    const UNREACH: &str = "45c0003cda5700004001f481c6121f01c61200020303a8420000000045000020000300004011cfa2c6120002c6121f019c401f90000cba0c70696e67";
+    /// The same, as the client must see it: from the VIP, quoting its datagram to the VIP.
+    const UNREACH_OUT: &str = "45c0003cda5700004001af81c6126401c61200020303ed4200000000450000200003000040118aa2c6120002c61264019c4007e4000c8cb870696e67";
+    /// Fragmentation needed (next-hop MTU 1400) from router 198.18.31.9 about a 1500-byte TCP
+    /// segment 198.18.0.2:40000 -> 198.18.31.1:8080, quoting only 8 bytes of TCP.
+    const FRAG_NEEDED: &str = "45000038000700004001cf8ec6121f09c6120002030437cb00000578450005dc00094000400689ebc6120002c6121f019c401f90000003e8";
+    const FRAG_NEEDED_OUT: &str = "450000380007000040018a96c6126401c612000203044f7700000578450005dc00094000400644ebc6120002c61264019c4007e4000003e8";
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+    const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+
+    fn to_client(proto_port: u16) -> Translation {
+        Translation {
+            outer_src: Some(VIP),
+            outer_dst: CLIENT,
+            quoted_src: (CLIENT, 40000),
+            quoted_dst: (VIP, proto_port),
+        }
+    }
+
+    #[test]
+    fn a_port_unreachable_from_an_endpoint_reaches_the_client_as_from_the_vip() {
+        let mut p = hex(UNREACH);
+        let q = quote(&p).unwrap();
+        translate(&mut p, &q, &to_client(2020)).unwrap();
+        assert_eq!(p, hex(UNREACH_OUT));
+    }
+
+    #[test]
+    fn fragmentation_needed_keeps_its_mtu_and_quotes_the_clients_own_segment() {
+        let mut p = hex(FRAG_NEEDED);
+        let q = quote(&p).unwrap();
+        assert_eq!(q.key.proto, Proto::Tcp);
+        translate(&mut p, &q, &to_client(2020)).unwrap();
+        assert_eq!(p, hex(FRAG_NEEDED_OUT));
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_quote_of_an_error_is_the_quoted_tuple_reversed() {
+        let q = quote(&hex(UNREACH)).expect("a quote");
+        assert_eq!(
+            q.key,
+            FlowKey {
+                src: Ipv4Addr::new(198, 18, 31, 1),
+                dst: Ipv4Addr::new(198, 18, 0, 2),
+                src_port: 8080,
+                dst_port: 40000,
+                proto: Proto::Udp,
+            }
+        );
+    }
+
+    #[test]
+    fn echo_and_short_quotes_are_not_errors_to_translate() {
+        let mut echo = hex(UNREACH);
+        echo[20] = 8;
+        assert_eq!(quote(&echo), None);
+        let short = hex(UNREACH);
+        let mut cut = short[..20 + 8 + 20 + 4].to_vec();
+        let len = cut.len() as u16;
+        cut[2..4].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(quote(&cut), None);
+    }
+}
