@@ -157,6 +157,83 @@ pub fn translate(ip_buf: &mut [u8], quote: &Quote, t: &Translation) -> Result<()
     Ok(())
 }
 
+/// Turns `frame`, an IPv4 packet with DF set that is too big for the link it must leave by,
+/// into the ICMP "fragmentation needed" its sender must get (RFC 1191), in place: the Ethernet
+/// addresses swapped (it goes back where it came from), sent from `from` (an address of ours
+/// the sender knows, e.g. the VIP it spoke to), quoting the packet's IP header and first 8
+/// bytes as received. Returns the new frame length. Only the quote moves; nothing is allocated.
+pub fn frag_needed_in_place(
+    frame: &mut [u8],
+    from: Ipv4Addr,
+    mtu: u16,
+) -> Result<usize, WireError> {
+    const ETH: usize = 14;
+    const IP: usize = 20;
+    let (sender, ihl) = {
+        let ip = ipv4::Packet::new_checked(frame.get(ETH..).ok_or(WireError::Truncated)?)?;
+        (ip.src(), ip.header_len())
+    };
+    let quote_len = ihl + QUOTED_L4;
+    let quote_at = ETH + IP + ICMP_HEADER;
+    let end = quote_at + quote_len;
+    if frame.len() < end || frame.len() < ETH + quote_len {
+        return Err(WireError::Truncated);
+    }
+    frame.copy_within(ETH..ETH + quote_len, quote_at);
+
+    let (dst_mac, src_mac) = (
+        <[u8; 6]>::try_from(&frame[6..12]).expect("6 bytes"),
+        <[u8; 6]>::try_from(&frame[0..6]).expect("6 bytes"),
+    );
+    frame[0..6].copy_from_slice(&dst_mac);
+    frame[6..12].copy_from_slice(&src_mac);
+
+    let ip = &mut frame[ETH..ETH + IP];
+    ip.copy_from_slice(&[
+        0x45,
+        0xc0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        64,
+        ipv4::PROTO_ICMP,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]);
+    set_u16(ip, 2, (IP + ICMP_HEADER + quote_len) as u16);
+    ip[12..16].copy_from_slice(&from.octets());
+    ip[16..20].copy_from_slice(&sender.octets());
+    let c = ipv4_header(ip);
+    set_u16(ip, 10, c);
+
+    let icmp = &mut frame[ETH + IP..end];
+    icmp[..ICMP_HEADER].copy_from_slice(&[
+        TYPE_DEST_UNREACHABLE,
+        CODE_FRAG_NEEDED,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]);
+    set_u16(icmp, 6, mtu);
+    let c = !fold(sum(icmp));
+    set_u16(icmp, 2, c);
+    Ok(end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +297,20 @@ mod tests {
                 proto: Proto::Udp,
             }
         );
+    }
+
+    #[test]
+    fn a_packet_too_big_becomes_the_fragmentation_needed_its_sender_expects() {
+        // A 1500-byte UDP datagram with DF from the client to the VIP (scapy), and what the
+        // client must get back from the VIP for a next link of MTU 1400.
+        let head = hex(
+            "0200000000010200000000020800450005dc00054000401144e4c6120002c61264019c4007e405c805b7",
+        );
+        let mut frame = head.clone();
+        frame.resize(1514, b'x');
+        let want = hex("020000000002020000000001080045c0003800000000400189ddc6126401c6120002030447e000000578450005dc00054000401144e4c6120002c61264019c4007e405c805b7");
+        let len = frag_needed_in_place(&mut frame, VIP, 1400).unwrap();
+        assert_eq!(&frame[..len], &want[..]);
     }
 
     #[test]
