@@ -6,7 +6,8 @@
 
 use crate::checksum::{ipv4_header, update16};
 use crate::conntrack::{
-    ClientL2, Conntrack, Direction, Flow, FlowInfo, FlowKey, FlowState, InsertError,
+    ClientL2, Conntrack, Direction, Flow, FlowInfo, FlowKey, FlowState, InsertError, NewFlow,
+    Phase, Removal,
 };
 use crate::nat::{complete_checksum_v4, rewrite_v4, Rewrite};
 use crate::ports::PortPools;
@@ -17,10 +18,19 @@ use crate::wire::{ethernet, icmp, ipv4, tcp, udp, WireError};
 use hashbrown::HashMap;
 use std::sync::Arc;
 
-/// How long a TCP flow may wait for its first reply, and a UDP flow for its first answer.
+/// How long a TCP flow may take to complete its handshake (from the SYN, refreshed by a
+/// retransmitted SYN), and a UDP flow to be answered. Established flows get the service's
+/// inactive timeout instead.
 pub const NEW_FLOW_TIMEOUT_MS: u64 = 30_000;
-/// How long a TCP flow lingers after FIN or RST, for retransmissions and the last ACK.
+/// How long a TCP flow lingers after FINs from both sides or a RST (or a FIN or RST before it
+/// was established), for retransmissions and the last ACK.
 pub const CLOSING_TIMEOUT_MS: u64 = 10_000;
+/// How long an established TCP flow closed by one side only may stay idle (capped by the
+/// service's inactive timeout): the other side may still be sending, and a peer that vanished
+/// after its FIN must not hold the slot for the full inactive timeout.
+pub const HALF_CLOSED_TIMEOUT_MS: u64 = 120_000;
+/// Oldest embryonic flows looked at for one holding a SNAT port when the ports run out.
+const PORT_RECLAIM_LOOK: usize = 64;
 /// Clients a worker remembers per persisting service (about 48 bytes each).
 pub const PERSIST_CAPACITY: usize = 4096;
 
@@ -151,8 +161,8 @@ impl Engine {
 
     /// Removes expired flows, looking at no more than `budget` slots.
     pub fn sweep(&mut self, now_ms: u64, budget: usize, snap: &Snapshot) {
-        let n = self.conntrack.sweep(now_ms, budget);
-        self.counters.flows_expired += n as u64;
+        // Counted in `settle`, with the flows that expired on lookup or made room on insert.
+        self.conntrack.sweep(now_ms, budget);
         self.settle(snap);
     }
 
@@ -167,6 +177,11 @@ impl Engine {
     /// refreshes the flow gauge.
     fn settle(&mut self, snap: &Snapshot) {
         for r in self.conntrack.drain_removed() {
+            match r.cause {
+                Removal::Expired => self.counters.flows_expired += 1,
+                Removal::Evicted => self.counters.flows_evicted += 1,
+                Removal::Ended | Removal::Forgotten => {}
+            }
             if let Some((addr, port)) = r.snat {
                 self.ports.release(addr, r.proto, port);
             }
@@ -197,8 +212,7 @@ impl Engine {
             // A client reusing the ports of a connection that is closing opens a new one: it
             // gets a fresh endpoint choice instead of the lingering flow's.
             Some((slot, Direction::Original))
-                if is_opening(&pkt)
-                    && self.conntrack.flow_mut(slot).state == FlowState::Closing =>
+                if is_opening(&pkt) && self.conntrack.flow(slot).state() == FlowState::Closing =>
             {
                 self.conntrack.remove(slot);
                 self.new_flow(&pkt, ingress_ifindex, snap, now_ms)?
@@ -215,18 +229,23 @@ impl Engine {
             None => self.new_flow(&pkt, ingress_ifindex, snap, now_ms)?,
         };
 
-        let flow = self.conntrack.flow_mut(slot);
-        let d = dir as usize;
-        flow.packets[d] += 1;
-        flow.bytes[d] += pkt.ip_len as u64;
-        advance(flow, dir, pkt.key.proto, pkt.tcp_flags, now_ms);
+        let (phase, expires_at) = advance(
+            self.conntrack.flow(slot),
+            dir,
+            pkt.key.proto,
+            pkt.tcp_flags,
+            now_ms,
+        );
+        let flow = self
+            .conntrack
+            .update(slot, dir, pkt.ip_len, phase, expires_at);
         let (endpoint, service, client, mode, snat, original) = (
-            flow.endpoint,
-            flow.service,
-            flow.client,
-            flow.mode,
-            flow.snat,
-            flow.original,
+            flow.endpoint(),
+            flow.service(),
+            flow.client(),
+            flow.mode(),
+            flow.snat(),
+            flow.original(),
         );
 
         let ip_buf = &mut frame[ethernet::HEADER_LEN..];
@@ -322,10 +341,8 @@ impl Engine {
             NatMode::Dnat | NatMode::Dsr => None,
         }
         .map(|addr| {
-            self.ports
-                .allocate(addr, k.proto)
+            self.allocate_port(addr, k.proto, snap, now_ms)
                 .map(|port| (addr, port))
-                .ok_or(DropReason::SnatPortsExhausted)
         })
         .transpose()?;
         // The tuple the endpoint's answer carries: to our SNAT address and port, or straight
@@ -354,25 +371,22 @@ impl Engine {
                 proto: k.proto,
             },
         };
-        let flow = Flow {
+        let flow = NewFlow {
             original: k,
             reply,
-            service: skey,
             mode: service.mode,
             endpoint,
-            snat,
             client: ClientL2 {
                 ifindex: ingress_ifindex,
                 peer_mac: pkt.eth_src,
                 own_mac: pkt.eth_dst,
             },
-            state: FlowState::New,
             expires_at: now_ms + NEW_FLOW_TIMEOUT_MS,
             idle_ms: service.inactive_timeout.as_millis() as u64,
-            packets: [0; 2],
-            bytes: [0; 2],
         };
-        let slot = self.conntrack.insert(flow).map_err(|e| {
+        // A full table may evict an embryonic flow here: its port and its endpoint's count are
+        // released with the other removals when the packet is settled.
+        let slot = self.conntrack.insert(flow, now_ms).map_err(|e| {
             if let Some((addr, port)) = snat {
                 self.ports.release(addr, k.proto, port);
             }
@@ -386,6 +400,31 @@ impl Engine {
         }
         self.counters.flows_created += 1;
         Ok((slot, Direction::Original))
+    }
+
+    /// A SNAT port for a new flow; when all are taken, the oldest embryonic flow holding one
+    /// gives it up (as a full table does its slot), so a flood cannot starve real clients.
+    fn allocate_port(
+        &mut self,
+        addr: std::net::Ipv4Addr,
+        proto: Proto,
+        snap: &Snapshot,
+        now_ms: u64,
+    ) -> Result<u16, DropReason> {
+        if let Some(port) = self.ports.allocate(addr, proto) {
+            return Ok(port);
+        }
+        if !self
+            .conntrack
+            .evict_for_port(addr, proto, now_ms, PORT_RECLAIM_LOOK)
+        {
+            return Err(DropReason::SnatPortsExhausted);
+        }
+        // Releases the evicted flow's port (and its endpoint's flow count) now.
+        self.settle(snap);
+        self.ports
+            .allocate(addr, proto)
+            .ok_or(DropReason::SnatPortsExhausted)
     }
 
     /// Answers an ICMP echo request to a VIP in place: addresses and MACs swapped, type set to
@@ -468,19 +507,52 @@ impl Engine {
     }
 }
 
-/// Moves the flow's state and expiry on for a packet in direction `dir`.
-fn advance(flow: &mut Flow, dir: Direction, proto: Proto, tcp_flags: u8, now_ms: u64) {
-    if proto == Proto::Tcp && tcp_flags & (tcp::FLAG_FIN | tcp::FLAG_RST) != 0 {
-        flow.state = FlowState::Closing;
-    } else if dir == Direction::Reply && flow.state == FlowState::New {
-        flow.state = FlowState::Established;
-    }
-    flow.expires_at = now_ms
-        + match flow.state {
-            FlowState::New => NEW_FLOW_TIMEOUT_MS,
-            FlowState::Established => flow.idle_ms,
-            FlowState::Closing => CLOSING_TIMEOUT_MS,
+/// The phase and expiry of `flow` after a packet in direction `dir`.
+fn advance(flow: &Flow, dir: Direction, proto: Proto, tcp_flags: u8, now_ms: u64) -> (Phase, u64) {
+    let phase = next_phase(flow.phase(), flow.mode(), dir, proto, tcp_flags);
+    let timeout = match phase {
+        Phase::Opening | Phase::Answered => NEW_FLOW_TIMEOUT_MS,
+        Phase::Established => flow.idle_ms(),
+        Phase::HalfClosed(_) => HALF_CLOSED_TIMEOUT_MS.min(flow.idle_ms()),
+        Phase::Closing | Phase::Aborted => CLOSING_TIMEOUT_MS,
+    };
+    (phase, now_ms.saturating_add(timeout))
+}
+
+/// TCP is established only once the client acknowledges the endpoint's SYN-ACK, so SYNs from
+/// spoofed sources (whose SYN-ACK nobody acknowledges) stay embryonic, short-lived and
+/// evictable. A DSR balancer never sees the endpoint's packets: the client's ACK alone
+/// establishes. UDP is established by the first answer.
+fn next_phase(phase: Phase, mode: NatMode, dir: Direction, proto: Proto, flags: u8) -> Phase {
+    if proto != Proto::Tcp {
+        return match phase {
+            Phase::Opening if dir == Direction::Reply => Phase::Established,
+            p => p,
         };
+    }
+    if flags & tcp::FLAG_RST != 0 {
+        return if phase.is_embryonic() {
+            Phase::Aborted
+        } else {
+            Phase::Closing
+        };
+    }
+    if flags & tcp::FLAG_FIN != 0 {
+        return match phase {
+            Phase::Opening | Phase::Answered | Phase::Aborted => Phase::Aborted,
+            Phase::Established => Phase::HalfClosed(dir),
+            Phase::HalfClosed(first) if first != dir => Phase::Closing,
+            p => p,
+        };
+    }
+    let client_ack =
+        dir == Direction::Original && flags & (tcp::FLAG_SYN | tcp::FLAG_ACK) == tcp::FLAG_ACK;
+    match phase {
+        Phase::Opening if dir == Direction::Reply => Phase::Answered,
+        Phase::Opening if client_ack && mode == NatMode::Dsr => Phase::Established,
+        Phase::Answered if client_ack => Phase::Established,
+        p => p,
+    }
 }
 
 /// An IPv4 frame carrying ICMP (checked cheaply before the TCP/UDP parse).

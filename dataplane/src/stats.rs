@@ -116,6 +116,9 @@ pub struct Counters {
     pub kernel_packets: u64,
     pub flows_created: u64,
     pub flows_expired: u64,
+    /// Embryonic flows (handshake not completed, UDP not answered) removed from a full
+    /// connection table to make room for a new flow; established flows are never evicted.
+    pub flows_evicted: u64,
     pub flows_active: u64,
     /// Echo requests to a VIP answered.
     pub icmp_echo_replies: u64,
@@ -147,6 +150,7 @@ impl Counters {
         self.kernel_packets += o.kernel_packets;
         self.flows_created += o.flows_created;
         self.flows_expired += o.flows_expired;
+        self.flows_evicted += o.flows_evicted;
         self.flows_active += o.flows_active;
         self.icmp_echo_replies += o.icmp_echo_replies;
         self.handed_off += o.handed_off;
@@ -168,6 +172,7 @@ pub struct WorkerStats {
     kernel_packets: AtomicU64,
     flows_created: AtomicU64,
     flows_expired: AtomicU64,
+    flows_evicted: AtomicU64,
     flows_active: AtomicU64,
     icmp_echo_replies: AtomicU64,
     handed_off: AtomicU64,
@@ -186,6 +191,7 @@ impl WorkerStats {
             .store(c.kernel_packets, Ordering::Relaxed);
         self.flows_created.store(c.flows_created, Ordering::Relaxed);
         self.flows_expired.store(c.flows_expired, Ordering::Relaxed);
+        self.flows_evicted.store(c.flows_evicted, Ordering::Relaxed);
         self.flows_active.store(c.flows_active, Ordering::Relaxed);
         self.icmp_echo_replies
             .store(c.icmp_echo_replies, Ordering::Relaxed);
@@ -209,6 +215,7 @@ impl WorkerStats {
             kernel_packets: self.kernel_packets.load(Ordering::Relaxed),
             flows_created: self.flows_created.load(Ordering::Relaxed),
             flows_expired: self.flows_expired.load(Ordering::Relaxed),
+            flows_evicted: self.flows_evicted.load(Ordering::Relaxed),
             flows_active: self.flows_active.load(Ordering::Relaxed),
             icmp_echo_replies: self.icmp_echo_replies.load(Ordering::Relaxed),
             handed_off: self.handed_off.load(Ordering::Relaxed),

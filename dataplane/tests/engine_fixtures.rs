@@ -263,17 +263,26 @@ fn a_packet_to_no_service_is_dropped_and_counted() {
 }
 
 #[test]
-fn a_full_connection_table_refuses_the_next_flow_and_counts_it() {
+fn a_connection_table_full_of_established_flows_refuses_the_next_flow_and_counts_it() {
     let mut fx = Fixture::new()
         .capacity(2)
         .service(Proto::Tcp, &[1])
         .next_hop(1);
     for port in 0..3u16 {
-        let mut f = hex(SYN_IN);
-        f[34..36].copy_from_slice(&(41000 + port).to_be_bytes());
-        fx.run(&mut f, LB0_IF);
+        let port = (41000 + port).to_be_bytes();
+        let mut syn = hex(SYN_IN);
+        syn[34..36].copy_from_slice(&port);
+        fx.run(&mut syn, LB0_IF);
+        let mut syn_ack = hex(REPLY_IN);
+        syn_ack[36..38].copy_from_slice(&port);
+        fx.run(&mut syn_ack, LB1_IF);
+        let mut ack = hex(SYN_IN);
+        ack[34..36].copy_from_slice(&port);
+        ack[14 + 20 + 13] = 0x10;
+        fx.run(&mut ack, LB0_IF);
     }
     assert_eq!(fx.engine.counters.dropped(DropReason::ConntrackFull), 1);
+    assert_eq!(fx.engine.counters.flows_evicted, 0);
     assert_eq!(fx.engine.conntrack().len(), 2);
 }
 
@@ -460,17 +469,28 @@ fn snat_ports_run_out_cleanly_and_come_back_when_flows_end() {
         .service(Proto::Tcp, &[1])
         .mode(NatMode::FullNat)
         .next_hop(1);
+    // Established flows keep their ports (embryonic ones would give theirs up).
     for port in 0..3u16 {
         let mut f = hex(SYN_IN);
         f[34..36].copy_from_slice(&(41000 + port).to_be_bytes());
-        fx.run(&mut f, LB0_IF);
+        if fx.run(&mut f, LB0_IF) != (Verdict::Transmit { ifindex: LB1_IF }) {
+            continue;
+        }
+        let mut syn_ack = hex(FULLNAT_REPLY_IN);
+        syn_ack[36..38].copy_from_slice(&(SNAT_FIRST + port).to_be_bytes());
+        fx.run(&mut syn_ack, LB1_IF);
+        let mut ack = hex(SYN_IN);
+        ack[34..36].copy_from_slice(&(41000 + port).to_be_bytes());
+        ack[14 + 20 + 13] = 0x10;
+        fx.run(&mut ack, LB0_IF);
     }
     assert_eq!(
         fx.engine.counters.dropped(DropReason::SnatPortsExhausted),
         1
     );
+    assert_eq!(fx.engine.counters.flows_evicted, 0);
     assert_eq!(fx.engine.conntrack().len(), 2);
-    fx.now += oxlb_dataplane::engine::NEW_FLOW_TIMEOUT_MS + 1;
+    fx.now += 1800 * 1000 + 1;
     fx.engine.sweep(fx.now, 1024, &fx.snap);
     assert_eq!(fx.engine.free_snat_ports(VIP, Proto::Tcp), 2);
     let mut f = hex(SYN_IN);
@@ -688,6 +708,15 @@ fn a_copied_flow_shows_its_tuples_state_and_counters_per_direction() {
     let mut reply = hex(REPLY_IN);
     fx.run(&mut reply, LB1_IF);
     let (flows, _) = fx.engine.flows(fx.now, 16);
+    assert_eq!(
+        flows[0].state,
+        FlowState::New,
+        "SYN-ACK: handshake not done"
+    );
+    let mut ack = hex(SYN_IN);
+    ack[14 + 20 + 13] = 0x10;
+    fx.run(&mut ack, LB0_IF);
+    let (flows, _) = fx.engine.flows(fx.now, 16);
     let f = flows[0];
     assert_eq!(f.original.src, Ipv4Addr::new(198, 18, 0, 2));
     assert_eq!((f.original.src_port, f.original.dst), (40000, VIP));
@@ -697,8 +726,8 @@ fn a_copied_flow_shows_its_tuples_state_and_counters_per_direction() {
     assert_eq!(f.service.vip, VIP);
     assert_eq!((f.mode, f.snat), (NatMode::Dnat, None));
     assert_eq!(f.state, FlowState::Established);
-    assert_eq!(f.packets, [1, 1]);
-    assert_eq!(f.bytes, [40, 40]);
+    assert_eq!(f.packets, [2, 1]);
+    assert_eq!(f.bytes, [80, 40]);
     assert!(fx
         .engine
         .flows(

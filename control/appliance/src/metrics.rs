@@ -74,6 +74,13 @@ pub fn render(s: &Sample<'_>) -> String {
     );
     family(
         &mut out,
+        "oxlb_flows_evicted_total",
+        "counter",
+        "Flows never established (TCP handshake incomplete, UDP unanswered) evicted from a full connection table for a new flow.",
+        &per_worker(w, |c| c.flows_evicted),
+    );
+    family(
+        &mut out,
         "oxlb_flows_active",
         "gauge",
         "Flows in the connection tables.",
@@ -166,6 +173,7 @@ mod tests {
     fn every_drop_reason_is_a_labelled_sample_of_every_worker() {
         let mut c = Counters {
             rx_packets: 7,
+            flows_evicted: 3,
             ..Counters::default()
         };
         c.drop(DropReason::TcpNotSyn);
@@ -183,6 +191,8 @@ mod tests {
             "{page}"
         );
         assert!(page.contains("oxlb_drops_total{worker=\"0\",reason=\"tcp_not_syn\"} 1\n"));
+        assert!(page.contains("oxlb_flows_evicted_total{worker=\"0\"} 3\n"));
+        assert!(page.contains("oxlb_flows_evicted_total{worker=\"1\"} 0\n"));
         assert_eq!(
             page.matches("oxlb_drops_total{").count(),
             2 * DropReason::COUNT,

@@ -2,7 +2,8 @@
 //! and the small clients the end-to-end tests need (one UDP request, a loop of TCP connections).
 //!
 //! std only and thread-per-connection on purpose: it runs inside throwaway network namespaces,
-//! must start instantly and must not be the thing a test ends up debugging.
+//! must start instantly and must not be the thing a test ends up debugging. The one exception
+//! is the raw socket `syn-flood` needs (module `raw`, socket2): std has no raw sockets.
 #![forbid(unsafe_code)]
 
 #[allow(
@@ -14,7 +15,7 @@ mod blob;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -22,7 +23,9 @@ use std::time::{Duration, Instant};
 const USAGE: &str = "usage:
   oxlb-testpeer serve --name NAME [--port 8080] [--bind 0.0.0.0] [--verbose]
   oxlb-testpeer udp-request ADDR:PORT PAYLOAD [--timeout-ms 2000]
-  oxlb-testpeer tcp-loop ADDR:PORT --count N [--timeout-ms 2000] [--deadline-ms 120000]";
+  oxlb-testpeer tcp-loop ADDR:PORT --count N [--timeout-ms 2000] [--deadline-ms 120000]
+  oxlb-testpeer syn-flood ADDR:PORT --count N [--rate 20000] [--ports 1024-32767] [--seed 1]
+                [--deadline-ms 20000]   (ADDR in 198.18.0.0/15 only; needs CAP_NET_RAW)";
 
 /// Largest blob served; a typo in a test must not make a backend stream for minutes.
 const MAX_BLOB: usize = 1 << 30;
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
         Some("serve") => serve(&args[1..]),
         Some("udp-request") => udp_request(&args[1..]),
         Some("tcp-loop") => tcp_loop(&args[1..]),
+        Some("syn-flood") => syn_flood(&args[1..]),
         _ => Err(USAGE.to_string()),
     };
     match result {
@@ -355,4 +359,154 @@ fn json_string(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// syn-flood
+
+/// Bounds whatever the arguments say: this is a test tool, a typo must not flood for long.
+const MAX_FLOOD_SYNS: u64 = 1_000_000;
+const MAX_FLOOD_TIME: Duration = Duration::from_secs(60);
+/// How long a full socket buffer (ENOBUFS) may hold up one SYN before it is given up.
+const FLOOD_SEND_RETRY: Duration = Duration::from_millis(100);
+
+/// Sends `--count` TCP SYNs from random source ports (and sequence numbers) of this host's
+/// address toward ADDR:PORT, paced at `--rate` per second, through a raw socket. Nothing
+/// answers them: the kernel of this host resets whatever SYN-ACK comes back, as it has no
+/// such connection. Prints `sent=N failed=M`.
+fn syn_flood(args: &[String]) -> Result<ExitCode, String> {
+    let args = Args::parse(args)?;
+    let SocketAddr::V4(target) = args.addr(0)? else {
+        return Err("syn-flood: IPv4 targets only".into());
+    };
+    // RFC 2544's benchmarking range, which the test topologies use and nothing else routes.
+    if u32::from(*target.ip()) & 0xfffe_0000 != u32::from(Ipv4Addr::new(198, 18, 0, 0)) {
+        return Err(format!(
+            "syn-flood: {target} is outside 198.18.0.0/15, the test network"
+        ));
+    }
+    let count: u64 = args.get("count", None)?;
+    if count > MAX_FLOOD_SYNS {
+        return Err(format!(
+            "syn-flood: --count {count} exceeds {MAX_FLOOD_SYNS}"
+        ));
+    }
+    let rate: u64 = args.get("rate", Some(20_000))?;
+    if rate == 0 {
+        return Err("syn-flood: --rate must be at least 1".into());
+    }
+    let ports: String = args.get("ports", Some("1024-32767".to_string()))?;
+    let (first, last) = ports
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
+        .filter(|(a, b)| 0 < *a && a <= b)
+        .ok_or(format!("syn-flood: --ports {ports:?} is not FIRST-LAST"))?;
+    let mut rng: u64 = args.get::<u64>("seed", Some(1))?.max(1);
+    let deadline =
+        Duration::from_millis(args.get("deadline-ms", Some(20_000))?).min(MAX_FLOOD_TIME);
+
+    // The source address the kernel picks toward the target (a connected UDP socket knows it).
+    let probe = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("udp bind: {e}"))?;
+    probe
+        .connect(target)
+        .map_err(|e| format!("no route to {target}: {e}"))?;
+    let IpAddr::V4(source) = probe.local_addr().map_err(|e| e.to_string())?.ip() else {
+        return Err("syn-flood: no IPv4 source address".into());
+    };
+    let sock =
+        raw::TcpSender::open().map_err(|e| format!("raw socket (needs CAP_NET_RAW): {e}"))?;
+
+    let start = Instant::now();
+    let (mut sent, mut failed) = (0u64, 0u64);
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for i in 0..count {
+        // Paced against the start, so a slow send does not lower the average rate.
+        let due = Duration::from_secs_f64(i as f64 / rate as f64);
+        let now = start.elapsed();
+        if now >= deadline {
+            failed += count - i;
+            break;
+        }
+        if due > now {
+            thread::sleep(due - now);
+        }
+        let r = next();
+        let port = first + (r % (u64::from(last - first) + 1)) as u16;
+        let segment = syn_segment(source, port, *target.ip(), target.port(), (r >> 32) as u32);
+        let retry_until = Instant::now() + FLOOD_SEND_RETRY;
+        loop {
+            match sock.send_to(&segment, *target.ip()) {
+                Ok(()) => {
+                    sent += 1;
+                    break;
+                }
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ENOBUFS) && Instant::now() < retry_until =>
+                {
+                    thread::sleep(Duration::from_micros(200));
+                }
+                Err(_) => {
+                    failed += 1;
+                    break;
+                }
+            }
+        }
+    }
+    println!("sent={sent} failed={failed}");
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A 20-byte TCP header with only SYN set and its checksum complete.
+fn syn_segment(src: Ipv4Addr, src_port: u16, dst: Ipv4Addr, dst_port: u16, seq: u32) -> [u8; 20] {
+    let mut t = [0u8; 20];
+    t[0..2].copy_from_slice(&src_port.to_be_bytes());
+    t[2..4].copy_from_slice(&dst_port.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = 0x02;
+    t[14..16].copy_from_slice(&64_240u16.to_be_bytes());
+    let mut sum: u32 = 6 + t.len() as u32;
+    for word in src
+        .octets()
+        .chunks(2)
+        .chain(dst.octets().chunks(2))
+        .chain(t.chunks(2))
+    {
+        sum += u32::from(u16::from_be_bytes([word[0], word[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    t[16..18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    t
+}
+
+/// The raw socket `syn-flood` sends through: the kernel writes the IP header, we the TCP one.
+mod raw {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    use std::io;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    /// A raw IPv4 socket for TCP segments: the kernel adds the IP header.
+    pub struct TcpSender(Socket);
+
+    impl TcpSender {
+        pub fn open() -> io::Result<TcpSender> {
+            Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP)).map(TcpSender)
+        }
+
+        pub fn send_to(&self, segment: &[u8], dst: Ipv4Addr) -> io::Result<()> {
+            let addr = SockAddr::from(SocketAddrV4::new(dst, 0));
+            self.0.send_to(segment, &addr).map(|_| ())
+        }
+    }
 }
