@@ -9,6 +9,7 @@ use crate::conntrack::{
     ClientL2, Conntrack, Direction, Flow, FlowInfo, FlowKey, FlowState, InsertError, NewFlow,
     Phase, Removal,
 };
+use crate::icmp_error::{self, Quote, Translation};
 use crate::nat::{complete_checksum_v4, rewrite_v4, Rewrite};
 use crate::ports::PortPools;
 use crate::select::{EndpointKey, FlowTuple, SelectorState, SharedSelection};
@@ -41,6 +42,12 @@ pub enum Verdict {
     Transmit {
         ifindex: u32,
     },
+    /// Send the first `len` bytes of the frame out of this interface: the engine built a
+    /// shorter packet in its place (an ICMP error).
+    TransmitShort {
+        ifindex: u32,
+        len: usize,
+    },
     /// The next hop's MAC is unknown: hand the IP packet (the frame minus its Ethernet header)
     /// to the kernel, which resolves the neighbour and queues the packet meanwhile.
     Kernel,
@@ -55,6 +62,7 @@ struct PacketRepr {
     eth_src: [u8; 6],
     eth_dst: [u8; 6],
     ip_len: usize,
+    dont_fragment: bool,
 }
 
 /// What an engine is given at start and keeps for its life.
@@ -204,6 +212,9 @@ impl Engine {
         now_ms: u64,
     ) -> Result<Verdict, DropReason> {
         if is_icmp_v4(frame) {
+            if let Some(quote) = icmp_error::quote(&frame[ethernet::HEADER_LEN..]) {
+                return self.translate_icmp_error(frame, &quote, snap, now_ms);
+            }
             return self.answer_echo(frame, ingress_ifindex, snap);
         }
         let pkt = parse(frame)?;
@@ -247,6 +258,18 @@ impl Engine {
             flow.snat(),
             flow.original(),
         );
+
+        // The egress link must take the packet as it is (no rewrite changes its length);
+        // checked before rewriting, so an error quotes the packet as its sender sent it.
+        let egress = match dir {
+            Direction::Original => snap.next_hops.get(&endpoint.addr).map(|nh| nh.ifindex),
+            Direction::Reply => Some(client.ifindex),
+        };
+        if let Some(&mtu) = egress.and_then(|ifindex| snap.link_mtus.get(&ifindex)) {
+            if pkt.ip_len > usize::from(mtu) {
+                return self.too_big(frame, &pkt, service.vip, mtu, ingress_ifindex);
+            }
+        }
 
         let ip_buf = &mut frame[ethernet::HEADER_LEN..];
         let proto = pkt.key.proto;
@@ -299,6 +322,83 @@ impl Engine {
                 })
             }
         }
+    }
+
+    /// A packet bigger than its egress link: with DF, its sender gets "fragmentation
+    /// needed" from `from` (the VIP, the address it talks to) back where it came from, and
+    /// lowers its path MTU; without DF it would need fragmenting, which is not done here.
+    fn too_big(
+        &mut self,
+        frame: &mut [u8],
+        pkt: &PacketRepr,
+        from: std::net::Ipv4Addr,
+        mtu: u16,
+        ingress_ifindex: u32,
+    ) -> Result<Verdict, DropReason> {
+        if !pkt.dont_fragment {
+            return Err(DropReason::TooBigToForward);
+        }
+        let len = icmp_error::frag_needed_in_place(frame, from, mtu).map_err(wire_drop)?;
+        self.counters.frag_needed_sent += 1;
+        Ok(Verdict::TransmitShort {
+            ifindex: ingress_ifindex,
+            len,
+        })
+    }
+
+    /// An ICMP error quoting a packet of one of our flows, rewritten like the flow's own
+    /// packets (see `icmp_error`): toward the client as from the VIP when it is about a
+    /// request we forwarded, toward the endpoint when it is about a reply. An error about no
+    /// flow of ours concerns the host's own connections: the kernel's.
+    fn translate_icmp_error(
+        &mut self,
+        frame: &mut [u8],
+        quote: &Quote,
+        snap: &Snapshot,
+        now_ms: u64,
+    ) -> Result<Verdict, DropReason> {
+        let Some((slot, dir)) = self.conntrack.lookup(&quote.key, now_ms) else {
+            return Ok(Verdict::Kernel);
+        };
+        let flow = self.conntrack.flow(slot);
+        let (endpoint, service, client, snat, original) = (
+            flow.endpoint(),
+            flow.service(),
+            flow.client(),
+            flow.snat(),
+            flow.original(),
+        );
+        let ip_buf = &mut frame[ethernet::HEADER_LEN..];
+        let (dst_mac, src_mac, ifindex) = match dir {
+            Direction::Reply => {
+                let t = Translation {
+                    outer_src: Some(service.vip),
+                    outer_dst: original.src,
+                    quoted_src: (original.src, original.src_port),
+                    quoted_dst: (service.vip, service.port),
+                };
+                icmp_error::translate(ip_buf, quote, &t).map_err(wire_drop)?;
+                (client.peer_mac, client.own_mac, client.ifindex)
+            }
+            Direction::Original => {
+                let t = Translation {
+                    outer_src: None,
+                    outer_dst: endpoint.addr,
+                    quoted_src: (endpoint.addr, endpoint.port),
+                    quoted_dst: snat.unwrap_or((original.src, original.src_port)),
+                };
+                icmp_error::translate(ip_buf, quote, &t).map_err(wire_drop)?;
+                let Some(nh) = snap.next_hops.get(&endpoint.addr) else {
+                    return Ok(Verdict::Kernel);
+                };
+                (nh.dst_mac, nh.src_mac, nh.ifindex)
+            }
+        };
+        let mut eth = ethernet::Frame::new_checked(&mut *frame).map_err(wire_drop)?;
+        eth.set_dst(dst_mac);
+        eth.set_src(src_mac);
+        self.counters.icmp_errors_translated += 1;
+        Ok(Verdict::Transmit { ifindex })
     }
 
     fn new_flow(
@@ -608,5 +708,6 @@ fn parse(frame: &[u8]) -> Result<PacketRepr, DropReason> {
         eth_src: eth.src(),
         eth_dst: eth.dst(),
         ip_len: ip.total_len(),
+        dont_fragment: ip.dont_fragment(),
     })
 }

@@ -157,6 +157,10 @@ pub fn l4_checksum_ok(ip_buf: &[u8]) -> bool {
         return false;
     };
     let l4 = &ip_buf[ip.header_len()..ip.total_len()];
-    let pseudo = pseudo_header_v4(ip.src(), ip.dst(), ip.protocol(), l4.len());
+    // ICMP's checksum covers its message only; TCP's and UDP's also the pseudo-header.
+    let pseudo = match ip.protocol() {
+        ipv4::PROTO_ICMP => 0,
+        p => pseudo_header_v4(ip.src(), ip.dst(), p, l4.len()),
+    };
     checksum::fold(pseudo + checksum::sum(l4)) == 0xffff
 }

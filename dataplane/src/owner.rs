@@ -12,6 +12,7 @@
 //! A packet received elsewhere is handed to its owner (see `handoff`), so connection state,
 //! port pools and selection state stay single-threaded.
 
+use crate::icmp_error;
 use crate::ports;
 use crate::snapshot::{PortRange, Proto, ServiceKey, Snapshot};
 use crate::wire::{ethernet, ipv4};
@@ -39,14 +40,19 @@ impl Ownership {
         self.workers
     }
 
-    /// The worker that owns the flow of `frame`, or `None` when any worker may handle it where
-    /// it arrived: a single worker, ICMP echo (answered without state), or a frame that does
-    /// not parse (dropped and counted by whoever sees it).
+    /// The worker that owns the flow of `frame` (for an ICMP error, of the packet it quotes),
+    /// or `None` when any worker may handle it where it arrived: a single worker, ICMP echo
+    /// (answered without state), or a frame that does not parse (dropped and counted by
+    /// whoever sees it).
     pub fn owner(&self, frame: &[u8], snap: &Snapshot) -> Option<usize> {
         if self.workers == 1 {
             return None;
         }
-        let (src, dst, proto, src_port, dst_port) = ports_of(frame)?;
+        let (src, dst, proto, src_port, dst_port) = ports_of(frame).or_else(|| {
+            // An ICMP error belongs to the flow it quotes, travelling the way it does.
+            let q = icmp_error::quote(frame.get(ethernet::HEADER_LEN..)?)?.key;
+            Some((q.src, q.dst, q.proto, q.src_port, q.dst_port))
+        })?;
         let service = ServiceKey {
             vip: dst,
             port: dst_port,
@@ -191,6 +197,26 @@ mod tests {
         for port in range.first..range.first + 64 {
             let req = own.owner(&frame(client, port, VIP, 2020), &snap);
             assert_eq!(req, own.owner(&frame(BACKEND, 8080, client, port), &snap));
+        }
+    }
+
+    #[test]
+    fn an_icmp_error_belongs_to_the_owner_of_the_flow_it_quotes() {
+        let own = Ownership::new(4, PortRange::default(), 0xfeed);
+        let snap = snapshot();
+        let client = Ipv4Addr::new(198, 18, 0, 2);
+        for port in 30000..30100u16 {
+            // Port unreachable from the endpoint, quoting the request as we forwarded it.
+            let forwarded = frame(client, port, BACKEND, 8080);
+            let mut err = frame(BACKEND, 0, client, 0);
+            err[23] = 1;
+            err.truncate(14 + 20);
+            err.extend_from_slice(&[3, 3, 0, 0, 0, 0, 0, 0]);
+            err.extend_from_slice(&forwarded[14..]);
+            let total = (err.len() - 14) as u16;
+            err[16..18].copy_from_slice(&total.to_be_bytes());
+            let request = own.owner(&frame(client, port, VIP, 2020), &snap);
+            assert_eq!(own.owner(&err, &snap), request, "client port {port}");
         }
     }
 

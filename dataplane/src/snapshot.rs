@@ -177,6 +177,10 @@ pub struct Snapshot {
     /// Our own address on the route toward each endpoint (one-arm's source), known as soon as
     /// the route is, even before the neighbour's MAC.
     pub sources: HashMap<Ipv4Addr, Ipv4Addr>,
+    /// The IP MTU of each interface frames may leave by, by ifindex. A packet bigger than its
+    /// egress interface's MTU with DF set earns its sender an ICMP "fragmentation needed";
+    /// a missing entry is not checked.
+    pub link_mtus: HashMap<u32, u16>,
     /// The distinct values of `sources`: our own addresses toward the endpoints. An endpoint's
     /// packet to one of them without a flow is the host's own connection (a health probe).
     pub own_addrs: hashbrown::HashSet<Ipv4Addr>,

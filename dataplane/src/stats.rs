@@ -53,10 +53,13 @@ pub enum DropReason {
     HandoffRingFull,
     /// A frame handed over by another worker found no free frame in this worker's pool.
     NoFreeFrame,
+    /// Bigger than the egress interface's MTU without DF: it would need fragmenting, which
+    /// the workers do not do (senders on the paths oxlb serves set DF: PMTU discovery).
+    TooBigToForward,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 20] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::NotIpv4,
@@ -77,6 +80,7 @@ impl DropReason {
         DropReason::ServiceBlocked,
         DropReason::HandoffRingFull,
         DropReason::NoFreeFrame,
+        DropReason::TooBigToForward,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -103,6 +107,7 @@ impl DropReason {
             DropReason::ServiceBlocked => "service_blocked",
             DropReason::HandoffRingFull => "handoff_ring_full",
             DropReason::NoFreeFrame => "no_free_frame",
+            DropReason::TooBigToForward => "too_big_to_forward",
         }
     }
 }
@@ -125,6 +130,10 @@ pub struct Counters {
     /// Frames received here and passed to the worker that owns their flow (counted in that
     /// worker's `rx_packets`, not in this one's).
     pub handed_off: u64,
+    /// ICMP errors about our flows rewritten for the host they concern.
+    pub icmp_errors_translated: u64,
+    /// "Fragmentation needed" sent to senders of packets too big for their egress link.
+    pub frag_needed_sent: u64,
     pub drops: [u64; DropReason::COUNT],
     /// What the kernel dropped at this worker's sockets (read about once a second).
     pub sockets: SocketStats,
@@ -154,6 +163,8 @@ impl Counters {
         self.flows_active += o.flows_active;
         self.icmp_echo_replies += o.icmp_echo_replies;
         self.handed_off += o.handed_off;
+        self.icmp_errors_translated += o.icmp_errors_translated;
+        self.frag_needed_sent += o.frag_needed_sent;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }
@@ -176,6 +187,8 @@ pub struct WorkerStats {
     flows_active: AtomicU64,
     icmp_echo_replies: AtomicU64,
     handed_off: AtomicU64,
+    icmp_errors_translated: AtomicU64,
+    frag_needed_sent: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
     /// Written once a second at most, so a lock costs nothing that matters.
     sockets: Mutex<SocketStats>,
@@ -196,6 +209,10 @@ impl WorkerStats {
         self.icmp_echo_replies
             .store(c.icmp_echo_replies, Ordering::Relaxed);
         self.handed_off.store(c.handed_off, Ordering::Relaxed);
+        self.icmp_errors_translated
+            .store(c.icmp_errors_translated, Ordering::Relaxed);
+        self.frag_needed_sent
+            .store(c.frag_needed_sent, Ordering::Relaxed);
         for (a, v) in self.drops.iter().zip(c.drops.iter()) {
             a.store(*v, Ordering::Relaxed);
         }
@@ -219,6 +236,8 @@ impl WorkerStats {
             flows_active: self.flows_active.load(Ordering::Relaxed),
             icmp_echo_replies: self.icmp_echo_replies.load(Ordering::Relaxed),
             handed_off: self.handed_off.load(Ordering::Relaxed),
+            icmp_errors_translated: self.icmp_errors_translated.load(Ordering::Relaxed),
+            frag_needed_sent: self.frag_needed_sent.load(Ordering::Relaxed),
             drops,
             sockets: self.sockets.lock().map(|s| *s).unwrap_or_default(),
         }

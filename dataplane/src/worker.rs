@@ -50,6 +50,12 @@ const IDLE_WAIT: Duration = Duration::from_millis(10);
 /// Frames from other workers processed per loop iteration, about one RX batch per socket: the
 /// worker's own sockets are not starved by a busy neighbour, nor the neighbour by them.
 const HANDOFF_BUDGET: usize = 128;
+/// How long a stopping worker keeps pushing out frames already decided for transmission
+/// before its sockets close; a ring the kernel does not drain in that time is abandoned (and
+/// the frames counted as tx_ring_full) so that a stop never hangs on a stuck interface.
+pub(crate) const TX_DRAIN: Duration = Duration::from_millis(200);
+/// Pause between drain rounds: the kernel sends on a kick, there is nothing to spin for.
+const TX_DRAIN_PAUSE: Duration = Duration::from_millis(1);
 
 pub(crate) struct Worker {
     pub sockets: WorkerSockets,
@@ -150,6 +156,34 @@ impl Worker {
                 self.inbox.woke();
             }
         }
+        self.drain_tx();
+    }
+
+    /// Sends what is pending TX, kicking the kernel, for at most [`TX_DRAIN`]: packets of live
+    /// connections already rewritten for their endpoint leave instead of dying with the socket.
+    fn drain_tx(&mut self) {
+        let deadline = Instant::now() + TX_DRAIN;
+        let mut settled = 0;
+        // `flush` kicks until the TX ring is empty or its kick budget is spent; with nothing
+        // pending a second round only kicks, for frames still in the ring after the first.
+        while settled < 2 {
+            let pending = self.sockets.flush();
+            self.sockets.reap();
+            settled = if pending == 0 { settled + 1 } else { 0 };
+            if settled < 2 {
+                if Instant::now() >= deadline {
+                    let shed = self.sockets.shed_pending(0);
+                    self.engine.counters.drops[DropReason::TxRingFull as usize] += shed as u64;
+                    log::warn!(
+                        "worker {}: {shed} frame(s) still pending TX after {TX_DRAIN:?}; dropped at stop",
+                        self.index
+                    );
+                    break;
+                }
+                std::thread::sleep(TX_DRAIN_PAUSE);
+            }
+        }
+        self.stats.publish(&self.engine.counters);
     }
 }
 
@@ -164,24 +198,29 @@ fn decide(
     ingress: u32,
     frame: &mut [u8],
 ) -> Disposition {
-    match engine.process(frame, ingress, snap, now) {
-        Verdict::Transmit { ifindex } => match egress.iter().find(|(ix, _)| *ix == ifindex) {
-            Some((_, port)) => {
-                engine.counters.tx_packets += 1;
-                Disposition::Transmit(*port)
-            }
-            // An interface with fewer queues than others has no socket for this worker's
-            // queue: the kernel sends the (already rewritten) packet instead.
-            None => {
-                hand_to_kernel(kernel, frame, engine);
-                Disposition::Recycle
-            }
-        },
+    let (ifindex, trimmed) = match engine.process(frame, ingress, snap, now) {
+        Verdict::Transmit { ifindex } => (ifindex, None),
+        Verdict::TransmitShort { ifindex, len } => (ifindex, Some(len)),
         Verdict::Kernel => {
+            hand_to_kernel(kernel, frame, engine);
+            return Disposition::Recycle;
+        }
+        Verdict::Drop(_) => return Disposition::Recycle,
+    };
+    match egress.iter().find(|(ix, _)| *ix == ifindex) {
+        Some((_, port)) => {
+            engine.counters.tx_packets += 1;
+            match trimmed {
+                Some(len) => Disposition::TransmitFirst(*port, len),
+                None => Disposition::Transmit(*port),
+            }
+        }
+        // An interface with fewer queues than others has no socket for this worker's queue:
+        // the kernel sends the (already rewritten) packet instead.
+        None => {
             hand_to_kernel(kernel, frame, engine);
             Disposition::Recycle
         }
-        Verdict::Drop(_) => Disposition::Recycle,
     }
 }
 

@@ -62,6 +62,8 @@ pub struct SocketStats {
 pub enum Disposition {
     /// Send it out of socket number `n` of this worker (same queue, other or same interface).
     Transmit(usize),
+    /// Send its first `len` bytes out of socket number `n`: the frame was rewritten shorter.
+    TransmitFirst(usize, usize),
     /// Done with it (dropped, or copied elsewhere): the frame goes back to the pool.
     Recycle,
 }
@@ -237,12 +239,8 @@ impl WorkerSockets {
             // SAFETY: `desc` was just received: the kernel is done with the frame and no other
             // descriptor refers to it (see the module invariant).
             let mut data = unsafe { self.umem.data_mut(&mut desc) };
-            match decide(ingress, data.contents_mut()) {
-                Disposition::Transmit(out) if out < self.ports.len() => {
-                    self.ports[out].pending_tx.push(desc)
-                }
-                _ => self.free.push(desc),
-            }
+            let disposition = decide(ingress, data.contents_mut());
+            self.dispose(desc, disposition);
         }
         if n > 0 {
             self.refill(i, n);
@@ -274,13 +272,29 @@ impl WorkerSockets {
             self.free.push(desc);
             return false;
         }
-        match decide(ingress, data.contents_mut()) {
+        let disposition = decide(ingress, data.contents_mut());
+        self.dispose(desc, disposition);
+        true
+    }
+
+    /// Queues a decided frame for TX (trimmed first if asked) or returns it to the pool.
+    fn dispose(&mut self, mut desc: FrameDesc, disposition: Disposition) {
+        match disposition {
             Disposition::Transmit(out) if out < self.ports.len() => {
+                self.ports[out].pending_tx.push(desc)
+            }
+            Disposition::TransmitFirst(out, len) if out < self.ports.len() => {
+                // SAFETY: the frame was received or filled by this worker and is referenced
+                // by no ring; the view ends before the descriptor is queued.
+                let mut data = unsafe { self.umem.data_mut(&mut desc) };
+                let mut cursor = data.cursor();
+                if len <= cursor.pos() {
+                    cursor.set_pos(len);
+                }
                 self.ports[out].pending_tx.push(desc)
             }
             _ => self.free.push(desc),
         }
-        true
     }
 
     /// Produces pending frames on every TX ring and kicks the kernel (copy mode transmits only

@@ -737,3 +737,82 @@ fn a_copied_flow_shows_its_tuples_state_and_counters_per_direction() {
         .0
         .is_empty());
 }
+
+// ICMP errors (scapy): a port unreachable from backend 1 about the forwarded UDP_OUT, and what
+// the client must get; a fragmentation needed (MTU 1300) from a client-side router about
+// REPLY_OUT, and what backend 1 must get; a 1500-byte UDP datagram with DF and the
+// fragmentation needed (MTU 1400) the engine must answer it with.
+const UNREACH_IN: &str = "0200000001fe02000000010108004500003c004d00004001cf4cc6121f01c61200020303a8420000000045000020000300004011cfa2c6120002c6121f01c3501f90000c92fc70696e67";
+const UNREACH_OUT: &str = "02000000000202000000000108004500003c004d000040018a4cc6126401c61200020303ed4200000000450000200003000040118aa2c6120002c6126401c35007e4000c65a870696e67";
+const REPLY_FRAG_IN: &str = "020000000001020000000002080045000038004e000040018953c61200fec61264010304309b00000514450000280007400040064aa1c6126401c612000207e49c4000002328";
+const REPLY_FRAG_OUT: &str = "0200000001010200000001fe080045000038004e00004001ce53c61200fec6121f01030418ef00000514450000280007400040068fa1c6121f01c61200021f909c4000002328";
+const BIG_HEAD: &str =
+    "0200000000010200000000020800450005dc00094000401144e0c6120002c6126401c35107e405c818e0";
+const BIG_OUT: &str = "020000000002020000000001080045c0003800000000400189ddc6126401c612000203040da600000578450005dc00094000401144e0c6120002c6126401c35107e405c818e0";
+
+#[test]
+fn a_port_unreachable_about_a_forwarded_datagram_reaches_the_client_from_the_vip() {
+    let mut fx = Fixture::new().service(Proto::Udp, &[1]).next_hop(1);
+    let mut req = hex(UDP_IN);
+    fx.run(&mut req, LB0_IF);
+    let mut err = hex(UNREACH_IN);
+    assert_eq!(
+        fx.run(&mut err, LB1_IF),
+        Verdict::Transmit { ifindex: LB0_IF }
+    );
+    assert_eq!(err, hex(UNREACH_OUT));
+    assert_eq!(fx.engine.counters.icmp_errors_translated, 1);
+}
+
+#[test]
+fn a_fragmentation_needed_about_a_reply_reaches_the_endpoint_quoting_its_own_segment() {
+    let mut fx = Fixture::new().service(Proto::Tcp, &[1]).next_hop(1);
+    fx.run(&mut hex(SYN_IN), LB0_IF);
+    fx.run(&mut hex(REPLY_IN), LB1_IF);
+    let mut err = hex(REPLY_FRAG_IN);
+    assert_eq!(
+        fx.run(&mut err, LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
+    assert_eq!(err, hex(REPLY_FRAG_OUT));
+}
+
+#[test]
+fn an_icmp_error_about_no_flow_of_ours_is_left_to_the_kernel() {
+    let mut fx = Fixture::new().service(Proto::Udp, &[1]).next_hop(1);
+    let mut err = hex(UNREACH_IN);
+    assert_eq!(fx.run(&mut err, LB1_IF), Verdict::Kernel);
+    assert_eq!(err, hex(UNREACH_IN), "left untouched");
+}
+
+#[test]
+fn a_packet_too_big_for_the_endpoints_link_earns_its_sender_a_fragmentation_needed() {
+    let mut fx = Fixture::new().service(Proto::Udp, &[1]).next_hop(1);
+    fx.snap.link_mtus.insert(LB1_IF, 1400);
+    let mut big = hex(BIG_HEAD);
+    big.resize(14 + 1500, b'z');
+    let verdict = fx.run(&mut big, LB0_IF);
+    let Verdict::TransmitShort { ifindex, len } = verdict else {
+        panic!("expected a short reply, got {verdict:?}");
+    };
+    assert_eq!(ifindex, LB0_IF);
+    assert_eq!(&big[..len], &hex(BIG_OUT)[..]);
+    assert_eq!(fx.engine.counters.frag_needed_sent, 1);
+
+    // Without DF the packet would need fragmenting: dropped and counted instead.
+    let mut big = hex(BIG_HEAD);
+    big.resize(14 + 1500, b'z');
+    big[20] = 0;
+    assert_eq!(
+        fx.run(&mut big, LB0_IF),
+        Verdict::Drop(DropReason::TooBigToForward)
+    );
+    // A packet that fits goes through.
+    fx.snap.link_mtus.insert(LB1_IF, 1500);
+    let mut big = hex(BIG_HEAD);
+    big.resize(14 + 1500, b'z');
+    assert_eq!(
+        fx.run(&mut big, LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
+}

@@ -137,8 +137,12 @@ fn damage(rng: &mut Rng, mut f: Vec<u8>) -> Vec<u8> {
 }
 
 fn check_verdict(v: Verdict, frame: &[u8], mode: NatMode) {
+    let frame = match v {
+        Verdict::TransmitShort { len, .. } => &frame[..len],
+        _ => frame,
+    };
     match v {
-        Verdict::Transmit { .. } | Verdict::Kernel => {
+        Verdict::Transmit { .. } | Verdict::TransmitShort { .. } | Verdict::Kernel => {
             let ip = &frame[14..];
             let ihl = usize::from(ip[0] & 0x0f) * 4;
             assert_eq!(

@@ -124,6 +124,11 @@ impl Inner {
     /// changed.
     fn resolve(&mut self, addrs: &BTreeSet<Ipv4Addr>) -> bool {
         let mut reach = Reachability::default();
+        match self.resolver.links() {
+            Ok(links) => reach.link_mtus = links.iter().map(|(&i, l)| (i, l.mtu)).collect(),
+            // Without MTUs nothing is checked against them; packets still flow.
+            Err(e) => log::warn!("could not read the interfaces' MTUs: {e}"),
+        }
         let mut unresolved = BTreeSet::new();
         for &a in addrs {
             match self.resolver.resolve(a) {

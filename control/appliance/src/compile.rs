@@ -17,6 +17,8 @@ pub struct Reachability {
     pub next_hops: HashMap<Ipv4Addr, NextHop>,
     /// Our own address on the route toward each endpoint (known before the MAC is).
     pub sources: HashMap<Ipv4Addr, Ipv4Addr>,
+    /// The IP MTU of every Ethernet interface, by ifindex.
+    pub link_mtus: HashMap<u32, u16>,
 }
 
 /// The keys the XDP program matches.
@@ -139,7 +141,10 @@ pub fn snapshot(
     reach: &Reachability,
     down: &Down,
 ) -> Result<Snapshot, String> {
-    let mut snap = Snapshot::default();
+    let mut snap = Snapshot {
+        link_mtus: reach.link_mtus.iter().map(|(&i, &m)| (i, m)).collect(),
+        ..Snapshot::default()
+    };
     for spec in state.services() {
         let svc = service(spec, down)?;
         for ep in &svc.endpoints {

@@ -100,6 +100,20 @@ pub fn render(s: &Sample<'_>) -> String {
         "Frames received by one worker and passed to the worker that owns their flow.",
         &per_worker(w, |c| c.handed_off),
     );
+    family(
+        &mut out,
+        "oxlb_icmp_errors_translated_total",
+        "counter",
+        "ICMP errors about load-balanced flows rewritten for the client or endpoint they concern.",
+        &per_worker(w, |c| c.icmp_errors_translated),
+    );
+    family(
+        &mut out,
+        "oxlb_frag_needed_sent_total",
+        "counter",
+        "ICMP fragmentation-needed sent to senders of packets too big for their egress link.",
+        &per_worker(w, |c| c.frag_needed_sent),
+    );
     let drops: Vec<(String, u64)> = w
         .iter()
         .enumerate()

@@ -68,6 +68,7 @@ const RTA_GATEWAY: u16 = 5;
 const RTA_VIA: u16 = 18;
 const RTA_PREFSRC: u16 = 7;
 const IFLA_ADDRESS: u16 = 1;
+const IFLA_MTU: u16 = 4;
 const ARPHRD_ETHER: u16 = 1;
 const NDA_LLADDR: u16 = 2;
 const NDA_FLAGS_EXT: u16 = 15;
@@ -354,28 +355,28 @@ impl NextHopResolver {
         }
     }
 
-    /// The interfaces' MACs by ifindex, from one RTM_GETLINK dump. Only Ethernet interfaces
+    /// The Ethernet interfaces by ifindex, from one RTM_GETLINK dump. Only Ethernet interfaces
     /// (link type ARPHRD_ETHER: physical NICs, veth, bond, bridge, VLAN, macvlan) are listed;
     /// others have no MAC the workers could write.
-    pub fn link_macs(&mut self) -> Result<HashMap<u32, [u8; 6]>, NextHopError> {
+    pub fn links(&mut self) -> Result<HashMap<u32, Link>, NextHopError> {
         let request = NetlinkRequest::LinkDump;
         for _ in 0..DUMP_ATTEMPTS {
-            let mut macs = HashMap::new();
+            let mut links = HashMap::new();
             let ending = self.exchange(
                 request,
                 RouteNetlinkMessage::GetLink(LinkMessage::default()),
                 NLM_F_REQUEST | NLM_F_DUMP,
                 |kind, payload| {
                     if kind == RTM_NEWLINK {
-                        if let Some((ifindex, mac)) = parse_link(request, payload)? {
-                            macs.insert(ifindex, mac);
+                        if let Some((ifindex, link)) = parse_link(request, payload)? {
+                            links.insert(ifindex, link);
                         }
                     }
                     Ok(())
                 },
             )?;
             match ending {
-                Ending::Complete { interrupted: false } => return Ok(macs),
+                Ending::Complete { interrupted: false } => return Ok(links),
                 Ending::Complete { interrupted: true } => continue,
                 Ending::Refused(refusal) => return Err(refusal.into_error(request)),
             }
@@ -435,7 +436,7 @@ impl NextHopResolver {
             NLM_F_REQUEST | NLM_F_ACK,
             |kind, payload| {
                 if kind == RTM_NEWLINK {
-                    answer = Some(parse_link(request, payload)?.map(|(_, mac)| mac));
+                    answer = Some(parse_link(request, payload)?.map(|(_, link)| link.mac));
                 }
                 Ok(())
             },
@@ -724,26 +725,40 @@ fn parse_route(
     }))
 }
 
-/// `(ifindex, MAC)` of an Ethernet link; None for any other link.
+/// An Ethernet interface as the workers need it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    pub mac: [u8; 6],
+    /// The IP MTU; frames leaving by this link may carry at most this many IP bytes.
+    pub mtu: u16,
+}
+
+/// `(ifindex, link)` of an Ethernet link; None for any other link or one without a MAC.
 fn parse_link(
     request: NetlinkRequest,
     payload: &[u8],
-) -> Result<Option<(u32, [u8; 6])>, NextHopError> {
+) -> Result<Option<(u32, Link)>, NextHopError> {
     let malformed = |detail: String| NextHopError::Malformed { request, detail };
     let link = LinkMessageBuffer::new_checked(payload)
         .map_err(|e| malformed(format!("bad link message: {e}")))?;
     if link.link_layer_type() != ARPHRD_ETHER {
         return Ok(None);
     }
+    let (mut mac, mut mtu) = (None, u16::MAX);
     for attribute in link.attributes() {
         let attribute = attribute.map_err(|e| malformed(format!("bad link attribute: {e}")))?;
-        if attribute.kind() == IFLA_ADDRESS {
-            return Ok(<[u8; 6]>::try_from(attribute.value())
-                .ok()
-                .map(|mac| (link.link_index(), mac)));
+        match attribute.kind() {
+            IFLA_ADDRESS => mac = <[u8; 6]>::try_from(attribute.value()).ok(),
+            IFLA_MTU => {
+                if let Ok(v) = <[u8; 4]>::try_from(attribute.value()) {
+                    // Jumbo MTUs beyond 65535 cannot be exceeded by an IPv4 packet anyway.
+                    mtu = u16::try_from(u32::from_ne_bytes(v)).unwrap_or(u16::MAX);
+                }
+            }
+            _ => {}
         }
     }
-    Ok(None)
+    Ok(mac.map(|mac| (link.link_index(), Link { mac, mtu })))
 }
 
 fn parse_neighbour(request: NetlinkRequest, payload: &[u8]) -> Result<Neighbour, NextHopError> {

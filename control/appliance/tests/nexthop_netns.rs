@@ -330,19 +330,22 @@ fn a_failed_neighbour_is_asked_again_on_the_next_resolve() {
 }
 
 #[test]
-fn link_macs_lists_the_namespaces_ethernet_interfaces_by_ifindex() {
+fn links_lists_the_namespaces_ethernet_interfaces_with_mac_and_mtu_by_ifindex() {
     let lab = Lab::new();
+    ip(&["-n", &lab.a, "link", "set", "va0", "mtu", "1400"]);
 
-    let macs = in_netns(&lab.a, || {
+    let links = in_netns(&lab.a, || {
         NextHopResolver::new()
             .expect("open the resolver")
-            .link_macs()
+            .links()
             .expect("dump links")
     });
 
     let va0 = lab.ifindex(&lab.a, "va0");
-    assert_eq!(macs.get(&va0), Some(&lab.mac(&lab.a, "va0")));
-    assert_eq!(macs.len(), 1, "lo is not Ethernet: {macs:?}");
+    let link = links.get(&va0).expect("va0 listed");
+    assert_eq!(link.mac, lab.mac(&lab.a, "va0"));
+    assert_eq!(link.mtu, 1400);
+    assert_eq!(links.len(), 1, "lo is not Ethernet: {links:?}");
 }
 
 #[test]

@@ -63,6 +63,7 @@ fuzz_target!(|data: &[u8]| {
         match engine.process(&mut frame, 2, snap, now) {
             Verdict::Drop(_) => assert_eq!(engine.counters.dropped_total(), before + 1),
             Verdict::Transmit { .. } | Verdict::Kernel => assert!(frame.len() >= 14 + 20 + 8),
+            Verdict::TransmitShort { len, .. } => assert!(len >= 14 + 20 + 8 && len <= frame.len()),
         }
         engine.sweep(now, 16, snap);
     }

@@ -70,6 +70,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
         get_u16(self.buf.as_ref(), FRAG) & 0x3fff != 0
     }
 
+    /// The DF bit: the sender wants an ICMP error rather than fragmentation.
+    pub fn dont_fragment(&self) -> bool {
+        get_u16(self.buf.as_ref(), FRAG) & 0x4000 != 0
+    }
+
     pub fn ttl(&self) -> u8 {
         self.buf.as_ref()[TTL]
     }
