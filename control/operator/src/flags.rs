@@ -3,6 +3,7 @@
 //! implement yet is refused at start with a message naming it, never silently ignored.
 
 use clap::Parser;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// Flags (see control/operator/README.md for each one's state).
 #[derive(Debug, Clone, Parser, PartialEq, Eq)]
@@ -50,6 +51,8 @@ pub struct Flags {
     pub ext_bgp_peers: String,
     #[arg(long = "enableBGPCRDs", num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub enable_bgp_crds: bool,
+    /// Elect one MASTER appliance, the others BACKUP; the value is the VIP sent with the roles
+    /// (`0.0.0.0` for none).
     #[arg(long = "setRoles", default_value = "")]
     pub set_roles: String,
     /// The zone named in rule names and status host names (`llb` by default).
@@ -57,8 +60,10 @@ pub struct Flags {
     pub zone: String,
     #[arg(long = "numZoneInstances", default_value_t = 1)]
     pub num_zone_instances: u32,
+    /// Appliance addresses (of --loxiURL) never elected MASTER, comma-separated.
     #[arg(long = "excludeRoleList", default_value = "")]
     pub exclude_role_list: String,
+    /// Attach and detach endpoints of existing rules instead of posting them whole.
     #[arg(long = "appendEPs", num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub append_eps: bool,
     /// Endpoints are pod addresses (instead of node addresses with the nodePort).
@@ -80,6 +85,11 @@ pub struct Flags {
     /// oxlb addition: seconds between full resyncs of every Service with every appliance.
     #[arg(long = "resyncPeriod", default_value_t = 60)]
     pub resync_period: u64,
+    /// oxlb addition: a file holding the appliances' API token, sent as
+    /// `Authorization: Bearer <token>` (kube-loxilb's per-appliance `ACCESS_TOKEN_<host>_<port>`
+    /// variable wins for its appliance).
+    #[arg(long = "apiTokenFile", default_value = "")]
+    pub api_token_file: String,
 }
 
 /// A flag given that oxlb-operator does not implement yet.
@@ -88,6 +98,19 @@ pub struct Flags {
 pub struct Refused {
     pub flag: &'static str,
     pub what: &'static str,
+}
+
+/// A flag value kube-loxilb refuses too.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadValue {
+    #[error(
+        "--setRoles {0:?} is not an IP address (the VIP sent with the roles; 0.0.0.0 for none)"
+    )]
+    SetRoles(String),
+    #[error("--excludeRoleList: {0:?} is not an IPv4 address")]
+    ExcludeRole(String),
+    #[error("--excludeRoleList has {0} addresses; at most 128 are allowed")]
+    TooManyExcluded(usize),
 }
 
 /// Turns Go-style `-name` / `-name=value` into `--name...`; leaves everything else.
@@ -112,7 +135,7 @@ pub fn go_style(args: impl IntoIterator<Item = String>) -> Vec<String> {
 impl Flags {
     /// The first flag given whose feature is missing, or `Ok`.
     pub fn check_implemented(&self) -> Result<(), Refused> {
-        let checks: [(bool, &'static str, &'static str); 17] = [
+        let checks: [(bool, &'static str, &'static str); 14] = [
             (
                 !self.config.is_empty(),
                 "config",
@@ -139,24 +162,9 @@ impl Flags {
             (!self.ext_bgp_peers.is_empty(), "extBGPPeers", "BGP"),
             (self.enable_bgp_crds, "enableBGPCRDs", "BGP CRDs"),
             (
-                !self.set_roles.is_empty(),
-                "setRoles",
-                "active/backup roles",
-            ),
-            (
                 self.num_zone_instances != 1,
                 "numZoneInstances",
                 "several zone instances; use 1",
-            ),
-            (
-                !self.exclude_role_list.is_empty(),
-                "excludeRoleList",
-                "active/backup roles",
-            ),
-            (
-                self.append_eps,
-                "appendEPs",
-                "attaching/detaching endpoints; the full set is sent",
             ),
             (
                 self.use_external_endpoint,
@@ -195,6 +203,35 @@ impl Flags {
             .split(',')
             .map(|u| u.trim().trim_end_matches('/').to_owned())
             .filter(|u| !u.is_empty())
+            .collect()
+    }
+
+    /// The VIP of `--setRoles`, or None when roles are off. kube-loxilb accepts any IP here.
+    pub fn roles_vip(&self) -> Result<Option<IpAddr>, BadValue> {
+        if self.set_roles.is_empty() {
+            return Ok(None);
+        }
+        self.set_roles
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| BadValue::SetRoles(self.set_roles.clone()))
+    }
+
+    /// The addresses of `--excludeRoleList`: IPv4, at most 128, as kube-loxilb checks them.
+    pub fn excluded_role_hosts(&self) -> Result<Vec<Ipv4Addr>, BadValue> {
+        let items: Vec<&str> = self
+            .exclude_role_list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if items.len() > 128 {
+            return Err(BadValue::TooManyExcluded(items.len()));
+        }
+        items
+            .into_iter()
+            .map(|s| s.parse().map_err(|_| BadValue::ExcludeRole(s.to_owned())))
             .collect()
     }
 
@@ -427,10 +464,7 @@ mod tests {
             ("--eBGPMultiHop", "eBGPMultiHop"),
             ("--extBGPPeers=10.0.0.1:65002", "extBGPPeers"),
             ("--enableBGPCRDs", "enableBGPCRDs"),
-            ("--setRoles=0.0.0.0", "setRoles"),
             ("--numZoneInstances=2", "numZoneInstances"),
-            ("--excludeRoleList=10.0.0.1", "excludeRoleList"),
-            ("--appendEPs", "appendEPs"),
             ("--useExternalEndpoint", "useExternalEndpoint"),
             ("--privateCIDR=10.0.0.1/32", "privateCIDR"),
             ("--enableK8sMetadata", "enableK8sMetadata"),
@@ -448,6 +482,24 @@ mod tests {
         }
         let e = parse(&[]).unwrap().check_implemented().unwrap_err();
         assert_eq!(e.flag, "loxiURL");
+    }
+
+    #[test]
+    fn roles_take_an_ip_and_the_exclusion_list_ipv4_addresses() {
+        let f = parse(&["--loxiURL=http://a", "--setRoles=0.0.0.0", "--appendEPs"]).unwrap();
+        f.check_implemented().unwrap();
+        assert_eq!(f.roles_vip().unwrap(), Some("0.0.0.0".parse().unwrap()));
+        assert!(f.append_eps);
+        assert_eq!(parse(&[]).unwrap().roles_vip().unwrap(), None);
+        let bad = parse(&["--setRoles=master"]).unwrap();
+        assert_eq!(
+            bad.roles_vip().unwrap_err(),
+            BadValue::SetRoles("master".into())
+        );
+        let ex = parse(&["--excludeRoleList=198.18.0.1, 198.18.0.2"]).unwrap();
+        assert_eq!(ex.excluded_role_hosts().unwrap().len(), 2);
+        let ex6 = parse(&["--excludeRoleList=::1"]).unwrap();
+        assert!(ex6.excluded_role_hosts().is_err());
     }
 
     #[test]

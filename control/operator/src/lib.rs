@@ -6,6 +6,7 @@ pub mod appliance;
 pub mod flags;
 pub mod ipam;
 pub mod reconcile;
+pub mod roles;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
@@ -27,12 +28,28 @@ pub enum StartError {
     Pools(#[from] ipam::IpamError),
     #[error("--setLBMode {0} is unknown: use 0 (DNAT), 1 (one-arm) or 2 (full-NAT)")]
     LbMode(u16),
+    #[error(transparent)]
+    BadValue(#[from] flags::BadValue),
+    #[error(transparent)]
+    Appliance(#[from] appliance::SetupError),
+    #[error("--excludeRoleList {0} is not the address of any --loxiURL appliance")]
+    ExcludedUnknown(std::net::Ipv4Addr),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 }
 
+/// Everything `prepare` derives from the flags.
+#[derive(Debug)]
+pub struct Prepared {
+    pub pools: Vec<ipam::Pool>,
+    pub settings: kube_watcher::Settings,
+    pub appliances: Vec<appliance::Appliance>,
+    /// Present with `--setRoles`.
+    pub roles: Option<roles::RoleSettings>,
+}
+
 /// Checks the flags: every refusal happens here, before anything connects.
-pub fn prepare(f: &flags::Flags) -> Result<(Vec<ipam::Pool>, kube_watcher::Settings), StartError> {
+pub fn prepare(f: &flags::Flags) -> Result<Prepared, StartError> {
     f.check_implemented()?;
     if f.set_lb_mode > 2 {
         return Err(StartError::LbMode(f.set_lb_mode));
@@ -52,13 +69,52 @@ pub fn prepare(f: &flags::Flags) -> Result<(Vec<ipam::Pool>, kube_watcher::Setti
         bgp: false,
         lb_class: f.lb_class.clone(),
     };
-    Ok((pools, settings))
+    let credentials = appliance::Credentials::from_file(&f.api_token_file)?;
+    let updates = if f.append_eps {
+        appliance::EndpointUpdates::AttachDetach
+    } else {
+        appliance::EndpointUpdates::Replace
+    };
+    let appliances = f
+        .appliance_urls()
+        .iter()
+        .map(|u| appliance::Appliance::new(u, &credentials, updates))
+        .collect::<Result<Vec<_>, _>>()?;
+    let excluded_hosts = f.excluded_role_hosts()?;
+    if let Some(unknown) = excluded_hosts
+        .iter()
+        .find(|h| !appliances.iter().any(|a| a.host() == h.to_string()))
+    {
+        // kube-loxilb applies the list to appliances it discovers; without discovery a name
+        // matching none of --loxiURL is a typo that would silently leave one eligible.
+        return Err(StartError::ExcludedUnknown(*unknown));
+    }
+    let roles = f.roles_vip()?.map(|vip| roles::RoleSettings {
+        vip,
+        instances: roles::instances(&settings.zone),
+        excluded: appliances
+            .iter()
+            .map(|a| excluded_hosts.iter().any(|h| a.host() == h.to_string()))
+            .collect(),
+        refresh: Duration::from_secs(f.resync_period.max(1)),
+    });
+    Ok(Prepared {
+        pools,
+        settings,
+        appliances,
+        roles,
+    })
 }
 
 /// Runs the operator until SIGTERM/SIGINT.
 pub async fn run(f: flags::Flags) -> Result<(), StartError> {
     let f = f.with_config_file()?;
-    let (pools, settings) = prepare(&f)?;
+    let Prepared {
+        pools,
+        settings,
+        appliances,
+        roles,
+    } = prepare(&f)?;
     let client = Client::try_default().await?;
     let services: Api<Service> = Api::all(client.clone());
 
@@ -70,11 +126,7 @@ pub async fn run(f: flags::Flags) -> Result<(), StartError> {
     let (nodes, node_triggers) = kube_watcher::watch::nodes(client.clone());
     let ctx = Arc::new(reconcile::Context {
         client: client.clone(),
-        appliances: f
-            .appliance_urls()
-            .iter()
-            .map(|u| appliance::Appliance::new(u))
-            .collect(),
+        appliances: appliances.clone(),
         ipam: Mutex::new(ipam),
         settings,
         slices,
@@ -96,6 +148,8 @@ pub async fn run(f: flags::Flags) -> Result<(), StartError> {
         ctx.appliances.len(),
         ctx.settings.zone
     );
+    // Dropped (and so stopped) when the controller returns.
+    let _roles = roles.map(|r| AbortOnDrop(tokio::spawn(roles::run(appliances, r))));
     Controller::new(services, watcher::Config::default())
         .reconcile_on(slice_triggers)
         .reconcile_all_on(node_triggers)
@@ -108,4 +162,13 @@ pub async fn run(f: flags::Flags) -> Result<(), StartError> {
         })
         .await;
     Ok(())
+}
+
+/// Stops a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -277,12 +277,14 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
         match r {
             Ok(rep) => {
                 accepted += 1;
-                if rep.created + rep.deleted > 0 {
+                if rep.changed() {
                     log::info!(
-                        "{}: {} rule(s) written, {} removed on {}",
+                        "{}: {} rule(s) written, {} removed, {} endpoint(s) attached, {} detached on {}",
                         key(&svc),
                         rep.created,
                         rep.deleted,
+                        rep.attached,
+                        rep.detached,
                         a.url()
                     );
                 }

@@ -13,3 +13,37 @@ fn an_unimplemented_flag_stops_the_binary_with_a_message_naming_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--setBGP is not implemented yet"), "{err}");
 }
+
+fn start_error(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_oxlb-operator"))
+        .args(args)
+        .env("KUBECONFIG", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_role_settings_a_missing_token_file_and_https_urls_stop_the_binary_at_start() {
+    let err = start_error(&["-loxiURL=http://127.0.0.1:1", "-setRoles=master"]);
+    assert!(
+        err.contains("--setRoles \"master\" is not an IP address"),
+        "{err}"
+    );
+    let err = start_error(&["-loxiURL=http://127.0.0.1:1", "-excludeRoleList=127.0.0.9"]);
+    assert!(
+        err.contains("--excludeRoleList 127.0.0.9 is not the address of any --loxiURL"),
+        "{err}"
+    );
+    let err = start_error(&[
+        "-loxiURL=http://127.0.0.1:1",
+        "-apiTokenFile=/nonexistent/t",
+    ]);
+    assert!(err.contains("--apiTokenFile /nonexistent/t"), "{err}");
+    let err = start_error(&["-loxiURL=https://127.0.0.1:1"]);
+    assert!(
+        err.contains("HTTPS appliance URLs are not implemented yet"),
+        "{err}"
+    );
+}

@@ -4,67 +4,12 @@
 
 mod support;
 
-use axum::extract::{Path, State};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
-use oxlb_api::{LoadBalancerEntry, LoadBalancerList};
+use oxlb_api::LoadBalancerEntry;
 use serde_json::{json, Value};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
+use support::appliance::FakeAppliance;
+use support::operator::{free_port, spawn_operator, Operator};
 use support::{kubeconfig, service, slice, wait_for, ApiServer};
-
-#[derive(Clone, Default)]
-struct FakeAppliance {
-    rules: Arc<Mutex<Vec<LoadBalancerEntry>>>,
-    requests: Arc<Mutex<Vec<String>>>,
-}
-
-impl FakeAppliance {
-    fn serve(&self, listener: std::net::TcpListener) {
-        listener.set_nonblocking(true).unwrap();
-        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        let app = Router::new()
-            .route("/netlox/v1/config/loadbalancer/all", get(|State(f): State<FakeAppliance>| async move {
-                f.requests.lock().unwrap().push("GET all".into());
-                Json(LoadBalancerList { lb_attr: f.rules.lock().unwrap().clone() })
-            }))
-            .route("/netlox/v1/config/loadbalancer", post(|State(f): State<FakeAppliance>, Json(e): Json<LoadBalancerEntry>| async move {
-                let sa = &e.service_arguments;
-                f.requests.lock().unwrap().push(format!("POST {}:{}/{} {}", sa.external_ip, sa.port, sa.protocol, e.endpoints.len()));
-                let mut r = f.rules.lock().unwrap();
-                r.retain(|x| kube_watcher::rule_key(x) != kube_watcher::rule_key(&e));
-                r.push(e);
-                Json(json!({"result": "Success"}))
-            }))
-            .route("/netlox/v1/config/loadbalancer/externalipaddress/{ip}/port/{port}/protocol/{proto}",
-                delete(|State(f): State<FakeAppliance>, Path((ip, port, proto)): Path<(String, i64, String)>| async move {
-                    f.requests.lock().unwrap().push(format!("DELETE {ip}:{port}/{proto}"));
-                    f.rules.lock().unwrap().retain(|x| kube_watcher::rule_key(x) != (ip.clone(), port, proto.clone()));
-                    Json(json!({"result": "Success"}))
-                }))
-            .with_state(self.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    }
-    fn take_requests(&self) -> Vec<String> {
-        std::mem::take(&mut *self.requests.lock().unwrap())
-    }
-    fn rules(&self) -> Vec<LoadBalancerEntry> {
-        self.rules.lock().unwrap().clone()
-    }
-}
-
-struct Operator(Child, std::path::PathBuf);
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-impl Operator {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.1).unwrap_or_default()
-    }
-}
 
 fn eps(e: &LoadBalancerEntry) -> Vec<String> {
     e.endpoints
@@ -315,34 +260,6 @@ fn the_operator_programs_updates_resyncs_and_removes_a_service() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn spawn_operator(
-    dir: &std::path::Path,
-    kc: &std::path::Path,
-    name: &str,
-    args: &[&str],
-) -> Operator {
-    let log = dir.join(format!("{name}.log"));
-    let f = std::fs::File::create(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_oxlb-operator"))
-        .env("KUBECONFIG", kc)
-        .env("RUST_LOG", "info")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .spawn()
-        .unwrap();
-    Operator(child, log)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn without_an_accepting_appliance_there_is_no_status_and_an_event_says_why() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -450,6 +367,108 @@ fn every_appliance_gets_every_rule_and_one_that_comes_back_empty_is_resynced() {
         20,
         "the rule back on the first appliance",
         || first.rules().into_iter().next(),
+        &diag,
+    );
+    drop(op);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn with_append_eps_and_a_token_file_the_operator_attaches_and_detaches_endpoints() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let api = ApiServer::default();
+    let api_l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api_port = api_l.local_addr().unwrap().port();
+    api.serve(api_l);
+    let fake = FakeAppliance::default();
+    let token = "append-eps-test-token-42";
+    fake.require_token(token);
+    let app_port = fake.start();
+    let dir = std::env::temp_dir().join(format!("oxlb-op-append-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kc = kubeconfig(&dir, api_port);
+    let tf = dir.join("token");
+    std::fs::write(&tf, format!("{token}\n")).unwrap();
+    let op = spawn_operator(
+        &dir,
+        &kc,
+        "operator",
+        &[
+            &format!("--loxiURL=http://127.0.0.1:{app_port}"),
+            "--externalCIDR=198.18.100.0/24",
+            "--usePodNetwork",
+            "--appendEPs",
+            &format!("--apiTokenFile={}", tf.display()),
+            "--resyncPeriod=1",
+        ],
+    );
+    let diag = || format!("operator log:\n{}\nrules: {:?}", op.log(), fake.rules());
+    let has = |ips: &[&str]| {
+        let want: Vec<String> = ips.iter().map(|ip| format!("{ip}:8080")).collect();
+        let f = fake.clone();
+        move || {
+            f.rules()
+                .into_iter()
+                .find(|r| {
+                    let mut e = eps(r);
+                    e.sort();
+                    e == want
+                })
+                .map(|_| ())
+        }
+    };
+    api.apply(
+        "endpointslices",
+        slice("shop", "web", &["10.1.0.1", "10.1.0.2"]),
+    );
+    api.apply("services", service("shop", "web", 80, json!({})));
+    wait_for(20, "the rule", has(&["10.1.0.1", "10.1.0.2"]), &diag);
+    let created = fake.take_requests();
+    assert!(
+        created.contains(&"POST 198.18.100.1:80/tcp 2".to_owned()),
+        "{created:?}"
+    );
+
+    api.apply(
+        "endpointslices",
+        slice("shop", "web", &["10.1.0.1", "10.1.0.2", "10.1.0.3"]),
+    );
+    wait_for(
+        20,
+        "three endpoints",
+        has(&["10.1.0.1", "10.1.0.2", "10.1.0.3"]),
+        &diag,
+    );
+    api.apply("endpointslices", slice("shop", "web", &["10.1.0.3"]));
+    wait_for(20, "one endpoint", has(&["10.1.0.3"]), &diag);
+    // An endpoint added on the appliance is detached by a resync.
+    {
+        let mut rules = fake.rules.lock().unwrap();
+        let mut stray = rules[0].endpoints[0].clone();
+        stray.endpoint_ip = "10.9.9.9".into();
+        rules[0].endpoints.push(stray);
+    }
+    wait_for(20, "the stray endpoint detached", has(&["10.1.0.3"]), &diag);
+    let reqs = fake.take_requests();
+    let changes: Vec<&String> = reqs.iter().filter(|r| *r != "GET all").collect();
+    assert_eq!(
+        changes,
+        vec![
+            "ATTACH 198.18.100.1:80/tcp 10.1.0.3:8080",
+            "DETACH 198.18.100.1:80/tcp 10.1.0.1:8080,10.1.0.2:8080",
+            "DETACH 198.18.100.1:80/tcp 10.9.9.9:8080",
+        ],
+        "{}",
+        diag()
+    );
+    assert_eq!(fake.refused_auth(), 0, "{}", diag());
+
+    api.delete("services", "shop", "web");
+    wait_for(
+        20,
+        "the rule gone",
+        || fake.rules().is_empty().then_some(()),
         &diag,
     );
     drop(op);

@@ -3,6 +3,9 @@
 //! events), a fake appliance that records requests, and a runner for the operator binary.
 #![allow(dead_code)]
 
+pub mod appliance;
+pub mod operator;
+
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};

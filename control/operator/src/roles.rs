@@ -1,0 +1,159 @@
+//! Active/backup roles of the appliances (kube-loxilb's `--setRoles`): probe every appliance's
+//! liveness, keep one live appliance MASTER and the others BACKUP, and tell each appliance its
+//! role through loxilb's cistate API until it has acknowledged it.
+
+use crate::appliance::{Appliance, CiState};
+use futures::future::join_all;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// kube-loxilb probes every appliance this often.
+pub const PROBE_PERIOD: Duration = Duration::from_secs(2);
+
+/// The role settings: the VIP sent with every role (kube-loxilb's `--setRoles` value) and the
+/// cluster instances the roles are for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleSettings {
+    pub vip: IpAddr,
+    /// kube-loxilb sets the default zone's first instance (`llb-inst0`) too when its own zone
+    /// is another, so an appliance started with default settings follows the same role.
+    pub instances: Vec<String>,
+    /// Per appliance (in `--loxiURL` order): never to be MASTER (`--excludeRoleList`).
+    pub excluded: Vec<bool>,
+    /// Roles are sent again this often even when nothing changed, so an appliance that
+    /// restarted between two probes and forgot its role gets it back.
+    pub refresh: Duration,
+}
+
+/// The instance names kube-loxilb sets roles for in `zone` with one zone instance.
+pub fn instances(zone: &str) -> Vec<String> {
+    let own = format!("{zone}-inst0");
+    if zone == "llb" {
+        vec![own]
+    } else {
+        vec!["llb-inst0".to_owned(), own]
+    }
+}
+
+/// Keeps the current MASTER while it is alive and eligible; otherwise the first live,
+/// eligible appliance in `--loxiURL` order, as kube-loxilb's election does with one instance.
+pub fn elect(current: Option<usize>, alive: &[bool], excluded: &[bool]) -> Option<usize> {
+    let eligible = |i: usize| alive[i] && !excluded.get(i).copied().unwrap_or(false);
+    match current {
+        Some(i) if i < alive.len() && eligible(i) => Some(i),
+        _ => (0..alive.len()).find(|&i| eligible(i)),
+    }
+}
+
+/// The role of appliance `i` when `master` is elected.
+fn role_of(i: usize, master: Option<usize>) -> &'static str {
+    if master == Some(i) {
+        "MASTER"
+    } else {
+        "BACKUP"
+    }
+}
+
+/// Runs the probes and elections until the task is dropped.
+pub async fn run(appliances: Vec<Appliance>, settings: RoleSettings) {
+    let n = appliances.len();
+    let mut alive = vec![false; n];
+    // The role each appliance last acknowledged; None: unknown (never set, or it was down).
+    let mut acknowledged: Vec<Option<&'static str>> = vec![None; n];
+    let mut master: Option<usize> = None;
+    let mut last_refresh = Instant::now();
+    let mut tick = tokio::time::interval(PROBE_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let probes = join_all(appliances.iter().map(Appliance::probe)).await;
+        for (i, r) in probes.iter().enumerate() {
+            let up = r.is_ok();
+            if up != alive[i] {
+                match r {
+                    Ok(()) => log::info!("appliance {} is alive", appliances[i].url()),
+                    Err(e) => log::warn!("appliance {} is down: {e}", appliances[i].url()),
+                }
+            }
+            if !up {
+                acknowledged[i] = None;
+            }
+            alive[i] = up;
+        }
+        let elected = elect(master, &alive, &settings.excluded);
+        if elected != master {
+            match elected {
+                Some(m) => log::info!("appliance {} is now MASTER", appliances[m].url()),
+                None => log::warn!("no live appliance can be MASTER"),
+            }
+            master = elected;
+        }
+        if last_refresh.elapsed() >= settings.refresh {
+            last_refresh = Instant::now();
+            acknowledged.iter_mut().for_each(|a| *a = None);
+        }
+        // The new MASTER last: during a switch two appliances are briefly BACKUP, never MASTER.
+        let mut order: Vec<usize> = (0..n).filter(|&i| Some(i) != master).collect();
+        order.extend(master);
+        for i in order {
+            let role = role_of(i, master);
+            if !alive[i] || acknowledged[i] == Some(role) {
+                continue;
+            }
+            match push(&appliances[i], &settings, role).await {
+                Ok(()) => {
+                    log::info!("appliance {}: role {role} set", appliances[i].url());
+                    acknowledged[i] = Some(role);
+                }
+                // Retried on the next probe round, as nothing was acknowledged.
+                Err(e) => log::warn!(
+                    "appliance {}: setting role {role}: {e}",
+                    appliances[i].url()
+                ),
+            }
+        }
+    }
+}
+
+async fn push(
+    appliance: &Appliance,
+    settings: &RoleSettings,
+    role: &str,
+) -> Result<(), crate::appliance::ApplianceError> {
+    for instance in &settings.instances {
+        appliance
+            .set_role(&CiState {
+                instance: instance.clone(),
+                state: role.to_owned(),
+                vip: settings.vip.to_string(),
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_master_stays_while_alive_and_the_first_live_eligible_one_replaces_it() {
+        let none = [false, false, false];
+        assert_eq!(elect(None, &[true, true, true], &none), Some(0));
+        assert_eq!(elect(Some(1), &[true, true, true], &none), Some(1));
+        assert_eq!(elect(Some(0), &[false, true, true], &none), Some(1));
+        assert_eq!(elect(Some(0), &[false, false, false], &none), None);
+        assert_eq!(
+            elect(None, &[true, true, true], &[true, false, false]),
+            Some(1)
+        );
+        assert_eq!(elect(Some(0), &[true, true], &[true, false]), Some(1));
+    }
+
+    #[test]
+    fn another_zone_sets_the_default_zone_instance_too() {
+        assert_eq!(instances("llb"), vec!["llb-inst0"]);
+        assert_eq!(instances("az1"), vec!["llb-inst0", "az1-inst0"]);
+        assert_eq!(instances(""), vec!["llb-inst0", "-inst0"]);
+    }
+}
