@@ -15,7 +15,7 @@ use crate::ports::PortPools;
 use crate::select::{EndpointKey, FlowTuple, SelectorState, SharedSelection};
 use crate::snapshot::{Endpoint, NatMode, PortRange, Proto, Service, ServiceKey, Snapshot};
 use crate::stats::{Counters, DropReason};
-use crate::wire::{ethernet, icmp, ipv4, tcp, udp, WireError};
+use crate::wire::{ethernet, icmp, ipv4, sctp, tcp, udp, WireError};
 use hashbrown::HashMap;
 use std::sync::Arc;
 
@@ -420,8 +420,10 @@ impl Engine {
             .ok_or(DropReason::NoFlowNoService)?;
         // Only a connection opening may create state: stray ACKs (after a restart, or a flood)
         // would otherwise fill the table and be sent to endpoints that never saw the SYN.
-        if k.proto == Proto::Tcp && !is_opening(pkt) {
-            return Err(DropReason::TcpNotSyn);
+        match k.proto {
+            Proto::Tcp if !is_opening(pkt) => return Err(DropReason::TcpNotSyn),
+            Proto::Sctp if !is_opening(pkt) => return Err(DropReason::SctpNotInit),
+            _ => {}
         }
         if service.block_new_flows {
             return Err(DropReason::ServiceBlocked);
@@ -624,11 +626,15 @@ fn advance(flow: &Flow, dir: Direction, proto: Proto, tcp_flags: u8, now_ms: u64
 /// evictable. A DSR balancer never sees the endpoint's packets: the client's ACK alone
 /// establishes. UDP is established by the first answer.
 fn next_phase(phase: Phase, mode: NatMode, dir: Direction, proto: Proto, flags: u8) -> Phase {
-    if proto != Proto::Tcp {
-        return match phase {
-            Phase::Opening if dir == Direction::Reply => Phase::Established,
-            p => p,
-        };
+    match proto {
+        Proto::Udp => {
+            return match phase {
+                Phase::Opening if dir == Direction::Reply => Phase::Established,
+                p => p,
+            }
+        }
+        Proto::Sctp => return next_sctp_phase(phase, mode, dir, flags),
+        Proto::Tcp => {}
     }
     if flags & tcp::FLAG_RST != 0 {
         return if phase.is_embryonic() {
@@ -655,6 +661,32 @@ fn next_phase(phase: Phase, mode: NatMode, dir: Direction, proto: Proto, flags: 
     }
 }
 
+/// SCTP's four-way handshake mirrors TCP's rule: INIT, INIT ACK, then the client's COOKIE
+/// ECHO establishes (a spoofed INIT never gets that far). ABORT ends at once; SHUTDOWN from
+/// one side half-closes, SHUTDOWN ACK and SHUTDOWN COMPLETE close.
+fn next_sctp_phase(phase: Phase, mode: NatMode, dir: Direction, chunk: u8) -> Phase {
+    match chunk {
+        sctp::CHUNK_ABORT if phase.is_embryonic() => Phase::Aborted,
+        sctp::CHUNK_ABORT => Phase::Closing,
+        sctp::CHUNK_SHUTDOWN => match phase {
+            Phase::Established => Phase::HalfClosed(dir),
+            p => p,
+        },
+        sctp::CHUNK_SHUTDOWN_ACK | sctp::CHUNK_SHUTDOWN_COMPLETE if !phase.is_embryonic() => {
+            Phase::Closing
+        }
+        sctp::CHUNK_INIT_ACK if phase == Phase::Opening && dir == Direction::Reply => {
+            Phase::Answered
+        }
+        sctp::CHUNK_COOKIE_ECHO if dir == Direction::Original => match phase {
+            Phase::Answered => Phase::Established,
+            Phase::Opening if mode == NatMode::Dsr => Phase::Established,
+            p => p,
+        },
+        _ => phase,
+    }
+}
+
 /// An IPv4 frame carrying ICMP (checked cheaply before the TCP/UDP parse).
 fn is_icmp_v4(frame: &[u8]) -> bool {
     frame.len() > ethernet::HEADER_LEN + 9
@@ -662,10 +694,16 @@ fn is_icmp_v4(frame: &[u8]) -> bool {
         && frame[ethernet::HEADER_LEN + 9] == ipv4::PROTO_ICMP
 }
 
-/// A TCP SYN without ACK or RST: the only packet allowed to open a TCP flow.
+/// A TCP SYN without ACK or RST, or an SCTP INIT: the only packets allowed to open a flow of
+/// a connection-oriented protocol.
 fn is_opening(pkt: &PacketRepr) -> bool {
-    pkt.key.proto == Proto::Tcp
-        && pkt.tcp_flags & (tcp::FLAG_SYN | tcp::FLAG_ACK | tcp::FLAG_RST) == tcp::FLAG_SYN
+    match pkt.key.proto {
+        Proto::Tcp => {
+            pkt.tcp_flags & (tcp::FLAG_SYN | tcp::FLAG_ACK | tcp::FLAG_RST) == tcp::FLAG_SYN
+        }
+        Proto::Sctp => pkt.tcp_flags == sctp::CHUNK_INIT,
+        Proto::Udp => false,
+    }
 }
 
 fn wire_drop(e: WireError) -> DropReason {
@@ -694,6 +732,11 @@ fn parse(frame: &[u8]) -> Result<PacketRepr, DropReason> {
         Proto::Udp => {
             let d = udp::Datagram::new_checked(l4).map_err(wire_drop)?;
             (d.src_port(), d.dst_port(), 0)
+        }
+        // SCTP's control bits are its first chunk's type (INIT, ABORT, SHUTDOWN, ...).
+        Proto::Sctp => {
+            let p = sctp::Packet::new_checked(l4).map_err(wire_drop)?;
+            (p.src_port(), p.dst_port(), p.first_chunk())
         }
     };
     Ok(PacketRepr {

@@ -121,9 +121,11 @@ pub fn translate(ip_buf: &mut [u8], quote: &Quote, t: &Translation) -> Result<()
     // The quoted transport checksum: UDP's lies within the 8 quoted bytes; TCP's only when
     // the sender quoted more. Zero means "no checksum" for UDP and stays zero. Updating it
     // incrementally keeps the quote exactly as the host sent it.
+    // SCTP's CRC covers the whole packet, which a quote never holds: it stays as quoted.
     let check_at = match quote.key.proto {
         Proto::Udp => Some(6),
         Proto::Tcp => Some(16),
+        Proto::Sctp => None,
     }
     .filter(|&at| l4.len() >= at + 2);
     if let Some(at) = check_at {

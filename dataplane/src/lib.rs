@@ -271,19 +271,29 @@ impl Dataplane {
         self.workers.len()
     }
 
-    /// Stops the workers and waits for them; their sockets close when they end.
+    /// Stops the workers and waits for them: each finishes its batch, pushes out its pending
+    /// transmissions (bounded, see `worker::TX_DRAIN`) and ends; its sockets close with it.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
+        let started = Instant::now();
         self.stop.store(true, Ordering::Relaxed);
+        let mut stopped = 0;
         for w in &mut self.workers {
             if let Some(t) = w.thread.take() {
                 if t.join().is_err() {
                     log::error!("a worker thread panicked");
                 }
+                stopped += 1;
             }
+        }
+        if stopped > 0 {
+            log::info!(
+                "{stopped} worker(s) drained and stopped in {:?}",
+                started.elapsed()
+            );
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::checksum::{self, is_partial, l4_full, pseudo_header_v4, update16, update32};
 use crate::snapshot::Proto;
-use crate::wire::{ipv4, tcp, udp, WireError};
+use crate::wire::{ipv4, sctp, tcp, udp, WireError};
 use std::net::Ipv4Addr;
 
 /// Which end of the packet is rewritten, and to what.
@@ -40,6 +40,7 @@ pub fn rewrite_v4(ip_buf: &mut [u8], proto: Proto, rw: Rewrite) -> Result<(), Wi
     let field_at = match proto {
         Proto::Tcp => tcp::CHECKSUM,
         Proto::Udp => udp::CHECKSUM,
+        Proto::Sctp => return rewrite_sctp_port(l4, rw),
     };
     let (old_check, old_port) = match proto {
         Proto::Tcp => {
@@ -56,6 +57,7 @@ pub fn rewrite_v4(ip_buf: &mut [u8], proto: Proto, rw: Rewrite) -> Result<(), Wi
             }
             (d.checksum(), old_port)
         }
+        Proto::Sctp => unreachable!("handled above"),
     };
     let mut check = if is_partial(old_check, old_pseudo) {
         l4_full(l4, field_at, new_pseudo)
@@ -68,6 +70,22 @@ pub fn rewrite_v4(ip_buf: &mut [u8], proto: Proto, rw: Rewrite) -> Result<(), Wi
         check = 0xffff;
     }
     l4[field_at..field_at + 2].copy_from_slice(&check.to_be_bytes());
+    Ok(())
+}
+
+/// SCTP: the CRC32c covers the ports but no addresses, and cannot be updated incrementally.
+/// A packet whose CRC does not match is refused rather than forwarded with a fresh, "valid"
+/// one; a zero CRC is what a sender offloading the computation leaves, and is computed here.
+fn rewrite_sctp_port(l4: &mut [u8], rw: Rewrite) -> Result<(), WireError> {
+    let mut p = sctp::Packet::new_checked(&mut *l4)?;
+    if !p.checksum_is_zero() && !p.checksum_ok() {
+        return Err(WireError::Malformed);
+    }
+    match rw {
+        Rewrite::Source(_, port) => p.set_src_port(port),
+        Rewrite::Destination(_, port) => p.set_dst_port(port),
+    }
+    p.fill_checksum();
     Ok(())
 }
 
@@ -135,6 +153,13 @@ pub fn complete_checksum_v4(ip_buf: &mut [u8], proto: Proto) -> Result<(), WireE
     let field_at = match proto {
         Proto::Tcp => tcp::CHECKSUM,
         Proto::Udp => udp::CHECKSUM,
+        Proto::Sctp => {
+            let mut p = sctp::Packet::new_checked(&mut *l4)?;
+            if p.checksum_is_zero() {
+                p.fill_checksum();
+            }
+            return Ok(());
+        }
     };
     if l4.len() < field_at + 2 {
         return Err(WireError::Truncated);

@@ -15,6 +15,7 @@ use std::time::Duration;
 pub enum Proto {
     Tcp = 6,
     Udp = 17,
+    Sctp = 132,
 }
 
 impl Proto {
@@ -22,6 +23,7 @@ impl Proto {
         match p {
             6 => Some(Proto::Tcp),
             17 => Some(Proto::Udp),
+            132 => Some(Proto::Sctp),
             _ => None,
         }
     }

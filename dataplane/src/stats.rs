@@ -56,10 +56,12 @@ pub enum DropReason {
     /// Bigger than the egress interface's MTU without DF: it would need fragmenting, which
     /// the workers do not do (senders on the paths oxlb serves set DF: PMTU discovery).
     TooBigToForward,
+    /// An SCTP packet other than INIT for an association we do not know.
+    SctpNotInit,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 21] = [
+    pub const ALL: [DropReason; 22] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::NotIpv4,
@@ -81,6 +83,7 @@ impl DropReason {
         DropReason::HandoffRingFull,
         DropReason::NoFreeFrame,
         DropReason::TooBigToForward,
+        DropReason::SctpNotInit,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -108,6 +111,7 @@ impl DropReason {
             DropReason::HandoffRingFull => "handoff_ring_full",
             DropReason::NoFreeFrame => "no_free_frame",
             DropReason::TooBigToForward => "too_big_to_forward",
+            DropReason::SctpNotInit => "sctp_not_init",
         }
     }
 }

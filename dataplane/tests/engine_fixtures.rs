@@ -816,3 +816,46 @@ fn a_packet_too_big_for_the_endpoints_link_earns_its_sender_a_fragmentation_need
         Verdict::Transmit { ifindex: LB1_IF }
     );
 }
+
+// SCTP (scapy, CRC32c computed by scapy): an INIT from the client to the VIP and the same
+// INIT as backend 1 must get it (DNAT); backend 1's INIT ACK and what the client must get; an
+// ABORT of an association nobody knows.
+const SCTP_INIT_IN: &str = "020000000001020000000002080045000034000b400040844a13c6120002c61264019c4007e400000000d9c65dad01000014000012340000ffff0001000100000001";
+const SCTP_INIT_OUT: &str = "0200000001010200000001fe080045000034000b400040848f13c6120002c6121f019c401f9000000000abb2ef7a01000014000012340000ffff0001000100000001";
+const SCTP_INIT_ACK_IN: &str = "0200000001fe020000000101080045000034000c400040848f12c6121f01c61200021f909c40000012347121922b02000014000056780000ffff0001000100000001";
+const SCTP_INIT_ACK_OUT: &str = "020000000002020000000001080045000034000c400040844a12c6126401c612000207e49c4000001234b8d18c0502000014000056780000ffff0001000100000001";
+const SCTP_ABORT_IN: &str = "020000000001020000000002080045000024000d400040844a21c6120002c61264019c4107e400000099eac874be06000004";
+
+#[test]
+fn an_sctp_init_and_its_init_ack_are_rewritten_with_their_crc32c_byte_for_byte() {
+    let mut fx = Fixture::new().service(Proto::Sctp, &[1]).next_hop(1);
+    let mut init = hex(SCTP_INIT_IN);
+    assert_eq!(
+        fx.run(&mut init, LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
+    assert_eq!(init, hex(SCTP_INIT_OUT));
+    let mut ack = hex(SCTP_INIT_ACK_IN);
+    assert_eq!(
+        fx.run(&mut ack, LB1_IF),
+        Verdict::Transmit { ifindex: LB0_IF }
+    );
+    assert_eq!(ack, hex(SCTP_INIT_ACK_OUT));
+}
+
+#[test]
+fn an_sctp_chunk_other_than_init_opens_nothing_and_a_bad_crc_is_not_forwarded() {
+    let mut fx = Fixture::new().service(Proto::Sctp, &[1]).next_hop(1);
+    let mut abort = hex(SCTP_ABORT_IN);
+    assert_eq!(
+        fx.run(&mut abort, LB0_IF),
+        Verdict::Drop(DropReason::SctpNotInit)
+    );
+    let mut init = hex(SCTP_INIT_IN);
+    let last = init.len() - 1;
+    init[last] ^= 0xff;
+    assert_eq!(
+        fx.run(&mut init, LB0_IF),
+        Verdict::Drop(DropReason::Malformed)
+    );
+}

@@ -140,6 +140,16 @@ static __always_inline int read_ports(void *l4, void *data_end, __u8 proto,
 		*dport = udp->dest;
 		return 0;
 	}
+	// SCTP's common header starts with the two ports, as UDP's does.
+	if (proto == IPPROTO_SCTP) {
+		__be16 *ports = l4;
+
+		if ((void *)(ports + 2) > data_end)
+			return -1;
+		*sport = ports[0];
+		*dport = ports[1];
+		return 0;
+	}
 	// ICMP to a VIP (echo, and errors about its flows) is matched with port 0.
 	if (proto == IPPROTO_ICMP) {
 		*sport = 0;
@@ -193,7 +203,8 @@ static __always_inline int quotes_our_request(struct icmphdr *icmp, void *data_e
 	ports = (void *)(quoted + 1);
 	if ((void *)(ports + 2) > data_end)
 		return 0;
-	if (quoted->protocol != IPPROTO_TCP && quoted->protocol != IPPROTO_UDP)
+	if (quoted->protocol != IPPROTO_TCP && quoted->protocol != IPPROTO_UDP &&
+	    quoted->protocol != IPPROTO_SCTP)
 		return 0;
 	key.family = KEY_FAMILY_V4;
 	key.proto = quoted->protocol;

@@ -88,6 +88,7 @@ fn proto_name(p: Proto) -> &'static str {
     match p {
         Proto::Tcp => "tcp",
         Proto::Udp => "udp",
+        Proto::Sctp => "sctp",
     }
 }
 
@@ -99,6 +100,9 @@ fn state_name(p: Proto, s: FlowState) -> &'static str {
         (Proto::Udp, FlowState::New) => "udp-uni",
         (Proto::Udp, FlowState::Established) => "udp-est",
         (Proto::Udp, FlowState::Closing) => "closed",
+        (Proto::Sctp, FlowState::New) => "init",
+        (Proto::Sctp, FlowState::Established) => "est",
+        (Proto::Sctp, FlowState::Closing) => "closed",
     }
 }
 

@@ -7,6 +7,7 @@ pub const MIN_HEADER_LEN: usize = 20;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_SCTP: u8 = 132;
 
 const VER_IHL: usize = 0;
 const TOTAL_LEN: usize = 2;
