@@ -154,8 +154,8 @@ impl Dataplane {
             cfg.snat_ports,
             std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u64),
         );
-        let mesh =
-            handoff::mesh(prepared.len(), handoff::ring_bytes(prepared.len())).map_err(DataplaneError::Handoff)?;
+        let mesh = handoff::mesh(prepared.len(), handoff::ring_bytes(prepared.len()))
+            .map_err(DataplaneError::Handoff)?;
         if prepared.len() > 1 {
             log::info!(
                 "{} workers: frames that arrive on a queue other than their flow's owner's are \

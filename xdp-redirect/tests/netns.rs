@@ -390,7 +390,8 @@ fn icmp_errors_quoting_our_translated_or_endpoint_bound_packets_are_steered_and_
     // kernel, quoting it.
     let before = xdp.stats().expect("stats");
     pair.udp_from_a(30000, 7778);
-    let after = wait_for_stats(&xdp, |s| s.passed > before.passed);
+    // The error is passed (counted as such); give a mis-steered one time to show too.
+    wait_for_stats(&xdp, |s| s.passed > before.passed);
     std::thread::sleep(Duration::from_millis(200));
     let after = xdp.stats().expect("stats");
     assert_eq!(

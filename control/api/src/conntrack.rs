@@ -4,9 +4,10 @@
 //! a field with its zero value is left out of the answer, and read back as that zero value.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// `{"ctAttr": [...]}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ConntrackList {
     #[serde(rename = "ctAttr", default)]
     pub ct_attr: Vec<ConntrackEntry>,
@@ -14,7 +15,7 @@ pub struct ConntrackList {
 
 /// One direction of one tracked connection, as loxilb lists it: the tuple as seen on the wire
 /// in that direction, its state, the rewrite it gets and its counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ConntrackEntry {
     #[serde(rename = "sourceIP", default, skip_serializing_if = "is_default")]
     pub source_ip: String,

@@ -2,6 +2,7 @@
 //! and probe, with the probe's verdict, in loxilb's `EndPointGetEntry` shape.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// loxilb's verdict on an endpoint that answers its probe (or is not probed).
 pub const STATE_OK: &str = "ok";
@@ -10,7 +11,7 @@ pub const STATE_NOK: &str = "nok";
 
 /// One item of the listing. loxilb keys it `<host>_<probeType>_<probePort>` (`name`) and leaves
 /// zero values out (Go's `omitempty`); `currState` is always present here, `ok` or `nok`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointEntry {
     #[serde(rename = "hostName")]
@@ -50,7 +51,7 @@ pub struct EndpointEntry {
 }
 
 /// The body of `GET /netlox/v1/config/endpoint/all`; loxilb names the array `Attr`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EndpointList {
     #[serde(rename = "Attr", default, deserialize_with = "null_as_empty")]
     pub attr: Vec<EndpointEntry>,

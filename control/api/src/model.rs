@@ -5,10 +5,19 @@
 //! (`i64`) so that validation, not the parser, says which value is out of range.
 
 use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
 
 /// The body of `POST /netlox/v1/config/loadbalancer` and one item of a listing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(
+    as = LoadbalanceEntry,
+    example = json!({
+        "serviceArguments": {"externalIP": "198.18.100.1", "port": 2020, "protocol": "tcp",
+                             "sel": 0, "mode": 0, "name": "web"},
+        "endpoints": [{"endpointIP": "198.18.31.1", "targetPort": 8080, "weight": 1}]
+    })
+)]
 pub struct LoadBalancerEntry {
     #[serde(rename = "serviceArguments")]
     pub service_arguments: ServiceArguments,
@@ -23,16 +32,22 @@ pub struct LoadBalancerEntry {
 /// loxilb's `serviceArguments`. Only `externalIP`, `port` and `protocol` are required; every
 /// other field defaults to loxilb's zero value and is left out of listings when it has it, as
 /// loxilb's `omitempty` does.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceArguments {
+    /// The service address; oxlb implements IPv4 only (IPv6 is refused with 400).
     #[serde(rename = "externalIP")]
+    #[schema(format = Ipv4)]
     pub external_ip: String,
     #[serde(rename = "privateIP", default, skip_serializing_if = "is_default")]
     pub private_ip: String,
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: i64,
     #[serde(rename = "portMax", default, skip_serializing_if = "is_default")]
     pub port_max: i64,
+    /// loxilb's `tcp`, `udp`, `sctp` or `icmp`; oxlb implements tcp and udp (the others are
+    /// refused with 400).
+    #[schema(pattern = "^(tcp|udp|sctp|icmp)$")]
     pub protocol: String,
     /// Endpoint selection: 0 rr, 1 hash, 2 priority, 3 persist, 4 lc, 5 n2, 6 n3.
     #[serde(default, skip_serializing_if = "is_default")]
@@ -89,13 +104,17 @@ pub struct ServiceArguments {
 
 /// One item of `endpoints`. `state` and `counter` are output fields of listings; input values
 /// are accepted (kube-loxilb sends them empty) and ignored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
+    /// IPv4 only in oxlb.
     #[serde(rename = "endpointIP")]
+    #[schema(format = Ipv4)]
     pub endpoint_ip: String,
     #[serde(rename = "targetPort")]
+    #[schema(minimum = 1, maximum = 65535)]
     pub target_port: i64,
+    #[schema(minimum = 0, maximum = 255)]
     pub weight: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
@@ -104,7 +123,7 @@ pub struct Endpoint {
 }
 
 /// One item of `secondaryIPs` (multi-homed SCTP in loxilb).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecondaryIp {
     #[serde(rename = "secondaryIP", default)]
@@ -112,7 +131,7 @@ pub struct SecondaryIp {
 }
 
 /// One item of `allowedSources` (a source prefix allowed to reach the service).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AllowedSource {
     #[serde(default)]
@@ -120,7 +139,7 @@ pub struct AllowedSource {
 }
 
 /// The body of `GET /netlox/v1/config/loadbalancer/all`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LoadBalancerList {
     #[serde(rename = "lbAttr", default, deserialize_with = "null_as_empty")]
     pub lb_attr: Vec<LoadBalancerEntry>,
@@ -128,7 +147,7 @@ pub struct LoadBalancerList {
 
 /// loxilb's answer to a change that worked: `{"result":"Success"}` with status 200.
 /// kube-loxilb treats any other `result`, or any other status, as a failure.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ResultResponse {
     pub result: String,
 }
@@ -146,7 +165,8 @@ impl ResultResponse {
 /// loxilb's `Error` model, sent with the HTTP status in `code`. kube-loxilb reports `result`
 /// as the reason, so `result` and `message` both carry the full, actionable text; `fields`
 /// names the JSON path of the offending value when there is one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = Error)]
 pub struct ErrorResponse {
     pub code: u16,
     pub message: String,
@@ -175,7 +195,7 @@ impl ErrorResponse {
 }
 
 /// The body of `GET /netlox/v1/` (loxilb's `HealthCheckResponse`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HealthResponse {
     pub status: String,
 }

@@ -1,9 +1,10 @@
 //! The appliance's status (`GET /netlox/v1/status`, oxlb's own call: loxilb has none like it).
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// What is running: the build, for how long, on which interfaces and with how many rules.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatusResponse {
     /// `ok` whenever the API answers, as in `GET /netlox/v1/`.

@@ -8,6 +8,12 @@
 //!
 //! With a token ([`ApiOptions::token`]) every path, the liveness probe included, first passes
 //! [`crate::auth::require_token`]; with a TLS configuration the API is served over HTTPS only.
+//!
+//! Every route here is registered from its handler's `#[utoipa::path]` annotation (`routes!`),
+//! which also puts it in the OpenAPI document served at `GET /netlox/v1/openapi.json`: a route
+//! added with a plain `.route(...)` would be served but missing from the document. The
+//! operations routes of [`crate::ops`] are described in [`openapi`] by hand, and a test checks
+//! that every operation of the document is served.
 
 use crate::auth::{self, ApiToken};
 use crate::compile::Down;
@@ -17,17 +23,18 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use oxlb_api::{
-    oper, service_key, to_entry, validate, ConntrackEntry, ConntrackList, EndpointList,
-    ErrorResponse, HealthResponse, LoadBalancerEntry, LoadBalancerList, Oper, ResultResponse,
-    ServiceSpec, StatusResponse,
+    oper, service_key, to_cistatus, to_entry, validate, validate_cistate, CiStateList,
+    CiStatusEntry, ConntrackEntry, ConntrackList, EndpointList, ErrorResponse, HealthResponse,
+    LoadBalancerEntry, LoadBalancerList, Oper, ResultResponse, ServiceSpec, StatusResponse,
 };
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Mutex;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// What the HTTP layer needs from the appliance. `apply` makes `next` the running state:
 /// either all of it takes effect, or none of it and the previous state stays.
@@ -81,6 +88,8 @@ pub struct ApiOptions {
     /// When set, the API speaks HTTPS only.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub about: About,
+    /// When set, `/netlox/v1/config/loglevel` reads and changes the log filter through it.
+    pub log: Option<crate::ops::LogHandle>,
 }
 
 /// Why the appliance could not run a new desired state. The previous state still runs.
@@ -100,12 +109,12 @@ pub enum ApplyError {
     Flows(String),
 }
 
-const BASE: &str = "/netlox/v1";
-
 #[derive(Clone)]
 struct Api {
     app: Arc<dyn Appliance>,
     about: Arc<About>,
+    /// The OpenAPI document, serialized once.
+    openapi: Arc<String>,
     /// Held from reading the current state until the next one is applied, so concurrent
     /// changes cannot overwrite each other.
     changes: Arc<Mutex<()>>,
@@ -116,39 +125,48 @@ pub fn router(app: Arc<dyn Appliance>) -> Router {
     router_with(app, &ApiOptions::default())
 }
 
+/// Every route of this module, each with its part of the OpenAPI document: the one list both
+/// the router and the document are made from. Handlers sharing a path share a `routes!`.
+fn routes() -> OpenApiRouter<Api> {
+    OpenApiRouter::new()
+        // kube-loxilb's liveness probe asks for the base path without a trailing slash.
+        .routes(routes!(health))
+        .routes(routes!(health_slash))
+        .routes(routes!(create))
+        .routes(routes!(list, delete_all))
+        .routes(routes!(delete_by_name))
+        .routes(routes!(delete_one))
+        .routes(routes!(conntrack))
+        .routes(routes!(endpoints))
+        .routes(routes!(cistate_list))
+        .routes(routes!(cistate_set))
+        .routes(routes!(status))
+        .routes(routes!(openapi_json))
+        .routes(routes!(metrics))
+}
+
+/// The OpenAPI document of the API, as `GET /netlox/v1/openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    crate::openapi::finish(routes().split_for_parts().1)
+}
+
 /// The API's routes over `app`, behind `options.token` if there is one.
 pub fn router_with(app: Arc<dyn Appliance>, options: &ApiOptions) -> Router {
+    let (routes, doc) = routes().split_for_parts();
+    let doc = crate::openapi::finish(doc)
+        .to_json()
+        .expect("the OpenAPI document always serializes to JSON");
     let api = Api {
         app,
         about: Arc::new(options.about.clone()),
+        openapi: Arc::new(doc),
         changes: Arc::new(Mutex::new(())),
     };
-    let routes = Router::new()
-        // kube-loxilb's liveness probe asks for the base path without a trailing slash.
-        .route(BASE, get(health))
-        .route(&format!("{BASE}/"), get(health))
-        .route(&format!("{BASE}/config/loadbalancer"), post(create))
-        .route(
-            &format!("{BASE}/config/loadbalancer/all"),
-            get(list).delete(delete_all),
-        )
-        .route(
-            &format!("{BASE}/config/loadbalancer/name/{{name}}"),
-            delete(delete_by_name),
-        )
-        .route(
-            &format!(
-                "{BASE}/config/loadbalancer/externalipaddress/{{ip}}/port/{{port}}/protocol/{{proto}}"
-            ),
-            delete(delete_one),
-        )
-        .route(&format!("{BASE}/config/conntrack/all"), get(conntrack))
-        .route(&format!("{BASE}/config/endpoint/all"), get(endpoints))
-        .route(&format!("{BASE}/status"), get(status))
-        .route("/metrics", get(metrics))
+    let routes = routes
         .fallback(no_such_path)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(api);
+        .with_state(api)
+        .merge(crate::ops::router(options.log.clone()));
     // Layered last, so that it wraps every route and both fallbacks.
     match &options.token {
         Some(token) => routes.layer(axum::middleware::from_fn_with_state(
@@ -214,6 +232,17 @@ fn success() -> Json<ResultResponse> {
     Json(ResultResponse::success())
 }
 
+/// oxlb's own counters in Prometheus' text format (outside `/netlox/v1`, where scrapers look).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "oxlb",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4", body = String,
+         content_type = "text/plain"),
+        (status = 404, description = "This appliance reports no metrics", body = ErrorResponse),
+    )
+)]
 async fn metrics(State(api): State<Api>) -> Response {
     match api.app.metrics() {
         Some(page) => (
@@ -230,18 +259,68 @@ async fn metrics(State(api): State<Api>) -> Response {
     }
 }
 
+/// kube-loxilb's liveness probe: 200 whenever the API answers.
+#[utoipa::path(
+    get,
+    path = "/netlox/v1",
+    tag = "loxilb",
+    responses((status = 200, description = "The API answers", body = HealthResponse))
+)]
 async fn health() -> Json<HealthResponse> {
     Json(HealthResponse {
         status: "ok".to_owned(),
     })
 }
 
+/// The liveness probe with a trailing slash, as loxilb's own clients ask for it.
+#[utoipa::path(
+    get,
+    path = "/netlox/v1/",
+    tag = "loxilb",
+    responses((status = 200, description = "The API answers", body = HealthResponse))
+)]
+async fn health_slash() -> Json<HealthResponse> {
+    health().await
+}
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/netlox/v1/openapi.json",
+    tag = "oxlb",
+    responses((status = 200, description = "The OpenAPI document of this API",
+               body = serde_json::Value))
+)]
+async fn openapi_json(State(api): State<Api>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        api.openapi.as_str().to_owned(),
+    )
+        .into_response()
+}
+
+/// Creates or replaces a load-balancer rule (`oper` 0), or attaches (1) or detaches (2)
+/// endpoints of an existing one.
+#[utoipa::path(
+    post,
+    path = "/netlox/v1/config/loadbalancer",
+    tag = "loxilb",
+    request_body = LoadBalancerEntry,
+    responses(
+        (status = 200, description = "Applied and saved", body = ResultResponse),
+        (status = 400, description = "The body is not JSON, not a LoadbalanceEntry, or holds a value oxlb refuses; `fields` names it", body = ErrorResponse),
+        (status = 404, description = "oper 1 or 2 for a rule that does not exist", body = ErrorResponse),
+        (status = 413, description = "The body is larger than 2 MiB", body = ErrorResponse),
+        (status = 500, description = "The change could not be applied or saved; the previous rules still run", body = ErrorResponse),
+    )
+)]
 async fn create(
     State(api): State<Api>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ResultResponse>, Failure> {
     let body = body.map_err(|r| Failure::new(r.status(), r.body_text()))?;
-    let entry: LoadBalancerEntry = serde_json::from_slice(&body).map_err(body_error)?;
+    let entry: LoadBalancerEntry =
+        serde_json::from_slice(&body).map_err(|e| body_error(e, "a loxilb load-balancer entry"))?;
     let spec = validate(&entry).map_err(|e| {
         let field = e.field();
         Failure(ErrorResponse::new(400, e.to_string()).with_field(field))
@@ -304,16 +383,41 @@ fn endpoints_changed(
     Ok(next)
 }
 
-async fn list(State(api): State<Api>) -> Result<Json<LoadBalancerList>, Failure> {
+/// The running state, read off the async threads (the appliance's lock may be held by a change).
+async fn current(api: &Api) -> Result<DesiredState, Failure> {
     let app = api.app.clone();
-    let state = tokio::task::spawn_blocking(move || app.current())
+    tokio::task::spawn_blocking(move || app.current())
         .await
-        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// Every load-balancer rule.
+#[utoipa::path(
+    get,
+    path = "/netlox/v1/config/loadbalancer/all",
+    tag = "loxilb",
+    responses(
+        (status = 200, description = "Every rule, in loxilb's shape", body = LoadBalancerList),
+        (status = 500, description = "Internal error reading the state", body = ErrorResponse),
+    )
+)]
+async fn list(State(api): State<Api>) -> Result<Json<LoadBalancerList>, Failure> {
+    let state = current(&api).await?;
     Ok(Json(LoadBalancerList {
         lb_attr: state.services().map(to_entry).collect(),
     }))
 }
 
+/// Every tracked connection, one entry per direction.
+#[utoipa::path(
+    get,
+    path = "/netlox/v1/config/conntrack/all",
+    tag = "loxilb",
+    responses(
+        (status = 200, description = "Tracked connections", body = ConntrackList),
+        (status = 500, description = "The packet workers did not report their connections in time", body = ErrorResponse),
+    )
+)]
 async fn conntrack(State(api): State<Api>) -> Result<Json<ConntrackList>, Failure> {
     let app = api.app.clone();
     let entries = tokio::task::spawn_blocking(move || app.conntrack())
@@ -324,6 +428,15 @@ async fn conntrack(State(api): State<Api>) -> Result<Json<ConntrackList>, Failur
 }
 
 /// Every endpoint of the running rules with its probe's verdict, in loxilb's shape.
+#[utoipa::path(
+    get,
+    path = "/netlox/v1/config/endpoint/all",
+    tag = "loxilb",
+    responses(
+        (status = 200, description = "Endpoints and their probe state", body = EndpointList),
+        (status = 500, description = "Internal error reading the state", body = ErrorResponse),
+    )
+)]
 async fn endpoints(State(api): State<Api>) -> Result<Json<EndpointList>, Failure> {
     let app = api.app.clone();
     let attr = tokio::task::spawn_blocking(move || {
@@ -338,11 +451,18 @@ async fn endpoints(State(api): State<Api>) -> Result<Json<EndpointList>, Failure
     Ok(Json(EndpointList { attr }))
 }
 
+/// What is running (oxlb's own call).
+#[utoipa::path(
+    get,
+    path = "/netlox/v1/status",
+    tag = "oxlb",
+    responses(
+        (status = 200, description = "Version, uptime, workers, interfaces, rules", body = StatusResponse),
+        (status = 500, description = "Internal error reading the state", body = ErrorResponse),
+    )
+)]
 async fn status(State(api): State<Api>) -> Result<Json<StatusResponse>, Failure> {
-    let app = api.app.clone();
-    let services = tokio::task::spawn_blocking(move || app.current().len())
-        .await
-        .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let services = current(&api).await?.len();
     Ok(Json(StatusResponse {
         status: "ok".to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -353,6 +473,24 @@ async fn status(State(api): State<Api>) -> Result<Json<StatusResponse>, Failure>
     }))
 }
 
+/// Deletes the rule of one address, port and protocol.
+#[utoipa::path(
+    delete,
+    path = "/netlox/v1/config/loadbalancer/externalipaddress/{ip}/port/{port}/protocol/{proto}",
+    tag = "loxilb",
+    params(
+        ("ip" = String, Path, description = "The rule's externalIP (IPv4)",
+         pattern = r"^[0-9]{1,3}(\.[0-9]{1,3}){3}$", example = "198.18.100.1"),
+        ("port" = i64, Path, description = "The rule's port", minimum = 1, maximum = 65535),
+        ("proto" = String, Path, description = "tcp or udp", pattern = "^(tcp|udp)$"),
+    ),
+    responses(
+        (status = 200, description = "Deleted and saved", body = ResultResponse),
+        (status = 400, description = "The address, port or protocol is not valid; `fields` names it", body = ErrorResponse),
+        (status = 404, description = "No rule has this address, port and protocol", body = ErrorResponse),
+        (status = 500, description = "The change could not be applied or saved; the previous rules still run", body = ErrorResponse),
+    )
+)]
 async fn delete_one(
     State(api): State<Api>,
     path: Result<Path<(String, String, String)>, PathRejection>,
@@ -380,10 +518,23 @@ async fn delete_one(
 }
 
 /// Deletes every rule with this name (kube-loxilb gives all ports of a Service one name).
+#[utoipa::path(
+    delete,
+    path = "/netlox/v1/config/loadbalancer/name/{name}",
+    tag = "loxilb",
+    params(("name" = String, Path, description = "The rules' `name`", example = "web")),
+    responses(
+        (status = 200, description = "Deleted and saved", body = ResultResponse),
+        (status = 400, description = "The name is not valid UTF-8 once percent-decoded", body = ErrorResponse),
+        (status = 404, description = "No rule has this name", body = ErrorResponse),
+        (status = 500, description = "The change could not be applied or saved; the previous rules still run", body = ErrorResponse),
+    )
+)]
 async fn delete_by_name(
     State(api): State<Api>,
-    Path(name): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ResultResponse>, Failure> {
+    let Path(name) = path.map_err(|r| Failure::bad_request(r.body_text()))?;
     change(&api, move |state| {
         let keys: Vec<_> = state
             .services()
@@ -408,11 +559,76 @@ async fn delete_by_name(
     Ok(success())
 }
 
+/// Deletes every load-balancer rule (the HA state stays).
+#[utoipa::path(
+    delete,
+    path = "/netlox/v1/config/loadbalancer/all",
+    tag = "loxilb",
+    responses(
+        (status = 200, description = "Deleted and saved", body = ResultResponse),
+        (status = 500, description = "The change could not be applied or saved; the previous rules still run", body = ErrorResponse),
+    )
+)]
 async fn delete_all(State(api): State<Api>) -> Result<Json<ResultResponse>, Failure> {
     change(&api, |state| {
         let n = state.len();
-        state.clear();
+        state.clear_services();
         Ok(format!("all {n} load-balancer rule(s) deleted"))
+    })
+    .await?;
+    Ok(success())
+}
+
+/// The HA state of every cluster instance, in loxilb's `CIStatusGetEntry` shape.
+#[utoipa::path(
+    get,
+    path = "/netlox/v1/config/cistate/all",
+    tag = "loxilb",
+    responses(
+        (status = 200, description = "Every instance's HA state (empty before the first POST)", body = CiStateList),
+        (status = 500, description = "Internal error reading the state", body = ErrorResponse),
+    )
+)]
+async fn cistate_list(State(api): State<Api>) -> Result<Json<CiStateList>, Failure> {
+    let state = current(&api).await?;
+    Ok(Json(CiStateList {
+        attr: state.ha().map(to_cistatus).collect(),
+    }))
+}
+
+/// Records the HA role an external controller assigns to an instance (kube-loxilb's
+/// `--setRoles`, a keepalived notify script). Saved with the rules; it does not change
+/// forwarding yet.
+#[utoipa::path(
+    post,
+    path = "/netlox/v1/config/cistate",
+    tag = "loxilb",
+    request_body = CiStatusEntry,
+    responses(
+        (status = 200, description = "Recorded and saved", body = ResultResponse),
+        (status = 400, description = "The body is not JSON, not a CIStatusEntry, or its state, instance or vip is not valid; `fields` names it", body = ErrorResponse),
+        (status = 413, description = "The body is larger than 2 MiB", body = ErrorResponse),
+        (status = 500, description = "The change could not be saved; the previous state stays", body = ErrorResponse),
+    )
+)]
+async fn cistate_set(
+    State(api): State<Api>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ResultResponse>, Failure> {
+    let body = body.map_err(|r| Failure::new(r.status(), r.body_text()))?;
+    let entry: CiStatusEntry = serde_json::from_slice(&body)
+        .map_err(|e| body_error(e, "a loxilb CIStatusEntry ({instance, state, vip})"))?;
+    let ha = validate_cistate(&entry)
+        .map_err(|e| Failure(ErrorResponse::new(400, e.to_string()).with_field(e.field())))?;
+    change(&api, move |state| {
+        let line = format!(
+            "HA state of instance {} set to {} (vip {})",
+            ha.instance,
+            ha.role,
+            ha.vip.map_or_else(|| "none".to_owned(), |v| v.to_string())
+        );
+        state.set_ha(ha);
+        Ok(line)
     })
     .await?;
     Ok(success())
@@ -432,15 +648,17 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Failure {
     )
 }
 
-/// Says what is wrong with a body that is not a loxilb `LoadbalanceEntry`; serde_json's
-/// message names the unknown or missing field, or the line and column of a syntax error.
-fn body_error(e: serde_json::Error) -> Failure {
+/// Says what is wrong with a body that is not `expected` (e.g. "a loxilb load-balancer
+/// entry"); serde_json's message names the unknown or missing field, or the line and column of
+/// a syntax error.
+fn body_error(e: serde_json::Error, expected: &str) -> Failure {
     use serde_json::error::Category;
-    let what = match e.classify() {
-        Category::Syntax | Category::Eof | Category::Io => "the request body is not valid JSON",
-        Category::Data => "the request body is not a loxilb load-balancer entry",
-    };
-    Failure::bad_request(format!("{what}: {e}"))
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => {
+            Failure::bad_request(format!("the request body is not valid JSON: {e}"))
+        }
+        Category::Data => Failure::bad_request(format!("the request body is not {expected}: {e}")),
+    }
 }
 
 /// Runs `edit` on a copy of the current state and applies the result if it differs, holding
@@ -810,5 +1028,238 @@ mod tests {
         let other = dir.write("other.pem", &other_key);
         let e = crate::tls::server_config(&cert, &other).unwrap_err();
         assert!(matches!(e, crate::tls::TlsError::Invalid { .. }), "{e}");
+    }
+
+    /// Every (method, path) of the OpenAPI document.
+    fn documented_operations(doc: &serde_json::Value) -> Vec<(Method, String)> {
+        let mut ops = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, _) in item.as_object().expect("a path item") {
+                let method = Method::from_bytes(method.to_uppercase().as_bytes())
+                    .unwrap_or_else(|_| panic!("{path}: {method} is not a method"));
+                ops.push((method, path.clone()));
+            }
+        }
+        ops
+    }
+
+    /// `path` with each `{param}` replaced by a value its handler can parse.
+    fn concrete(path: &str) -> String {
+        path.replace("{ip}", "198.18.100.1")
+            .replace("{port}", "80")
+            .replace("{proto}", "tcp")
+            .replace("{name}", "web")
+    }
+
+    async fn oneshot(
+        router: &Router,
+        method: Method,
+        path: &str,
+        body: &str,
+    ) -> (StatusCode, String) {
+        use tower::ServiceExt;
+        let req = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.to_owned()))
+            .unwrap();
+        let resp = router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn every_operation_of_the_served_document_is_routed_to_a_handler() {
+        let router = router(Arc::new(Fake::default()));
+        let (status, text) = oneshot(&router, Method::GET, "/netlox/v1/openapi.json", "").await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(doc, serde_json::to_value(openapi()).unwrap());
+        let ops = documented_operations(&doc);
+        assert!(ops.len() >= 16, "{ops:?}");
+        for (method, path) in ops {
+            let (status, text) = oneshot(&router, method.clone(), &concrete(&path), "{}").await;
+            // A handler may answer 404 itself (no such rule); the router's own 404 and 405
+            // say "no such API" and "does not accept".
+            assert_ne!(
+                status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}: {text}"
+            );
+            assert!(
+                !text.contains("no such API"),
+                "{method} {path} is documented but not routed: {text}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn every_route_of_the_router_is_in_the_document() {
+        // The routes the router serves, probed with each method: whatever does not reach the
+        // router's fallbacks must be documented. The candidate paths are the documented ones
+        // plus their neighbours, so a route added beside them without a document entry shows.
+        let router = router(Arc::new(Fake::default()));
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let documented = documented_operations(&doc);
+        let mut candidates: Vec<String> = documented.iter().map(|(_, p)| p.clone()).collect();
+        for extra in [
+            "/netlox/v1/config/loadbalancer/all/",
+            "/netlox/v1/config/cistate/",
+            "/netlox/v1/config/port/all",
+            "/netlox/v1/config/route/all",
+            "/netlox/v1/config/bfd/all",
+            "/netlox/v1/version",
+            "/netlox/v1/openapi.yaml",
+            "/openapi.json",
+            "/",
+        ] {
+            candidates.push(extra.to_owned());
+        }
+        for path in candidates {
+            for method in [
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::DELETE,
+                Method::PATCH,
+            ] {
+                let (status, text) = oneshot(&router, method.clone(), &concrete(&path), "{}").await;
+                let routed =
+                    status != StatusCode::METHOD_NOT_ALLOWED && !text.contains("no such API");
+                let in_doc = documented.contains(&(method.clone(), path.clone()));
+                assert_eq!(
+                    routed, in_doc,
+                    "{method} {path}: routed {routed}, documented {in_doc}: {text}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_document_uses_loxilbs_names_and_lists_every_answer() {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        for name in [
+            "LoadbalanceEntry",
+            "Error",
+            "CiStatusEntry",
+            "CiStateList",
+            "LogLevel",
+        ] {
+            assert!(schemas.get(name).is_some(), "no schema {name}");
+        }
+        let sa = &schemas["ServiceArguments"]["properties"];
+        for field in [
+            "externalIP",
+            "privateIP",
+            "portMax",
+            "inactiveTimeOut",
+            "probeTimeout",
+        ] {
+            assert!(sa.get(field).is_some(), "serviceArguments has no {field}");
+        }
+        assert_eq!(schemas["ServiceArguments"]["additionalProperties"], false);
+        assert!(schemas["CiStateList"]["properties"].get("Attr").is_some());
+        let post = &doc["paths"]["/netlox/v1/config/loadbalancer"]["post"];
+        for code in ["200", "400", "401", "404", "413", "500"] {
+            assert!(
+                post["responses"].get(code).is_some(),
+                "POST loadbalancer lacks {code}"
+            );
+        }
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        assert!(doc["info"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("case-insensitively"));
+    }
+
+    #[tokio::test]
+    async fn the_document_needs_the_token_like_every_path() {
+        let s = start(Arc::new(Fake::default()), with_token()).await;
+        let url = format!("{}/netlox/v1/openapi.json", s.base);
+        let http = reqwest::Client::new();
+        let (status, _) = send(http.get(&url), None).await;
+        assert_eq!(status, 401);
+        let (status, body) = send(http.get(&url), Some(&format!("Bearer {TOKEN}"))).await;
+        assert_eq!(status, 200);
+        assert!(
+            body["openapi"].as_str().unwrap().starts_with("3."),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn ha_state_is_recorded_listed_and_an_unknown_state_refused_naming_the_field() {
+        let fake = Arc::new(Fake::default());
+        let router = router(fake.clone());
+        let (status, text) =
+            oneshot(&router, Method::GET, "/netlox/v1/config/cistate/all", "").await;
+        assert_eq!((status, text.as_str()), (StatusCode::OK, r#"{"Attr":[]}"#));
+        let body = r#"{"instance":"llb-inst0","state":"BACKUP","vip":"198.18.100.1"}"#;
+        let (status, text) =
+            oneshot(&router, Method::POST, "/netlox/v1/config/cistate", body).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        assert_eq!(text, r#"{"result":"Success"}"#);
+        let (status, text) = oneshot(
+            &router,
+            Method::POST,
+            "/netlox/v1/config/cistate",
+            r#"{"state":"MASTER"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let (_, text) = oneshot(&router, Method::GET, "/netlox/v1/config/cistate/all", "").await;
+        let list: CiStateList = serde_json::from_str(&text).unwrap();
+        let got: Vec<_> = list
+            .attr
+            .iter()
+            .map(|e| (e.instance.as_str(), e.state.as_str(), e.vip.as_str()))
+            .collect();
+        // The second POST replaced the first: same (default) instance, no vip given.
+        assert_eq!(got, [("llb-inst0", "MASTER", "0.0.0.0")]);
+        let applied = fake.applied.load(Ordering::SeqCst);
+        let (status, text) = oneshot(
+            &router,
+            Method::POST,
+            "/netlox/v1/config/cistate",
+            r#"{"instance":"llb-inst0","state":"PRIMARY"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+        let err: ErrorResponse = serde_json::from_str(&text).unwrap();
+        assert_eq!(err.fields, ["state"]);
+        assert!(err.message.contains("MASTER, BACKUP"), "{}", err.message);
+        let (status, text) = oneshot(
+            &router,
+            Method::POST,
+            "/netlox/v1/config/cistate",
+            r#"{"state":"MASTER","role":"x"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+        assert!(text.contains("unknown field `role`"), "{text}");
+        assert_eq!(
+            fake.applied.load(Ordering::SeqCst),
+            applied,
+            "a refused body changed the state"
+        );
+        // Deleting every rule leaves the HA state.
+        let (status, _) = oneshot(
+            &router,
+            Method::DELETE,
+            "/netlox/v1/config/loadbalancer/all",
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(fake.current().ha().count(), 1);
     }
 }

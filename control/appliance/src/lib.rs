@@ -7,6 +7,8 @@ pub mod endpoints;
 pub mod http;
 pub mod metrics;
 pub mod nexthop;
+pub mod openapi;
+pub mod ops;
 pub mod persist;
 pub mod probe;
 pub mod state;

@@ -1,9 +1,12 @@
 //! The state file: every rule the API accepted, saved so that a restart (or a crash) loses
 //! nothing that was answered with success, and read back at start.
 //!
-//! The file is JSON, `{"version":1,"loadbalancers":[...]}`, each item a loxilb
-//! `LoadbalanceEntry` exactly as `GET /netlox/v1/config/loadbalancer/all` lists it, so an
-//! operator can read it, and any item can be replayed with `POST /config/loadbalancer`.
+//! The file is JSON, `{"version":1,"loadbalancers":[...],"cistate":[...]}`, each item of
+//! `loadbalancers` a loxilb `LoadbalanceEntry` exactly as `GET /netlox/v1/config/loadbalancer/all`
+//! lists it, and each item of `cistate` a loxilb `CIStatusEntry`, so an operator can read it,
+//! and any item can be replayed with `POST /config/loadbalancer` or `POST /config/cistate`.
+//! `cistate` is left out while there is no HA state, so such a file is the same as before
+//! HA state existed and an older oxlb still reads it.
 //!
 //! A save replaces the file atomically: the new content goes to a temporary file in the same
 //! directory, which is flushed to disk, renamed over the old file, and the directory is flushed
@@ -12,7 +15,9 @@
 //! would refuse stops the start with a message naming the file, for the operator to decide.
 
 use crate::state::DesiredState;
-use oxlb_api::{to_entry, validate, LoadBalancerEntry};
+use oxlb_api::{
+    to_cistatus_entry, to_entry, validate, validate_cistate, CiStatusEntry, LoadBalancerEntry,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -34,6 +39,8 @@ const LOCK_NAME: &str = "lock";
 struct StateFile {
     version: u32,
     loadbalancers: Vec<LoadBalancerEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    cistate: Vec<CiStatusEntry>,
 }
 
 /// Read first, so a file of another version is refused for its version, not for a field this
@@ -170,6 +177,7 @@ pub fn encode(state: &DesiredState) -> Vec<u8> {
     let file = StateFile {
         version: VERSION,
         loadbalancers: state.services().map(to_entry).collect(),
+        cistate: state.ha().map(to_cistatus_entry).collect(),
     };
     let mut bytes =
         serde_json::to_vec_pretty(&file).expect("a state file always serializes to JSON");
@@ -201,6 +209,15 @@ pub fn decode(bytes: &[u8]) -> Result<DesiredState, String> {
             ));
         }
         state.upsert(spec);
+    }
+    for (i, entry) in file.cistate.iter().enumerate() {
+        let ha = validate_cistate(entry).map_err(|e| format!("cistate[{i}].{}: {e}", e.field()))?;
+        if let Some(first) = state.set_ha(ha) {
+            return Err(format!(
+                "cistate[{i}] repeats the instance {}",
+                first.instance
+            ));
+        }
     }
     Ok(state)
 }
@@ -390,6 +407,54 @@ mod tests {
             msg.contains("loadbalancers[1].serviceArguments.port"),
             "{msg}"
         );
+    }
+
+    fn with_ha(mut s: DesiredState) -> DesiredState {
+        s.set_ha(oxlb_api::CiState {
+            instance: "llb-inst0".to_owned(),
+            role: oxlb_api::HaRole::Master,
+            vip: Some("198.18.100.1".parse().unwrap()),
+        });
+        s
+    }
+
+    #[test]
+    fn ha_state_is_saved_and_loaded_back_with_the_rules() {
+        let tmp = TempDir::new();
+        let store = StateStore::open(&tmp.0).unwrap();
+        let s = with_ha(state(&[spec(80, &[1])]));
+        store.save(&s).unwrap();
+        assert_eq!(store.load().unwrap(), Some(s.clone()));
+        let v: serde_json::Value = serde_json::from_slice(&encode(&s)).unwrap();
+        assert_eq!(
+            v["cistate"],
+            serde_json::json!([{"instance": "llb-inst0", "state": "MASTER", "vip": "198.18.100.1"}])
+        );
+        // Only HA state, no rule: still saved and restored.
+        let only = with_ha(DesiredState::default());
+        store.save(&only).unwrap();
+        assert_eq!(store.load().unwrap(), Some(only));
+    }
+
+    #[test]
+    fn a_file_without_ha_state_has_no_cistate_key() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode(&state(&[spec(80, &[1])]))).unwrap();
+        assert!(v.get("cistate").is_none(), "{v}");
+    }
+
+    #[test]
+    fn an_unknown_ha_state_or_a_repeated_instance_is_refused_naming_its_position() {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&encode(&with_ha(DesiredState::default()))).unwrap();
+        v["cistate"][0]["state"] = "PRIMARY".into();
+        let msg = load_error(v.to_string().as_bytes());
+        assert!(msg.contains("cistate[0].state"), "{msg}");
+        let one = serde_json::json!({"instance": "a", "state": "BACKUP"});
+        let v =
+            serde_json::json!({"version": 1, "loadbalancers": [], "cistate": [one.clone(), one]});
+        let msg = load_error(v.to_string().as_bytes());
+        assert!(msg.contains("cistate[1] repeats the instance a"), "{msg}");
     }
 
     #[test]

@@ -1,12 +1,17 @@
-//! The desired state: every load-balancer rule the API accepted, keyed as loxilb keys them.
+//! The desired state: every load-balancer rule the API accepted, keyed as loxilb keys them,
+//! and the HA role assigned to each cluster instance.
 
-use oxlb_api::{ServiceKey, ServiceSpec};
+use oxlb_api::{CiState, ServiceKey, ServiceSpec};
 use std::collections::BTreeMap;
 
-/// The rules the appliance should run. Ordered by key so listings and snapshots are stable.
+/// The rules the appliance should run and the HA roles it was told. Ordered by key so
+/// listings, snapshots and the state file are stable.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DesiredState {
     services: BTreeMap<ServiceKey, ServiceSpec>,
+    /// HA state by instance name (`POST /config/cistate`). Recorded, persisted and listed;
+    /// it does not change forwarding yet.
+    ha: BTreeMap<String, CiState>,
 }
 
 impl DesiredState {
@@ -21,7 +26,9 @@ impl DesiredState {
         self.services.remove(key).is_some()
     }
 
-    pub fn clear(&mut self) {
+    /// Removes every load-balancer rule; the HA state stays (`DELETE /config/loadbalancer/all`
+    /// is about rules only).
+    pub fn clear_services(&mut self) {
         self.services.clear();
     }
 
@@ -33,12 +40,25 @@ impl DesiredState {
         self.services.get(key)
     }
 
+    /// The number of load-balancer rules.
     pub fn len(&self) -> usize {
         self.services.len()
     }
 
+    /// No rule and no HA state: nothing to restore or run. (A state holding only HA roles is
+    /// not empty, so that a restart restores it.)
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty()
+        self.services.is_empty() && self.ha.is_empty()
+    }
+
+    /// Records `state` for its instance; returns the state it replaced.
+    pub fn set_ha(&mut self, state: CiState) -> Option<CiState> {
+        self.ha.insert(state.instance.clone(), state)
+    }
+
+    /// Every instance's HA state, by instance name.
+    pub fn ha(&self) -> impl Iterator<Item = &CiState> {
+        self.ha.values()
     }
 }
 
@@ -110,7 +130,32 @@ mod tests {
         let mut state = DesiredState::default();
         state.upsert(spec(80, &[1]));
         state.upsert(spec(81, &[1]));
-        state.clear();
+        state.clear_services();
         assert_eq!(state, DesiredState::default());
+    }
+
+    fn ha(instance: &str, role: oxlb_api::HaRole) -> CiState {
+        CiState {
+            instance: instance.to_owned(),
+            role,
+            vip: None,
+        }
+    }
+
+    #[test]
+    fn ha_state_is_kept_per_instance_and_survives_clearing_the_rules() {
+        use oxlb_api::HaRole::{Backup, Master};
+        let mut state = DesiredState::default();
+        state.set_ha(ha("llb-inst1", Backup));
+        state.set_ha(ha("llb-inst0", Backup));
+        let old = state.set_ha(ha("llb-inst0", Master)).unwrap();
+        assert_eq!(old.role, Backup);
+        let listed: Vec<_> = state.ha().map(|s| (s.instance.as_str(), s.role)).collect();
+        assert_eq!(listed, [("llb-inst0", Master), ("llb-inst1", Backup)]);
+        state.upsert(spec(80, &[1]));
+        state.clear_services();
+        assert_eq!(state.len(), 0);
+        assert!(!state.is_empty(), "HA state alone is something to restore");
+        assert_eq!(state.ha().count(), 2);
     }
 }

@@ -4,6 +4,7 @@
 
 mod config;
 mod interfaces;
+mod logging;
 mod notify;
 mod privileges;
 mod snat_ports;
@@ -13,6 +14,7 @@ use oxlb_control::appliance::ApplianceCore;
 use oxlb_control::auth::{self, ApiToken};
 use oxlb_control::http::{self, About, ApiOptions, Appliance};
 use oxlb_control::nexthop::NextHopResolver;
+use oxlb_control::ops::LogHandle;
 use oxlb_control::persist::StateStore;
 use oxlb_control::probe;
 use oxlb_control::state::DesiredState;
@@ -23,6 +25,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+/// How long API requests in flight at SIGTERM/SIGINT may take to finish; then their
+/// connections are closed. With the rest of the stop it stays well inside the 5 s a service
+/// manager or test harness typically grants before SIGKILL.
+const API_DRAIN: Duration = Duration::from_secs(3);
+/// How long work a request started off the async threads (a change being applied and saved,
+/// a conntrack listing) may go on after the API closed.
+const BLOCKING_DRAIN: Duration = Duration::from_secs(1);
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +42,11 @@ use std::time::{Duration, Instant};
     about = "oxlb: an L4 service load balancer (XDP + AF_XDP)"
 )]
 struct Cli {
+    /// How log lines are written to stderr: text, or one JSON object per line for log
+    /// shippers. Which lines: RUST_LOG (default info), changeable while running through
+    /// /netlox/v1/config/loglevel (`oxlbctl set loglevel FILTER`).
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -77,11 +93,19 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,netlink_packet_route=error"),
-    )
-    .init();
     let cli = Cli::parse();
+    let log = match logging::init(cli.log_format) {
+        Ok(started) => {
+            if let Some(e) = started.ignored_env {
+                warn!("RUST_LOG: {e}; logging with {:?}", logging::DEFAULT_FILTER);
+            }
+            LogHandle::new(Arc::new(started.logging))
+        }
+        Err(e) => {
+            eprintln!("oxlb: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match cli.command {
         Cmd::Run {
             ifaces,
@@ -98,7 +122,8 @@ fn main() -> ExitCode {
             api_token_file.as_deref(),
             api_tls_cert.as_deref().zip(api_tls_key.as_deref()),
         )
-        .and_then(|security| {
+        .and_then(|mut security| {
+            security.log = Some(log);
             run(
                 ifaces,
                 api,
@@ -135,12 +160,13 @@ fn api_security(
         .transpose()
         .map_err(|e| e.to_string())?;
     if token.is_some() && tls.is_none() && !api.ip().is_loopback() {
-        log::warn!("the API on {api} has a token but no TLS: the token crosses the network in clear; give --api-tls-cert and --api-tls-key");
+        warn!(%api, "the API on {api} has a token but no TLS: the token crosses the network in clear; give --api-tls-cert and --api-tls-key");
     }
     Ok(ApiOptions {
         token,
         tls,
         about: About::default(),
+        log: None,
     })
 }
 
@@ -195,7 +221,9 @@ fn run(
     } else {
         "http"
     };
-    log::info!(
+    info!(
+        workers = dataplane.worker_count(),
+        %api,
         "serving {} with {} worker(s); API on {scheme}://{api}/netlox/v1/{}",
         ifaces.join(", "),
         dataplane.worker_count(),
@@ -225,7 +253,10 @@ fn run(
     if !state.is_empty() {
         core.apply(state).map_err(|e| e.to_string())?;
     }
-    log::info!(
+    info!(
+        restored,
+        from_config,
+        state_file = %state_file,
         "restored {restored} service(s) from {state_file}; {from_config} from the config file"
     );
 
@@ -242,9 +273,21 @@ fn run(
         .map_err(|_| "the control plane panicked".to_string())?;
     notify::stopping();
     log_totals(&core);
-    // Dropping the last reference stops the workers and detaches the XDP program.
-    drop(core);
-    log::info!("stopped; XDP program detached");
+    // The API is closed and its work joined, so this is normally the last reference; dropping
+    // it stops the workers (after they pushed out pending TX) and then detaches the XDP
+    // program. Every accepted change was saved before it was answered: nothing is left to
+    // persist here.
+    match Arc::try_unwrap(core) {
+        Ok(core) => {
+            drop(core);
+            info!(state_file = %state_file, "stopped; XDP program detached");
+        }
+        // A request's blocking work outlived BLOCKING_DRAIN. Exiting still detaches XDP: the
+        // program is held by bpf_link descriptors that close with the process.
+        Err(_) => warn!(
+            "stopping with API work still running; the XDP program is detached as the process exits"
+        ),
+    }
     result
 }
 
@@ -260,7 +303,7 @@ fn control_plane(
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the control runtime: {e}"))?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let listener =
             tokio::net::TcpListener::from_std(listener).map_err(|e| format!("API socket: {e}"))?;
         let refresher = {
@@ -278,11 +321,37 @@ fn control_plane(
         };
         let prober = tokio::spawn(probe::supervise(core.clone()));
         let app: Arc<dyn Appliance> = core.clone();
-        let served = http::serve_with(listener, app, options, shutdown_signal()).await;
-        refresher.abort();
+        let (stopping, mut stop_seen) = tokio::sync::watch::channel(false);
+        let signal = async move {
+            shutdown_signal().await;
+            let _ = stopping.send(true);
+        };
+        // axum stops accepting at the signal and lets each connection finish its request;
+        // a client that never finishes sending must not hold the stop up.
+        let cut_off = async move {
+            if stop_seen.wait_for(|s| *s).await.is_ok() {
+                tokio::time::sleep(API_DRAIN).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let served = tokio::select! {
+            served = http::serve_with(listener, app, options, signal) => served,
+            () = cut_off => {
+                warn!(waited = ?API_DRAIN, "API requests still unfinished {API_DRAIN:?} after the stop signal; closing their connections");
+                Ok(())
+            }
+        };
+        info!("API closed");
+        // Dropping the supervisor's task set aborts every probe with it.
         prober.abort();
+        refresher.abort();
         served.map_err(|e| format!("API server failed: {e}"))
-    })
+    });
+    // Connection tasks still open are dropped here; blocking work (a change being applied and
+    // saved) gets a bounded while to end.
+    rt.shutdown_timeout(BLOCKING_DRAIN);
+    result
 }
 
 async fn shutdown_signal() {
@@ -290,13 +359,13 @@ async fn shutdown_signal() {
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
-            log::error!("cannot listen for SIGTERM: {e}");
+            error!("cannot listen for SIGTERM: {e}");
             return std::future::pending().await;
         }
     };
     tokio::select! {
-        _ = term.recv() => log::info!("SIGTERM received, stopping"),
-        _ = tokio::signal::ctrl_c() => log::info!("SIGINT received, stopping"),
+        _ = term.recv() => info!(signal = "SIGTERM", "SIGTERM received, stopping"),
+        _ = tokio::signal::ctrl_c() => info!(signal = "SIGINT", "SIGINT received, stopping"),
     }
 }
 
@@ -312,7 +381,7 @@ fn log_totals(core: &ApplianceCore) {
         .map(|r| format!("{}={}", r.label(), total.dropped(*r)))
         .collect();
     let s = total.sockets;
-    log::info!(
+    info!(
         "totals: rx={} tx={} to_kernel={} flows_created={} drops[{}] socket_drops[rx_ring_full={} fill_ring_empty={} rx_dropped={} invalid={}] xdp={:?}",
         total.rx_packets,
         total.tx_packets,

@@ -36,7 +36,7 @@ pub fn stopping() {
 fn notify(state: &str) {
     let socket = std::env::var_os(ENV);
     if let Err(e) = send(socket.as_deref(), state) {
-        log::warn!("{e}");
+        tracing::warn!("{e}");
     }
 }
 

@@ -7,12 +7,13 @@
 //! here, says what it runs; only what cannot be put into a request at all is a usage error.
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
-use oxlb_api::LoadBalancerEntry;
+use oxlb_api::{CiStatusEntry, LoadBalancerEntry};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 pub const DEFAULT_API: &str = "http://127.0.0.1:11111";
 pub const BASE: &str = "/netlox/v1";
+const LOG_LEVEL_PATH: &str = "/netlox/v1/config/loglevel";
 
 const EXAMPLES: &str = "\
 Examples:
@@ -25,6 +26,10 @@ Examples:
   oxlbctl get status --detail
   oxlbctl get ct
   oxlbctl get ep
+  oxlbctl get loglevel
+  oxlbctl set loglevel debug,oxlb_dataplane=trace
+  oxlbctl get cistate
+  oxlbctl set cistate llb-inst0 --state MASTER --vip 198.18.100.1
   oxlbctl --api https://198.18.0.1:11111 --ca-file ca.pem --token-file token get lb
 
 Exit status: 0 done, 1 the appliance refused (its message is shown; also a missing or wrong
@@ -79,6 +84,37 @@ pub enum Command {
         #[command(subcommand)]
         what: DeleteWhat,
     },
+    /// Change a setting of the running appliance.
+    Set {
+        #[command(subcommand)]
+        what: SetWhat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SetWhat {
+    /// Replace the appliance's log filter until it restarts
+    /// (PUT /netlox/v1/config/loglevel).
+    #[command(alias = "log-level")]
+    Loglevel {
+        /// In RUST_LOG syntax: a level (error, warn, info, debug, trace), per-module
+        /// directives, or both: `info,oxlb_dataplane=debug`.
+        filter: String,
+    },
+    /// Record the HA role of a cluster instance, as kube-loxilb's --setRoles does
+    /// (POST /netlox/v1/config/cistate). Recorded and kept across restarts; it does not
+    /// change forwarding yet.
+    #[command(alias = "ha")]
+    Cistate {
+        /// The instance, e.g. llb-inst0 (loxilb's default instance).
+        instance: String,
+        /// MASTER, BACKUP, FAULT, STOP or NOT_DEFINED.
+        #[arg(long)]
+        state: String,
+        /// The instance's virtual IP address.
+        #[arg(long)]
+        vip: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +136,12 @@ pub enum GetWhat {
     /// Every tracked connection, one row per direction (GET /netlox/v1/config/conntrack/all).
     #[command(alias = "conntrack")]
     Ct,
+    /// The appliance's log filter in force (GET /netlox/v1/config/loglevel).
+    #[command(alias = "log-level")]
+    Loglevel,
+    /// The HA role of every cluster instance (GET /netlox/v1/config/cistate/all).
+    #[command(alias = "ha")]
+    Cistate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,7 +208,21 @@ pub struct DeleteLb {
 pub enum Method {
     Get,
     Post,
+    Put,
     Delete,
+}
+
+/// The JSON body of a call, serialized as itself.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum Body {
+    Lb(Box<LoadBalancerEntry>),
+    /// `{"filter":"..."}` of the log-level call.
+    LogLevel {
+        filter: String,
+    },
+    /// loxilb's `CIStatusEntry`.
+    CiState(CiStatusEntry),
 }
 
 /// One API call a command stands for.
@@ -175,7 +231,7 @@ pub struct Call {
     pub method: Method,
     /// Path below the API's base URL, e.g. `/netlox/v1/config/loadbalancer`.
     pub path: String,
-    pub body: Option<LoadBalancerEntry>,
+    pub body: Option<Body>,
     /// What the call does, for people: `create lb 198.18.100.1:2020/tcp`.
     pub what: String,
 }
@@ -226,6 +282,50 @@ pub fn calls(command: &Command) -> Result<Vec<Call>, UsageError> {
             body: None,
             what: "get ct".into(),
         }]),
+        Command::Get {
+            what: GetWhat::Loglevel,
+        } => Ok(vec![Call {
+            method: Method::Get,
+            path: LOG_LEVEL_PATH.into(),
+            body: None,
+            what: "get loglevel".into(),
+        }]),
+        Command::Set {
+            what: SetWhat::Loglevel { filter },
+        } => Ok(vec![Call {
+            method: Method::Put,
+            path: LOG_LEVEL_PATH.into(),
+            body: Some(Body::LogLevel {
+                filter: filter.clone(),
+            }),
+            what: format!("set loglevel {filter}"),
+        }]),
+        Command::Get {
+            what: GetWhat::Cistate,
+        } => Ok(vec![Call {
+            method: Method::Get,
+            path: format!("{BASE}/config/cistate/all"),
+            body: None,
+            what: "get cistate".into(),
+        }]),
+        Command::Set {
+            what:
+                SetWhat::Cistate {
+                    instance,
+                    state,
+                    vip,
+                },
+        } => Ok(vec![Call {
+            method: Method::Post,
+            path: format!("{BASE}/config/cistate"),
+            // Sent as given: the appliance names a state or address it refuses.
+            body: Some(Body::CiState(CiStatusEntry {
+                instance: instance.clone(),
+                state: state.clone(),
+                vip: vip.clone().unwrap_or_default(),
+            })),
+            what: format!("set cistate {instance} {state}"),
+        }]),
         Command::Create {
             what: CreateWhat::Lb(c),
         } => create_calls(c),
@@ -275,7 +375,7 @@ fn create_calls(c: &CreateLb) -> Result<Vec<Call>, UsageError> {
             out.push(Call {
                 method: Method::Post,
                 path: format!("{BASE}/config/loadbalancer"),
-                body: Some(entry),
+                body: Some(Body::Lb(Box::new(entry))),
                 what: format!("create lb {}/{proto}", host_port(&vip, port)),
             });
         }
@@ -467,7 +567,9 @@ mod tests {
                 "create lb 198.18.100.1:53/udp"
             ]
         );
-        let last = calls[2].body.as_ref().unwrap();
+        let Some(Body::Lb(last)) = calls[2].body.as_ref() else {
+            panic!("not a load-balancer entry: {:?}", calls[2].body);
+        };
         assert_eq!(last.service_arguments.protocol, "udp");
         assert_eq!(last.endpoints[0].target_port, 5353);
         assert!(calls
@@ -647,6 +749,55 @@ mod tests {
             assert_eq!(c[0].path, "/netlox/v1/config/conntrack/all");
             assert_eq!(c[0].method, Method::Get);
         }
+    }
+
+    #[test]
+    fn get_and_set_cistate_list_and_post_loxilbs_body() {
+        let get = calls_of(&["get", "cistate"]).unwrap();
+        assert_eq!(
+            (get[0].method, get[0].path.as_str()),
+            (Method::Get, "/netlox/v1/config/cistate/all")
+        );
+        let set = calls_of(&[
+            "set",
+            "cistate",
+            "llb-inst0",
+            "--state",
+            "MASTER",
+            "--vip",
+            "198.18.100.1",
+        ])
+        .unwrap();
+        assert_eq!(
+            (set[0].method, set[0].path.as_str()),
+            (Method::Post, "/netlox/v1/config/cistate")
+        );
+        assert_eq!(
+            serde_json::to_value(set[0].body.as_ref().unwrap()).unwrap(),
+            serde_json::json!({"instance": "llb-inst0", "state": "MASTER", "vip": "198.18.100.1"})
+        );
+        assert!(
+            parse(&["set", "cistate", "llb-inst0"]).is_err(),
+            "--state is required"
+        );
+    }
+
+    #[test]
+    fn get_and_set_loglevel_read_and_replace_the_filter_with_its_json_body() {
+        let get = calls_of(&["get", "loglevel"]).unwrap();
+        assert_eq!(
+            (get[0].method, get[0].path.as_str(), &get[0].body),
+            (Method::Get, "/netlox/v1/config/loglevel", &None)
+        );
+        let set = calls_of(&["set", "loglevel", "debug,oxlb_dataplane=trace"]).unwrap();
+        assert_eq!(set.len(), 1);
+        assert_eq!(set[0].method, Method::Put);
+        assert_eq!(set[0].path, "/netlox/v1/config/loglevel");
+        assert_eq!(
+            serde_json::to_value(set[0].body.as_ref().unwrap()).unwrap(),
+            json!({"filter": "debug,oxlb_dataplane=trace"})
+        );
+        assert!(parse(&["set", "loglevel"]).is_err(), "a filter is required");
     }
 
     #[test]

@@ -93,6 +93,7 @@ impl ApiClient {
         let req = match call.method {
             Method::Get => self.http.get(&url),
             Method::Post => self.http.post(&url),
+            Method::Put => self.http.put(&url),
             Method::Delete => self.http.delete(&url),
         };
         let req = match &call.body {

@@ -6,12 +6,12 @@ mod args;
 mod client;
 mod table;
 
-use args::{Call, Cli, Command, GetWhat, Output};
+use args::{Call, Cli, Command, GetWhat, Output, SetWhat};
 use clap::Parser;
 use client::{Access, ApiClient, CallError};
 use oxlb_api::{
-    ConntrackEntry, ConntrackList, EndpointEntry, EndpointList, HealthResponse, LoadBalancerEntry,
-    LoadBalancerList, ResultResponse, StatusResponse,
+    CiStateList, CiStatusGetEntry, ConntrackEntry, ConntrackList, EndpointEntry, EndpointList,
+    HealthResponse, LoadBalancerEntry, LoadBalancerList, ResultResponse, StatusResponse,
 };
 use serde::Serialize;
 use std::process::ExitCode;
@@ -97,6 +97,36 @@ fn run(client: &ApiClient, cli: &Cli, call: &Call) -> Result<(), CallError> {
                 Output::Table => print!("{}", ct_table(&list.ct_attr)),
             }
         }
+        Command::Get {
+            what: GetWhat::Cistate,
+        } => {
+            let list: CiStateList = serde_json::from_str(&body).map_err(unexpected)?;
+            match cli.output {
+                Output::Json => print_json(&list),
+                Output::Table => print!("{}", cistate_table(&list.attr)),
+            }
+        }
+        Command::Set {
+            what: SetWhat::Cistate { .. },
+        } => {
+            let answer: ResultResponse = serde_json::from_str(&body).map_err(unexpected)?;
+            match cli.output {
+                Output::Json => println!("{}", body.trim()),
+                Output::Table => println!("{}: {}", call.what, answer.result),
+            }
+        }
+        Command::Get {
+            what: GetWhat::Loglevel,
+        }
+        | Command::Set {
+            what: SetWhat::Loglevel { .. },
+        } => {
+            let level: LogLevel = serde_json::from_str(&body).map_err(unexpected)?;
+            match cli.output {
+                Output::Json => print_json(&level),
+                Output::Table => println!("loglevel: {}", level.filter),
+            }
+        }
         Command::Create { .. } | Command::Delete { .. } => {
             let answer: ResultResponse = serde_json::from_str(&body).map_err(unexpected)?;
             match cli.output {
@@ -107,6 +137,13 @@ fn run(client: &ApiClient, cli: &Cli, call: &Call) -> Result<(), CallError> {
         }
     }
     Ok(())
+}
+
+/// The answer of the log-level call; the appliance's own type lives in a crate this client
+/// does not link (the whole control plane), and the shape is one field.
+#[derive(Debug, serde::Deserialize, Serialize)]
+struct LogLevel {
+    filter: String,
 }
 
 fn report(e: &CallError, output: Output) -> ExitCode {
@@ -224,6 +261,16 @@ fn ep_table(entries: &[EndpointEntry]) -> String {
     table::render(&header, &rows)
 }
 
+/// One row per cluster instance, columns as loxicmd's `get ha`.
+fn cistate_table(entries: &[CiStatusGetEntry]) -> String {
+    let header = ["INSTANCE", "HASTATE", "VIP"];
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| vec![e.instance.clone(), e.state.clone(), e.vip.clone()])
+        .collect();
+    table::render(&header, &rows)
+}
+
 /// One row per direction of a connection, columns as loxicmd's `get ct`.
 fn ct_table(entries: &[ConntrackEntry]) -> String {
     let header = [
@@ -261,6 +308,21 @@ fn ct_table(entries: &[ConntrackEntry]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cistate_table_shows_one_row_per_instance() {
+        let t = cistate_table(&[CiStatusGetEntry {
+            instance: "llb-inst0".into(),
+            state: "MASTER".into(),
+            vip: "0.0.0.0".into(),
+            sync: 0,
+        }]);
+        assert_eq!(
+            t.lines().nth(2),
+            Some("| llb-inst0 | MASTER  | 0.0.0.0 |"),
+            "{t}"
+        );
+    }
 
     #[test]
     fn the_ct_table_shows_one_row_per_entry() {
