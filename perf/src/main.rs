@@ -7,15 +7,18 @@
 //!   one run (needs root, iperf3, wrk, nftables; see `perf/e2e.sh`).
 //! - `ownership [runs] [flows] [seconds]`: how a packet meets its flow's state when RSS spreads
 //!   a flow over two workers: oxlb's hand-off rings against a shared sharded table.
+//! - `scale [runs]`: how the engine's pps and memory grow with tracked flows and services.
 
 mod e2e;
 mod engine;
 mod ownership;
+mod scale;
 mod summary;
 
 const USAGE: &str = "usage: oxlb-perf engine [runs] [flows]\n       \
                      oxlb-perf e2e [--runs N] [--seconds S] [--only pps,tcp,http,conn]\n       \
-                     oxlb-perf ownership [runs] [flows] [seconds]";
+                     oxlb-perf ownership [runs] [flows] [seconds]\n       \
+                     oxlb-perf scale [runs]";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -31,6 +34,7 @@ fn main() {
             let secs: f64 = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1.0);
             ownership::run(runs, flows, secs);
         }
+        "scale" => scale::main(&args[2..]),
         "e2e" => match e2e::Options::parse(&args[2..]) {
             Ok(opts) => e2e::run(opts, &args.join(" ")),
             Err(e) => {

@@ -45,7 +45,7 @@ pub struct ServiceArguments {
     pub port: i64,
     #[serde(rename = "portMax", default, skip_serializing_if = "is_default")]
     pub port_max: i64,
-    /// loxilb's `tcp`, `udp`, `sctp` or `icmp`; oxlb implements tcp and udp (the others are
+    /// loxilb's `tcp`, `udp`, `sctp` or `icmp`; oxlb implements tcp, udp and sctp (icmp is
     /// refused with 400).
     #[schema(pattern = "^(tcp|udp|sctp|icmp)$")]
     pub protocol: String,

@@ -381,7 +381,7 @@ fn protocol(value: &str) -> Result<Protocol, ValidationError> {
     match value {
         "tcp" => Ok(Protocol::Tcp),
         "udp" => Ok(Protocol::Udp),
-        "sctp" => Err(ValidationError::ProtocolNotImplemented("sctp")),
+        "sctp" => Ok(Protocol::Sctp),
         "icmp" => Err(ValidationError::ProtocolNotImplemented("icmp")),
         other => Err(ValidationError::UnknownProtocol(other.to_owned())),
     }

@@ -51,6 +51,7 @@ pub fn proto(p: Protocol) -> Proto {
     match p {
         Protocol::Tcp => Proto::Tcp,
         Protocol::Udp => Proto::Udp,
+        Protocol::Sctp => Proto::Sctp,
     }
 }
 

@@ -153,7 +153,7 @@ pub enum CreateWhat {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("ports").required(true).multiple(true).args(["tcp", "udp"])))]
+#[command(group(ArgGroup::new("ports").required(true).multiple(true).args(["tcp", "udp", "sctp"])))]
 pub struct CreateLb {
     /// The service's external IP (the VIP).
     pub vip: String,
@@ -163,6 +163,9 @@ pub struct CreateLb {
     /// UDP port pairs PORT:TARGET, comma-separated or repeated.
     #[arg(long, value_delimiter = ',', value_name = "PORT:TARGET")]
     pub udp: Vec<String>,
+    /// SCTP port pairs PORT:TARGET, comma-separated or repeated.
+    #[arg(long, value_delimiter = ',', value_name = "PORT:TARGET")]
+    pub sctp: Vec<String>,
     /// Endpoints IP:WEIGHT, comma-separated or repeated.
     #[arg(long, value_delimiter = ',', required = true, value_name = "IP:WEIGHT")]
     pub endpoints: Vec<String>,
@@ -188,7 +191,7 @@ pub enum DeleteWhat {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("target").required(true).multiple(true).args(["tcp", "udp", "all"])))]
+#[command(group(ArgGroup::new("target").required(true).multiple(true).args(["tcp", "udp", "sctp", "all"])))]
 pub struct DeleteLb {
     /// The service's external IP (the VIP).
     #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -199,8 +202,11 @@ pub struct DeleteLb {
     /// UDP ports, comma-separated or repeated.
     #[arg(long, value_delimiter = ',', value_name = "PORT")]
     pub udp: Vec<i64>,
+    /// SCTP ports, comma-separated or repeated.
+    #[arg(long, value_delimiter = ',', value_name = "PORT")]
+    pub sctp: Vec<i64>,
     /// Delete every rule.
-    #[arg(long, conflicts_with_all = ["tcp", "udp"])]
+    #[arg(long, conflicts_with_all = ["tcp", "udp", "sctp"])]
     pub all: bool,
 }
 
@@ -344,7 +350,7 @@ fn create_calls(c: &CreateLb) -> Result<Vec<Call>, UsageError> {
         .iter()
         .map(|e| endpoint(e))
         .collect::<Result<Vec<_>, _>>()?;
-    let pairs = [("tcp", &c.tcp), ("udp", &c.udp)];
+    let pairs = [("tcp", &c.tcp), ("udp", &c.udp), ("sctp", &c.sctp)];
     let mut out = Vec::new();
     for (proto, list) in pairs {
         for pair in list.iter() {
@@ -394,7 +400,7 @@ fn delete_calls(d: &DeleteLb) -> Result<Vec<Call>, UsageError> {
     }
     let vip = ip(d.vip.as_deref().unwrap_or_default(), "the VIP")?;
     let mut out = Vec::new();
-    for (proto, ports) in [("tcp", &d.tcp), ("udp", &d.udp)] {
+    for (proto, ports) in [("tcp", &d.tcp), ("udp", &d.udp), ("sctp", &d.sctp)] {
         for &port in ports.iter() {
             out.push(Call {
                 method: Method::Delete,
