@@ -128,6 +128,8 @@ pub struct NewFlow {
     pub expires_at: u64,
     /// Idle time allowed once established (kept to 49 days, `u32` milliseconds).
     pub idle_ms: u64,
+    /// The flow's slot in the worker's per-endpoint counters.
+    pub stats_slot: u16,
 }
 
 /// Whether a slab slot holds a flow.
@@ -154,6 +156,8 @@ pub struct Flow {
     reply_src_port: u16,
     reply_dst_port: u16,
     endpoint_port: u16,
+    /// The flow's slot in the worker's per-endpoint counters (`accounting`).
+    stats_slot: u16,
     proto: Proto,
     mode: NatMode,
     phase: Phase,
@@ -185,6 +189,7 @@ impl Flow {
         reply_src_port: 0,
         reply_dst_port: 0,
         endpoint_port: 0,
+        stats_slot: 0,
         proto: Proto::Tcp,
         mode: NatMode::Dnat,
         phase: Phase::Opening,
@@ -200,6 +205,10 @@ impl Flow {
         packets: [0; 2],
         bytes: [0; 2],
     };
+
+    pub fn stats_slot(&self) -> u16 {
+        self.stats_slot
+    }
 
     pub fn original(&self) -> FlowKey {
         FlowKey {
@@ -511,6 +520,7 @@ impl Conntrack {
             reply_src_port: r.src_port,
             reply_dst_port: r.dst_port,
             endpoint_port: e.port,
+            stats_slot: flow.stats_slot,
             proto: o.proto,
             mode: flow.mode,
             phase: Phase::Opening,
@@ -923,6 +933,7 @@ mod tests {
             },
             expires_at,
             idle_ms: 1000,
+            stats_slot: 0,
         }
     }
 

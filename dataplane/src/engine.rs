@@ -4,6 +4,7 @@
 //! the time, and returns a verdict. The worker does the sockets; tests and benchmarks drive
 //! the engine with byte arrays.
 
+use crate::accounting::{Accounting, EndpointCounters, EndpointId};
 use crate::checksum::{ipv4_header, update16};
 use crate::conntrack::{
     ClientL2, Conntrack, Direction, Flow, FlowInfo, FlowKey, FlowState, InsertError, NewFlow,
@@ -98,6 +99,8 @@ pub struct Engine {
     /// this worker: each worker rotates on its own.
     selectors: HashMap<ServiceKey, SelectorState>,
     ports: PortPools,
+    /// Traffic per service and endpoint.
+    accounting: Accounting,
     /// Present with several workers.
     shared: Option<Arc<SharedSelections>>,
     pub counters: Counters,
@@ -119,6 +122,7 @@ impl Engine {
             conntrack: Conntrack::with_capacity(cfg.conntrack_capacity),
             selectors: HashMap::new(),
             ports: PortPools::new(cfg.snat_ports, cfg.worker, cfg.workers),
+            accounting: Accounting::default(),
             shared: None,
             counters: Counters::default(),
         }
@@ -136,6 +140,11 @@ impl Engine {
     /// Free SNAT ports of this worker for `addr` (for tests and stats).
     pub fn free_snat_ports(&self, addr: std::net::Ipv4Addr, proto: Proto) -> usize {
         self.ports.free(addr, proto)
+    }
+
+    /// This worker's traffic per service and endpoint.
+    pub fn endpoint_counters(&self) -> Vec<(ServiceKey, EndpointId, EndpointCounters)> {
+        self.accounting.snapshot()
     }
 
     pub fn conntrack(&self) -> &Conntrack {
@@ -179,6 +188,7 @@ impl Engine {
         self.conntrack.forget_service(key);
         self.selectors.remove(key);
         self.settle(snap);
+        self.accounting.forget(key);
     }
 
     /// Releases what removed flows held (their SNAT ports, their endpoint's flow count) and
@@ -193,6 +203,7 @@ impl Engine {
             if let Some((addr, port)) = r.snat {
                 self.ports.release(addr, r.proto, port);
             }
+            self.accounting.close(r.service, r.endpoint.into());
             let state = self.selectors.get_mut(&r.service);
             if let (Some(state), Some(svc)) = (state, snap.services.get(&r.service)) {
                 let key = EndpointKey::v4(r.endpoint.addr, r.endpoint.port);
@@ -250,6 +261,8 @@ impl Engine {
         let flow = self
             .conntrack
             .update(slot, dir, pkt.ip_len, phase, expires_at);
+        self.accounting
+            .packet(flow.stats_slot(), dir as usize, pkt.ip_len);
         let (endpoint, service, client, mode, snat, original) = (
             flow.endpoint(),
             flow.service(),
@@ -485,7 +498,9 @@ impl Engine {
             },
             expires_at: now_ms + NEW_FLOW_TIMEOUT_MS,
             idle_ms: service.inactive_timeout.as_millis() as u64,
+            stats_slot: self.accounting.slot(skey, endpoint.into()),
         };
+        let stats_slot = flow.stats_slot;
         // A full table may evict an embryonic flow here: its port and its endpoint's count are
         // released with the other removals when the packet is settled.
         let slot = self.conntrack.insert(flow, now_ms).map_err(|e| {
@@ -500,6 +515,7 @@ impl Engine {
         if let Some(state) = self.selectors.get_mut(&skey) {
             state.on_flow_open(&service.selector, chosen);
         }
+        self.accounting.opened(stats_slot);
         self.counters.flows_created += 1;
         Ok((slot, Direction::Original))
     }

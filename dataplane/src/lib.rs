@@ -6,6 +6,7 @@
 //! worker's own SPSC ring. Workers never block on anything the control plane holds.
 #![deny(unsafe_code)]
 
+pub mod accounting;
 pub mod checksum;
 pub mod conntrack;
 pub mod engine;
@@ -93,6 +94,7 @@ struct WorkerHandle {
 
 pub struct Dataplane {
     workers: Vec<WorkerHandle>,
+    conntrack_capacity: usize,
     selections: Arc<engine::SharedSelections>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     retired: Mutex<VecDeque<Arc<Snapshot>>>,
@@ -208,6 +210,7 @@ impl Dataplane {
         }
         Ok(Dataplane {
             workers,
+            conntrack_capacity: cfg.conntrack_capacity,
             selections,
             snapshot,
             retired: Mutex::new(VecDeque::new()),
@@ -265,6 +268,30 @@ impl Dataplane {
     /// Each worker's counters as last published.
     pub fn stats(&self) -> Vec<Counters> {
         self.workers.iter().map(|w| w.stats.read()).collect()
+    }
+
+    /// Traffic per service and endpoint, summed over the workers (as published about once a
+    /// second), in key order.
+    pub fn endpoint_stats(
+        &self,
+    ) -> Vec<(
+        snapshot::ServiceKey,
+        accounting::EndpointId,
+        accounting::EndpointCounters,
+    )> {
+        let mut sum: std::collections::BTreeMap<_, accounting::EndpointCounters> =
+            Default::default();
+        for w in &self.workers {
+            for (s, e, c) in w.stats.read_endpoints() {
+                sum.entry((s, e)).or_default().add(&c);
+            }
+        }
+        sum.into_iter().map(|((s, e), c)| (s, e, c)).collect()
+    }
+
+    /// Flows each worker's connection table holds at most.
+    pub fn conntrack_capacity(&self) -> usize {
+        self.conntrack_capacity
     }
 
     pub fn worker_count(&self) -> usize {

@@ -4,6 +4,8 @@
 //! atomics once per batch, so the per-packet path has no atomic operations and readers on other
 //! threads (metrics, logs) never block the worker.
 
+use crate::accounting::{EndpointCounters, EndpointId};
+use crate::snapshot::ServiceKey;
 use crate::xsk::SocketStats;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -196,6 +198,8 @@ pub struct WorkerStats {
     drops: [AtomicU64; DropReason::COUNT],
     /// Written once a second at most, so a lock costs nothing that matters.
     sockets: Mutex<SocketStats>,
+    /// Per service and endpoint, written once a second like `sockets`.
+    endpoints: Mutex<Vec<(ServiceKey, EndpointId, EndpointCounters)>>,
 }
 
 impl WorkerStats {
@@ -223,6 +227,18 @@ impl WorkerStats {
         if let Ok(mut s) = self.sockets.try_lock() {
             *s = c.sockets;
         }
+    }
+
+    /// Replaces the published per-endpoint counters (the owning worker, once a second).
+    pub fn publish_endpoints(&self, e: Vec<(ServiceKey, EndpointId, EndpointCounters)>) {
+        if let Ok(mut slot) = self.endpoints.lock() {
+            *slot = e;
+        }
+    }
+
+    /// The per-endpoint counters as last published.
+    pub fn read_endpoints(&self) -> Vec<(ServiceKey, EndpointId, EndpointCounters)> {
+        self.endpoints.lock().map(|e| e.clone()).unwrap_or_default()
     }
 
     pub fn read(&self) -> Counters {

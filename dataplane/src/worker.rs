@@ -146,6 +146,8 @@ impl Worker {
             if socket_stats_at.elapsed() >= SOCKET_STATS_EVERY {
                 socket_stats_at = Instant::now();
                 self.engine.counters.sockets = self.sockets.socket_stats();
+                self.stats
+                    .publish_endpoints(self.engine.endpoint_counters());
             }
             self.stats.publish(&self.engine.counters);
             if received == 0 && pending == 0 && self.inbox.prepare_to_sleep() {

@@ -78,6 +78,56 @@ pub fn udp_request_is_answered(topo: &Topology, diag: &dyn Fn() -> String) {
     );
 }
 
+/// Starts a download of `size` bytes of `/blob` through the VIP at `rate` (curl's
+/// `--limit-rate`, e.g. "4M") into `name` in the scratch directory, and returns once its first
+/// MiB arrived, so its flow is established and busy. Panics (with `diag()`) if it ends early or
+/// has not started within 10 s. curl gives up after `max_secs`.
+pub fn start_slow_download(
+    topo: &Topology,
+    name: &str,
+    size: usize,
+    rate: &str,
+    max_secs: u32,
+    diag: &dyn Fn() -> String,
+) -> (crate::ChildGuard, PathBuf) {
+    let file = topo.scratch_dir().join(name);
+    let file_s = file.to_str().expect("utf-8 scratch path").to_owned();
+    let url = vip_url(&format!("/blob?size={size}"));
+    let max = max_secs.to_string();
+    let mut download = topo.spawn(
+        Node::Client,
+        &[
+            "curl",
+            "-sS",
+            "--fail",
+            "--max-time",
+            &max,
+            "--limit-rate",
+            rate,
+            "-o",
+            &file_s,
+            &url,
+        ],
+        "download",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&file).map_or(0, |m| m.len()) < 1024 * 1024 {
+        assert!(
+            download.try_wait().is_none(),
+            "download ended early: {}\n{}",
+            download.log(),
+            diag()
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "download did not start\n{}",
+            diag()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (download, file)
+}
+
 /// Downloads `size` bytes of `/blob` through the VIP from the client into the scratch
 /// directory. Returns curl's output (stdout: `SIZE_DOWNLOADED SPEED_BYTES_PER_S`) and the file.
 pub fn download_blob(topo: &Topology, size: usize) -> (Output, PathBuf) {

@@ -268,4 +268,41 @@ fn metrics_count_the_flows_and_packets_that_went_through() {
         0
     );
     assert_eq!(metric_sample(&page, "oxlb_services"), 1);
+
+    // Per endpoint: round robin gave each backend one of the three flows. Workers publish
+    // these about once a second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let series = |ip: &str, name: &str, extra: &str| {
+        format!(
+            "{name}{{service=\"{VIP}:{VIP_PORT}/tcp\",endpoint=\"{ip}:{BACKEND_PORT}\"{extra}}}"
+        )
+    };
+    loop {
+        let (_, page) = topo.api("GET", "/metrics", None);
+        let created: Vec<u64> = BACKEND_IPS
+            .iter()
+            .map(|ip| {
+                page.lines()
+                    .find_map(|l| {
+                        l.strip_prefix(&series(ip, "oxlb_endpoint_flows_created_total", ""))?
+                            .trim()
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            })
+            .collect();
+        if created == [1, 1, 1] {
+            for ip in BACKEND_IPS {
+                let to_client = series(ip, "oxlb_endpoint_bytes_total", ",direction=\"to_client\"");
+                assert!(metric_sample(&page, &to_client) > 0, "{page}");
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "per-endpoint flows {created:?}, expected one each:\n{page}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }

@@ -3,7 +3,7 @@
 //! in flight at SIGTERM that is still answered and saved, and the log filter changed while
 //! oxlb runs, with JSON log lines. Needs root; without it the tests fail, saying so.
 
-use oxlb_tests::checks::{get_via_vip, vip_url};
+use oxlb_tests::checks::{self, get_via_vip};
 use oxlb_tests::{
     binary, in_netns, unique_prefix, vip_request_body, Node, OxlbGuard, Topology, TopologyOptions,
     API_ADDR, VIP,
@@ -80,38 +80,14 @@ fn a_graceful_stop_during_a_download_exits_0_promptly_and_a_restart_serves_the_s
     get_via_vip(&topo, &diag);
 
     // About 16 s at this rate: the flow is busy in both directions when SIGTERM comes.
-    let file = topo.scratch_dir().join("shutdown-blob.bin");
-    let url = vip_url(&format!("/blob?size={}", 64 * 1024 * 1024));
-    let mut download = topo.spawn(
-        Node::Client,
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "30",
-            "--limit-rate",
-            "4M",
-            "-o",
-            file.to_str().expect("utf-8 path"),
-            &url,
-        ],
-        "download",
+    let (download, file) = checks::start_slow_download(
+        &topo,
+        "shutdown-blob.bin",
+        64 * 1024 * 1024,
+        "4M",
+        30,
+        &diag,
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::metadata(&file).map_or(0, |m| m.len()) < 1024 * 1024 {
-        assert!(
-            download.try_wait().is_none(),
-            "download ended early: {}\n{}",
-            download.log(),
-            diag()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "download did not start\n{}",
-            diag()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
 
     let started = Instant::now();
     let log_before = oxlb.log();

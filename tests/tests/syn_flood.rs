@@ -4,7 +4,7 @@
 //! Needs root; without it the test fails, saying so.
 
 use oxlb_tests::blob::blob_bytes;
-use oxlb_tests::checks::{get_via_vip, vip_url};
+use oxlb_tests::checks::{self, get_via_vip};
 use oxlb_tests::{metric_sample, unique_prefix, Node, Topology, TopologyOptions, VIP, VIP_PORT};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -63,41 +63,9 @@ fn a_syn_flood_into_a_full_table_leaves_an_established_download_intact_and_memor
     topo.add_vip("tcp");
     get_via_vip(&topo, &diag);
 
-    let file = topo.scratch_dir().join("flood-blob.bin");
-    let file_s = file.to_str().expect("utf-8 scratch path").to_owned();
-    let url = vip_url(&format!("/blob?size={SIZE}"));
-    let mut download = topo.spawn(
-        Node::Client,
-        &[
-            "curl",
-            "-sS",
-            "--fail",
-            "--max-time",
-            "60",
-            "--limit-rate",
-            RATE,
-            "-o",
-            &file_s,
-            &url,
-        ],
-        "download",
-    );
-    // The flood must find the download's flow established: wait for its first bytes.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::metadata(&file).map_or(0, |m| m.len()) < 1024 * 1024 {
-        assert!(
-            download.try_wait().is_none(),
-            "download ended early: {}\n{}",
-            download.log(),
-            diag()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "download did not start\n{}",
-            diag()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    // The flood must find the download's flow established: it returns after the first MiB.
+    let (mut download, file) =
+        checks::start_slow_download(&topo, "flood-blob.bin", SIZE, RATE, 60, &diag);
 
     let (evicted_before, full_before) = pressure(&topo);
     let rss_before = rss_kb(oxlb.pid());

@@ -343,14 +343,14 @@ fn sync_keys_adds_missing_keys_removes_the_others_and_the_program_matches_them()
     );
 }
 
-#[test]
-fn an_endpoints_answer_to_our_own_address_outside_the_snat_range_goes_to_the_kernel() {
+/// The program on a, with b an endpoint (its UDP port 7777 answers DNAT flows) and a our own
+/// address whose UDP ports 40000-49999 are the SNAT range; ARP warmed.
+fn endpoint_b_and_snat_on_a() -> (NetnsPair, XdpRedirect) {
     let pair = NetnsPair::new();
     let mut xdp = in_netns(&pair.a, || {
         XdpRedirect::attach(&names(&[IFACE_A])).expect("attach")
     });
     assert!(pair.ping_from_b(1));
-    // B is an endpoint (its port 7777 answers DNAT flows) and A is our own address.
     xdp.sync_keys(
         &BTreeSet::new(),
         &BTreeSet::from([LbKey::v4(ADDR_B, 7777, UDP)]),
@@ -358,6 +358,12 @@ fn an_endpoints_answer_to_our_own_address_outside_the_snat_range_goes_to_the_ker
     .expect("sync keys");
     xdp.sync_snat(&BTreeSet::from([LbKey::v4(ADDR_A, 0, UDP)]), 40000, 49999)
         .expect("sync snat");
+    (pair, xdp)
+}
+
+#[test]
+fn an_endpoints_answer_to_our_own_address_outside_the_snat_range_goes_to_the_kernel() {
+    let (pair, xdp) = endpoint_b_and_snat_on_a();
 
     // To one of our ports outside the range: the host's own connection (a health probe).
     let before = xdp.stats().expect("stats");
@@ -374,18 +380,7 @@ fn an_endpoints_answer_to_our_own_address_outside_the_snat_range_goes_to_the_ker
 
 #[test]
 fn icmp_errors_quoting_our_translated_or_endpoint_bound_packets_are_steered_and_others_passed() {
-    let pair = NetnsPair::new();
-    let mut xdp = in_netns(&pair.a, || {
-        XdpRedirect::attach(&names(&[IFACE_A])).expect("attach")
-    });
-    assert!(pair.ping_from_b(1));
-    xdp.sync_keys(
-        &BTreeSet::new(),
-        &BTreeSet::from([LbKey::v4(ADDR_B, 7777, UDP)]),
-    )
-    .expect("sync keys");
-    xdp.sync_snat(&BTreeSet::from([LbKey::v4(ADDR_A, 0, UDP)]), 40000, 49999)
-        .expect("sync snat");
+    let (pair, xdp) = endpoint_b_and_snat_on_a();
     // Nothing listens on b: each datagram from a earns a real port unreachable from b's
     // kernel, quoting it.
     let before = xdp.stats().expect("stats");

@@ -198,11 +198,35 @@ impl Appliance for ApplianceCore {
 
     fn metrics(&self) -> Option<String> {
         let (workers, xdp) = self.stats();
-        let services = self.lock().state.len();
+        let inner = self.lock();
+        let endpoints = inner.dataplane.endpoint_stats();
+        let probes: Vec<_> = inner
+            .state
+            .services()
+            .filter(|spec| spec.monitor.is_some())
+            .flat_map(|spec| {
+                let down = &inner.down;
+                spec.endpoints.iter().map(move |e| {
+                    let key = HealthKey {
+                        service: spec.key,
+                        endpoint: e.ip,
+                        target_port: e.target_port,
+                    };
+                    let id = oxlb_dataplane::accounting::EndpointId {
+                        addr: e.ip,
+                        port: e.target_port,
+                    };
+                    (compile::service_key(spec), id, !down.contains(&key))
+                })
+            })
+            .collect();
         Some(crate::metrics::render(&crate::metrics::Sample {
             workers: &workers,
             xdp,
-            services,
+            services: inner.state.len(),
+            endpoints: &endpoints,
+            probes: &probes,
+            conntrack_capacity: inner.dataplane.conntrack_capacity(),
         }))
     }
 

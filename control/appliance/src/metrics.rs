@@ -1,6 +1,8 @@
 //! Prometheus text exposition of the appliance's counters: per worker, with every drop reason
 //! as a label, the kernel's AF_XDP socket drops, and the XDP program's own counters.
 
+use oxlb_dataplane::accounting::{EndpointCounters, EndpointId};
+use oxlb_dataplane::snapshot::{Proto, ServiceKey};
 use oxlb_dataplane::stats::{Counters, DropReason};
 use oxlb_xdp::XdpStats;
 use std::fmt::Write;
@@ -10,6 +12,25 @@ pub struct Sample<'a> {
     pub workers: &'a [Counters],
     pub xdp: Option<XdpStats>,
     pub services: usize,
+    /// Traffic per service and endpoint, summed over the workers.
+    pub endpoints: &'a [(ServiceKey, EndpointId, EndpointCounters)],
+    /// Probe verdicts of the monitored endpoints: (service, endpoint, up).
+    pub probes: &'a [(ServiceKey, EndpointId, bool)],
+    /// Flows each worker's connection table holds at most.
+    pub conntrack_capacity: usize,
+}
+
+/// `service="VIP:PORT/PROTO",endpoint="IP:PORT"`.
+fn endpoint_labels(s: &ServiceKey, e: &EndpointId) -> String {
+    let proto = match s.proto {
+        Proto::Tcp => "tcp",
+        Proto::Udp => "udp",
+        Proto::Sctp => "sctp",
+    };
+    format!(
+        "service=\"{}:{}/{proto}\",endpoint=\"{}:{}\"",
+        s.vip, s.port, e.addr, e.port
+    )
 }
 
 /// One metric family: its help, its type, and its samples as (labels, value).
@@ -176,6 +197,74 @@ pub fn render(s: &Sample<'_>) -> String {
         "Load-balancer rules installed.",
         &[(String::new(), s.services as u64)],
     );
+    family(
+        &mut out,
+        "oxlb_conntrack_capacity",
+        "gauge",
+        "Flows each worker's connection table holds at most (occupancy: oxlb_flows_active).",
+        &per_worker(w, |_| s.conntrack_capacity as u64),
+    );
+    let per_endpoint = |value: &dyn Fn(&EndpointCounters) -> Vec<(&'static str, u64)>| {
+        s.endpoints
+            .iter()
+            .flat_map(|(svc, ep, c)| {
+                let labels = endpoint_labels(svc, ep);
+                value(c).into_iter().map(move |(extra, v)| {
+                    if extra.is_empty() {
+                        (labels.clone(), v)
+                    } else {
+                        (format!("{labels},{extra}"), v)
+                    }
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let directions = |v: [u64; 2]| {
+        vec![
+            ("direction=\"to_endpoint\"", v[0]),
+            ("direction=\"to_client\"", v[1]),
+        ]
+    };
+    family(
+        &mut out,
+        "oxlb_endpoint_packets_total",
+        "counter",
+        "Packets of a service's flows to one endpoint, by direction.",
+        &per_endpoint(&|c| directions(c.packets)),
+    );
+    family(
+        &mut out,
+        "oxlb_endpoint_bytes_total",
+        "counter",
+        "IP bytes of a service's flows to one endpoint, by direction.",
+        &per_endpoint(&|c| directions(c.bytes)),
+    );
+    family(
+        &mut out,
+        "oxlb_endpoint_flows_created_total",
+        "counter",
+        "Flows of a service opened to one endpoint (new flows/s: its rate).",
+        &per_endpoint(&|c| vec![("", c.flows_created)]),
+    );
+    family(
+        &mut out,
+        "oxlb_endpoint_flows_active",
+        "gauge",
+        "Flows of a service to one endpoint in the connection tables.",
+        &per_endpoint(&|c| vec![("", c.flows_active)]),
+    );
+    let probes: Vec<(String, u64)> = s
+        .probes
+        .iter()
+        .map(|(svc, ep, up)| (endpoint_labels(svc, ep), u64::from(*up)))
+        .collect();
+    family(
+        &mut out,
+        "oxlb_endpoint_up",
+        "gauge",
+        "Health probe verdict of a monitored service's endpoint: 1 up, 0 down.",
+        &probes,
+    );
     out
 }
 
@@ -199,7 +288,29 @@ mod tests {
                 no_socket: 0,
             }),
             services: 2,
+            endpoints: &[(
+                ServiceKey {
+                    vip: std::net::Ipv4Addr::new(198, 18, 100, 1),
+                    port: 2020,
+                    proto: Proto::Tcp,
+                },
+                EndpointId {
+                    addr: std::net::Ipv4Addr::new(198, 18, 31, 1),
+                    port: 8080,
+                },
+                EndpointCounters {
+                    packets: [5, 4],
+                    bytes: [300, 6000],
+                    flows_created: 1,
+                    flows_active: 1,
+                },
+            )],
+            probes: &[],
+            conntrack_capacity: 1024,
         });
+        assert!(page.contains(
+            "oxlb_endpoint_bytes_total{service=\"198.18.100.1:2020/tcp\",endpoint=\"198.18.31.1:8080\",direction=\"to_client\"} 6000\n"
+        ), "{page}");
         assert!(
             page.contains("oxlb_rx_packets_total{worker=\"0\"} 7\n"),
             "{page}"
