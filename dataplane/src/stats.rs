@@ -118,6 +118,40 @@ impl DropReason {
     }
 }
 
+/// How full the RX batches a worker reads are: a batch of 64 (the ring's batch size) means
+/// the worker is behind, small batches that it keeps up. Empty reads are not counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchSizes {
+    /// Batches of at most `BATCH_BOUNDS[i]` frames (and more than the previous bound).
+    pub buckets: [u64; BATCH_BOUNDS.len()],
+    /// Frames in all batches counted.
+    pub frames: u64,
+}
+
+/// Upper bounds of the batch-size buckets; the last is the largest batch a read returns.
+pub const BATCH_BOUNDS: [usize; 7] = [1, 3, 7, 15, 31, 63, 64];
+
+impl BatchSizes {
+    pub fn record(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let i = BATCH_BOUNDS
+            .iter()
+            .position(|&b| n <= b)
+            .unwrap_or(BATCH_BOUNDS.len() - 1);
+        self.buckets[i] += 1;
+        self.frames += n as u64;
+    }
+
+    pub fn add(&mut self, o: &BatchSizes) {
+        for (a, b) in self.buckets.iter_mut().zip(o.buckets.iter()) {
+            *a += b;
+        }
+        self.frames += o.frames;
+    }
+}
+
 /// A worker's counters, owned and written by that worker only.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -140,6 +174,8 @@ pub struct Counters {
     pub icmp_errors_translated: u64,
     /// "Fragmentation needed" sent to senders of packets too big for their egress link.
     pub frag_needed_sent: u64,
+    /// Sizes of the RX batches read from the sockets.
+    pub rx_batches: BatchSizes,
     pub drops: [u64; DropReason::COUNT],
     /// What the kernel dropped at this worker's sockets (read about once a second).
     pub sockets: SocketStats,
@@ -171,6 +207,7 @@ impl Counters {
         self.handed_off += o.handed_off;
         self.icmp_errors_translated += o.icmp_errors_translated;
         self.frag_needed_sent += o.frag_needed_sent;
+        self.rx_batches.add(&o.rx_batches);
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }
@@ -198,6 +235,8 @@ pub struct WorkerStats {
     drops: [AtomicU64; DropReason::COUNT],
     /// Written once a second at most, so a lock costs nothing that matters.
     sockets: Mutex<SocketStats>,
+    rx_batches: [AtomicU64; BATCH_BOUNDS.len()],
+    rx_batch_frames: AtomicU64,
     /// Per service and endpoint, written once a second like `sockets`.
     endpoints: Mutex<Vec<(ServiceKey, EndpointId, EndpointCounters)>>,
 }
@@ -221,6 +260,11 @@ impl WorkerStats {
             .store(c.icmp_errors_translated, Ordering::Relaxed);
         self.frag_needed_sent
             .store(c.frag_needed_sent, Ordering::Relaxed);
+        for (a, v) in self.rx_batches.iter().zip(c.rx_batches.buckets.iter()) {
+            a.store(*v, Ordering::Relaxed);
+        }
+        self.rx_batch_frames
+            .store(c.rx_batches.frames, Ordering::Relaxed);
         for (a, v) in self.drops.iter().zip(c.drops.iter()) {
             a.store(*v, Ordering::Relaxed);
         }
@@ -258,6 +302,10 @@ impl WorkerStats {
             handed_off: self.handed_off.load(Ordering::Relaxed),
             icmp_errors_translated: self.icmp_errors_translated.load(Ordering::Relaxed),
             frag_needed_sent: self.frag_needed_sent.load(Ordering::Relaxed),
+            rx_batches: BatchSizes {
+                buckets: std::array::from_fn(|i| self.rx_batches[i].load(Ordering::Relaxed)),
+                frames: self.rx_batch_frames.load(Ordering::Relaxed),
+            },
             drops,
             sockets: self.sockets.lock().map(|s| *s).unwrap_or_default(),
         }
@@ -267,6 +315,16 @@ impl WorkerStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_sizes_land_in_the_bucket_of_their_upper_bound_and_empty_reads_are_not_counted() {
+        let mut b = BatchSizes::default();
+        for n in [0, 1, 2, 3, 4, 63, 64] {
+            b.record(n);
+        }
+        assert_eq!(b.buckets, [1, 2, 1, 0, 0, 1, 1]);
+        assert_eq!(b.frames, 1 + 2 + 3 + 4 + 63 + 64);
+    }
 
     #[test]
     fn every_drop_reason_has_its_own_slot_and_label() {

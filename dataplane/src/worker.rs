@@ -105,7 +105,7 @@ impl Worker {
                 let engine = &mut self.engine;
                 let (kernel, egress, ownership) = (&self.kernel, &egress, &self.ownership);
                 let (outbox, index) = (&mut self.outbox, self.index);
-                received +=
+                let batch =
                     self.sockets
                         .receive(i, |ingress, frame| match ownership.owner(frame, &snap) {
                             Some(owner) if owner != index => {
@@ -118,6 +118,8 @@ impl Worker {
                             }
                             _ => decide(engine, kernel, egress, &snap, now, ingress, frame),
                         });
+                self.engine.counters.rx_batches.record(batch);
+                received += batch;
             }
             let flushed = self.outbox.flush();
             self.engine.counters.handed_off += flushed.passed as u64;

@@ -3,7 +3,7 @@
 
 use oxlb_dataplane::accounting::{EndpointCounters, EndpointId};
 use oxlb_dataplane::snapshot::{Proto, ServiceKey};
-use oxlb_dataplane::stats::{Counters, DropReason};
+use oxlb_dataplane::stats::{Counters, DropReason, BATCH_BOUNDS};
 use oxlb_xdp::XdpStats;
 use std::fmt::Write;
 
@@ -197,6 +197,35 @@ pub fn render(s: &Sample<'_>) -> String {
         "Load-balancer rules installed.",
         &[(String::new(), s.services as u64)],
     );
+    // A Prometheus histogram per worker: cumulative buckets, then sum and count.
+    let _ = writeln!(
+        out,
+        "# HELP oxlb_rx_batch_size Frames per RX batch a worker read (64 fills a batch: it is behind)."
+    );
+    let _ = writeln!(out, "# TYPE oxlb_rx_batch_size histogram");
+    for (i, c) in w.iter().enumerate() {
+        let mut cumulative = 0;
+        for (bound, n) in BATCH_BOUNDS.iter().zip(c.rx_batches.buckets.iter()) {
+            cumulative += n;
+            let _ = writeln!(
+                out,
+                "oxlb_rx_batch_size_bucket{{worker=\"{i}\",le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "oxlb_rx_batch_size_bucket{{worker=\"{i}\",le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            out,
+            "oxlb_rx_batch_size_sum{{worker=\"{i}\"}} {}",
+            c.rx_batches.frames
+        );
+        let _ = writeln!(
+            out,
+            "oxlb_rx_batch_size_count{{worker=\"{i}\"}} {cumulative}"
+        );
+    }
     family(
         &mut out,
         "oxlb_conntrack_capacity",
@@ -277,6 +306,12 @@ mod tests {
         let mut c = Counters {
             rx_packets: 7,
             flows_evicted: 3,
+            rx_batches: {
+                let mut b = oxlb_dataplane::stats::BatchSizes::default();
+                b.record(64);
+                b.record(2);
+                b
+            },
             ..Counters::default()
         };
         c.drop(DropReason::TcpNotSyn);
@@ -308,6 +343,9 @@ mod tests {
             probes: &[],
             conntrack_capacity: 1024,
         });
+        assert!(page.contains("oxlb_rx_batch_size_bucket{worker=\"0\",le=\"3\"} 1\n"));
+        assert!(page.contains("oxlb_rx_batch_size_bucket{worker=\"0\",le=\"+Inf\"} 2\n"));
+        assert!(page.contains("oxlb_rx_batch_size_sum{worker=\"0\"} 66\n"));
         assert!(page.contains(
             "oxlb_endpoint_bytes_total{service=\"198.18.100.1:2020/tcp\",endpoint=\"198.18.31.1:8080\",direction=\"to_client\"} 6000\n"
         ), "{page}");
@@ -325,10 +363,16 @@ mod tests {
         );
         assert!(page.contains("oxlb_xdp_packets_total{action=\"redirected\"} 9\n"));
         assert!(page.contains("oxlb_services 2\n"));
-        // Every sample line belongs to a family announced by a TYPE line.
+        // Every sample line belongs to a family announced by a TYPE line (a histogram's
+        // samples carry the _bucket, _sum and _count suffixes).
         for line in page.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
-            assert!(page.contains(&format!("# TYPE {name} ")), "{line}");
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|base| page.contains(&format!("# TYPE {base} histogram")))
+                .unwrap_or(name);
+            assert!(page.contains(&format!("# TYPE {base} ")), "{line}");
         }
     }
 }
