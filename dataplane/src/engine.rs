@@ -183,9 +183,27 @@ impl Engine {
         self.settle(snap);
     }
 
-    /// Ends every flow of a service (it was deleted) and forgets its selection state.
+    /// Ends every flow of a service (it was deleted) and forgets its selection state. A flow
+    /// is tracked under the port it came to, so the flows of a port range's other ports are
+    /// those to `key`'s address and protocol whose port no rule of `snap` (the snapshot
+    /// without the service) covers any more.
     pub fn forget_service(&mut self, key: &ServiceKey, snap: &Snapshot) {
         self.conntrack.forget_service(key);
+        let orphans: Vec<_> = self
+            .conntrack
+            .iter()
+            .filter(|f| {
+                let s = f.service();
+                s.vip == key.vip && s.proto == key.proto && !snap.services.contains_key(&s)
+            })
+            .map(|f| f.original())
+            .collect();
+        for original in orphans {
+            // Time 0: a lookup that must not expire anything, only find the slot.
+            if let Some((slot, _)) = self.conntrack.lookup(&original, 0) {
+                self.conntrack.remove(slot);
+            }
+        }
         self.selectors.remove(key);
         self.settle(snap);
         self.accounting.forget(key);
@@ -203,9 +221,12 @@ impl Engine {
             if let Some((addr, port)) = r.snat {
                 self.ports.release(addr, r.proto, port);
             }
-            self.accounting.close(r.service, r.endpoint.into());
-            let state = self.selectors.get_mut(&r.service);
-            if let (Some(state), Some(svc)) = (state, snap.services.get(&r.service)) {
+            // A flow knows the port it came to; its rule's key is the first port of the range.
+            let svc = snap.services.get(&r.service);
+            let rule = svc.map_or(r.service, |svc| svc.key);
+            self.accounting.close(rule, r.endpoint.into());
+            let state = self.selectors.get_mut(&rule);
+            if let (Some(state), Some(svc)) = (state, svc) {
                 let key = EndpointKey::v4(r.endpoint.addr, r.endpoint.port);
                 if let Some(i) = svc.selector.index_of(&key) {
                     state.on_flow_close(&svc.selector, i);
@@ -422,14 +443,16 @@ impl Engine {
         now_ms: u64,
     ) -> Result<(crate::conntrack::Slot, Direction), DropReason> {
         let k = pkt.key;
-        let skey = ServiceKey {
-            vip: k.dst,
-            port: k.dst_port,
-            proto: k.proto,
-        };
+        // Every port of a range is a key of its own (see `Snapshot::services`): one lookup.
+        // The flow is tracked under the port it came to, so replies leave from that port;
+        // the endpoint's port is its own whatever the port, as in loxilb.
         let service = snap
             .services
-            .get(&skey)
+            .get(&ServiceKey {
+                vip: k.dst,
+                port: k.dst_port,
+                proto: k.proto,
+            })
             .ok_or(DropReason::NoFlowNoService)?;
         // Only a connection opening may create state: stray ACKs (after a restart, or a flood)
         // would otherwise fill the table and be sent to endpoints that never saw the SYN.
@@ -498,7 +521,7 @@ impl Engine {
             },
             expires_at: now_ms + NEW_FLOW_TIMEOUT_MS,
             idle_ms: service.inactive_timeout.as_millis() as u64,
-            stats_slot: self.accounting.slot(skey, endpoint.into()),
+            stats_slot: self.accounting.slot(service.key, endpoint.into()),
         };
         let stats_slot = flow.stats_slot;
         // A full table may evict an embryonic flow here: its port and its endpoint's count are
@@ -512,7 +535,7 @@ impl Engine {
                 InsertError::Collision => DropReason::TupleCollision,
             }
         })?;
-        if let Some(state) = self.selectors.get_mut(&skey) {
+        if let Some(state) = self.selectors.get_mut(&service.key) {
             state.on_flow_open(&service.selector, chosen);
         }
         self.accounting.opened(stats_slot);

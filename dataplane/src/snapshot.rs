@@ -76,7 +76,12 @@ pub struct Endpoint {
 
 #[derive(Debug, Clone)]
 pub struct Service {
+    /// The rule's key: its first port. Selection state, per-endpoint counters and deletion go
+    /// by this key whichever port of the range a packet came to.
     pub key: ServiceKey,
+    /// The last destination port of the rule (loxilb's `portMax`); `key.port` for one port.
+    /// Every port of the range maps to the endpoint's own port, as in loxilb.
+    pub port_max: u16,
     pub name: String,
     pub mode: NatMode,
     /// Endpoint selection: built once per publication (a Maglev table for hashing), shared by
@@ -127,6 +132,7 @@ impl Service {
             ServiceSelector::new(algorithm, &weighted, crate::select::DEFAULT_TABLE_SIZE)?;
         Ok(Service {
             key,
+            port_max: key.port,
             name,
             mode,
             selector: Arc::new(selector),
@@ -170,6 +176,9 @@ impl Default for PortRange {
 pub struct Snapshot {
     /// Increases with every publication; lets workers notice a change cheaply.
     pub generation: u64,
+    /// Services by destination: a rule covering a port range appears once per port of it,
+    /// each entry a copy with the rule's own `key` (they share the selector), so a new flow
+    /// finds its rule with one lookup whichever port it came to, as fast as a single port.
     pub services: HashMap<ServiceKey, Service>,
     /// Every VIP address, whatever its ports: ICMP echo to them is answered.
     pub vips: hashbrown::HashSet<Ipv4Addr>,

@@ -859,3 +859,116 @@ fn an_sctp_chunk_other_than_init_opens_nothing_and_a_bad_crc_is_not_forwarded() 
         Verdict::Drop(DropReason::Malformed)
     );
 }
+
+// Port ranges (loxilb's `portMax`). Expected frames: the SYN and reply fixtures above with
+// the service port changed to 2023 and the TCP checksum recomputed in full by a separate
+// script (not the engine's checksum code).
+const SYN_2023_IN: &str = "0200000000010200000000020800450000280001400040064aa7c6120002c61264019c4007e7000003e8000000005002faf01cba0000";
+const REPLY_2023_OUT: &str = "0200000000020200000000010800450000280007400040064aa1c6126401c612000207e79c4000002328000003e95012fe88f5e80000";
+
+impl Fixture {
+    /// Makes the service on port 2020 cover 2020..=`port_max`, as the control plane compiles
+    /// a range: one entry per port, each with the rule's own key.
+    fn port_max(mut self, port_max: u16) -> Self {
+        let rule: Vec<Service> = self.snap.services.values().cloned().collect();
+        for mut svc in rule {
+            svc.port_max = port_max;
+            for port in svc.key.port..=port_max {
+                let at = ServiceKey { port, ..svc.key };
+                self.snap.services.insert(at, svc.clone());
+            }
+        }
+        self
+    }
+}
+
+#[test]
+fn a_syn_to_the_fourth_port_of_a_range_reaches_the_endpoints_own_target_port() {
+    let mut fx = Fixture::new()
+        .service(Proto::Tcp, &[1])
+        .port_max(2030)
+        .next_hop(1);
+    let mut f = hex(SYN_2023_IN);
+    assert_eq!(
+        fx.run(&mut f, LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
+    // loxilb rewrites every port of the range to the endpoint's targetPort (8080 here).
+    assert_eq!(f, hex(SYN_OUT));
+}
+
+#[test]
+fn the_reply_to_a_flow_on_a_ranged_port_leaves_from_the_port_the_client_used() {
+    let mut fx = Fixture::new()
+        .service(Proto::Tcp, &[1])
+        .port_max(2030)
+        .next_hop(1);
+    let mut syn = hex(SYN_2023_IN);
+    fx.run(&mut syn, LB0_IF);
+    let mut r = hex(REPLY_IN);
+    assert_eq!(
+        fx.run(&mut r, LB1_IF),
+        Verdict::Transmit { ifindex: LB0_IF }
+    );
+    assert_eq!(r, hex(REPLY_2023_OUT));
+    let (flows, _) = fx.engine.flows(fx.now, 10);
+    assert_eq!(flows.len(), 1);
+    assert_eq!(flows[0].service.port, 2023, "tracked under the actual port");
+}
+
+#[test]
+fn a_port_just_past_the_range_finds_no_service() {
+    let mut fx = Fixture::new()
+        .service(Proto::Tcp, &[1])
+        .port_max(2022)
+        .next_hop(1);
+    let mut f = hex(SYN_2023_IN);
+    assert_eq!(
+        fx.run(&mut f, LB0_IF),
+        Verdict::Drop(DropReason::NoFlowNoService)
+    );
+}
+
+#[test]
+fn flows_on_two_ports_of_a_range_count_under_the_rules_key_and_rotate_together() {
+    let mut fx = Fixture::new()
+        .service(Proto::Tcp, &[1, 2])
+        .port_max(2030)
+        .next_hop(1)
+        .next_hop(2);
+    let (mut a, mut b) = (hex(SYN_IN), hex(SYN_2023_IN));
+    fx.run(&mut a, LB0_IF);
+    fx.run(&mut b, LB0_IF);
+    // One rotation for the whole range: the second port's flow goes to the second endpoint.
+    assert_eq!(a[30..34], [198, 18, 31, 1]);
+    assert_eq!(b[30..34], [198, 18, 31, 2]);
+    let counters = fx.engine.endpoint_counters();
+    assert_eq!(counters.len(), 2);
+    for (service, _, c) in counters {
+        assert_eq!(service.port, 2020, "counted under the rule's key");
+        assert_eq!((c.flows_created, c.packets[0]), (1, 1));
+    }
+}
+
+#[test]
+fn deleting_a_ranged_service_ends_its_flows_on_every_port() {
+    let mut fx = Fixture::new()
+        .service(Proto::Tcp, &[1, 2])
+        .port_max(2030)
+        .next_hop(1)
+        .next_hop(2);
+    // Same client port on two ports of the range: two endpoints keep their replies apart.
+    let (mut a, mut b) = (hex(SYN_IN), hex(SYN_2023_IN));
+    fx.run(&mut a, LB0_IF);
+    fx.run(&mut b, LB0_IF);
+    assert_eq!(fx.engine.conntrack().len(), 2);
+    let key = ServiceKey {
+        vip: VIP,
+        port: 2020,
+        proto: Proto::Tcp,
+    };
+    fx.snap.services.clear();
+    fx.engine.forget_service(&key, &fx.snap);
+    assert_eq!(fx.engine.conntrack().len(), 0);
+    assert!(fx.engine.endpoint_counters().is_empty());
+}

@@ -18,4 +18,6 @@ pub use endpoint::{EndpointEntry, EndpointList};
 pub use model::*;
 pub use spec::*;
 pub use status::StatusResponse;
-pub use validate::{oper, service_key, to_entry, validate, Oper, ValidationError};
+pub use validate::{
+    check_overlap, check_snat_overlap, oper, service_key, to_entry, validate, Oper, ValidationError,
+};

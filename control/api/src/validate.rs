@@ -5,6 +5,7 @@ use crate::model::{AllowedSource, Endpoint, LoadBalancerEntry, ServiceArguments}
 use crate::spec::{
     EndpointSpec, Ipv4Prefix, NatMode, ProbeKind, ProbeSpec, Protocol, Selection, ServiceKey,
     ServiceSpec, DEFAULT_INACTIVE_TIMEOUT_SECS, DEFAULT_PROBE_RETRIES, DEFAULT_PROBE_TIMEOUT_SECS,
+    MAX_PORT_RANGE,
 };
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -43,10 +44,38 @@ pub enum ValidationError {
     #[error("portMax {port_max} is below port {port}: use 0 (or {port}) for a single port")]
     PortMaxBelowPort { port: u16, port_max: i64 },
     #[error(
-        "portMax {port_max} asks for the port range {port}-{port_max}; port ranges are not \
-         implemented yet: leave portMax at 0 for a single port"
+        "portMax {port_max} asks for {ports} ports ({port}-{port_max}); a rule covers at most \
+         {MAX_PORT_RANGE}: split the range into several rules"
     )]
-    PortRangeNotImplemented { port: u16, port_max: i64 },
+    PortRangeTooBig {
+        port: u16,
+        port_max: u16,
+        ports: u32,
+    },
+    #[error(
+        "ports {port}-{port_max} overlap ports {other_port}-{other_port_max} of the rule {other}: \
+         a destination port of an address and protocol belongs to one rule; change port or portMax"
+    )]
+    PortRangeOverlap {
+        port: u16,
+        port_max: u16,
+        other: ServiceKey,
+        other_port: u16,
+        other_port_max: u16,
+    },
+    #[error(
+        "ports {port}-{port_max} of {vip}/{protocol} overlap the SNAT port range \
+         {snat_first}-{snat_last}, which full NAT (mode 2) takes on the service address for the \
+         endpoints' answers: use ports outside {snat_first}-{snat_last}"
+    )]
+    SnatRangeOverlap {
+        vip: Ipv4Addr,
+        protocol: Protocol,
+        port: u16,
+        port_max: u16,
+        snat_first: u16,
+        snat_last: u16,
+    },
     #[error("sel {sel} ({name}) is not implemented; use 0 (round robin), 1 (hash), 2 (priority), 3 (persist) or 4 (least connections)")]
     SelectionNotImplemented { sel: i64, name: &'static str },
     #[error("sel {0} is unknown (loxilb defines 0 to 6); use 0 (round robin), 1 (hash), 2 (priority), 3 (persist) or 4 (least connections)")]
@@ -116,7 +145,10 @@ impl ValidationError {
             NotImplemented { field, .. } => field,
             DuplicateEndpoint { index, .. } => return format!("endpoints[{index}]"),
             UnknownProtocol(_) | ProtocolNotImplemented(_) => "serviceArguments.protocol",
-            PortMaxBelowPort { .. } | PortRangeNotImplemented { .. } => "serviceArguments.portMax",
+            PortMaxBelowPort { .. }
+            | PortRangeTooBig { .. }
+            | PortRangeOverlap { .. }
+            | SnatRangeOverlap { .. } => "serviceArguments.portMax",
             SelectionNotImplemented { .. } | UnknownSelection(_) => "serviceArguments.sel",
             ModeNotImplemented { .. } | UnknownMode(_) => "serviceArguments.mode",
             DsrPortMismatch { index, .. } => return format!("endpoints[{index}].targetPort"),
@@ -138,7 +170,7 @@ pub fn validate(entry: &LoadBalancerEntry) -> Result<ServiceSpec, ValidationErro
     let external_ip = address(&format!("{SA}.externalIP"), &sa.external_ip)?;
     let port = port(&format!("{SA}.port"), sa.port)?;
     let protocol = protocol(&sa.protocol)?;
-    check_port_max(port, sa.port_max)?;
+    let port_max = port_max(port, sa.port_max)?;
     let selection = selection(sa.sel)?;
     let mode = mode(sa.mode)?;
     check_unimplemented(sa)?;
@@ -180,6 +212,7 @@ pub fn validate(entry: &LoadBalancerEntry) -> Result<ServiceSpec, ValidationErro
             port,
             protocol,
         },
+        port_max,
         name: sa.name.clone(),
         mode,
         selection,
@@ -281,7 +314,12 @@ pub fn to_entry(spec: &ServiceSpec) -> LoadBalancerEntry {
             external_ip: spec.key.external_ip.to_string(),
             private_ip: String::new(),
             port: i64::from(spec.key.port),
-            port_max: 0,
+            // loxilb lists a single port with portMax 0.
+            port_max: if spec.port_max == spec.key.port {
+                0
+            } else {
+                i64::from(spec.port_max)
+            },
             protocol: spec.key.protocol.as_str().to_owned(),
             sel: spec.selection.number(),
             mode: spec.mode.number(),
@@ -387,15 +425,92 @@ fn protocol(value: &str) -> Result<Protocol, ValidationError> {
     }
 }
 
-fn check_port_max(port: u16, port_max: i64) -> Result<(), ValidationError> {
+/// The last port of the rule: loxilb's `portMax`, where 0 means the single port `port`.
+fn port_max(port: u16, port_max: i64) -> Result<u16, ValidationError> {
     in_range(&format!("{SA}.portMax"), port_max, 0, i64::from(u16::MAX))?;
-    let port_i = i64::from(port);
-    if port_max == 0 || port_max == port_i {
-        Ok(())
-    } else if port_max < port_i {
-        Err(ValidationError::PortMaxBelowPort { port, port_max })
+    if port_max == 0 {
+        return Ok(port);
+    }
+    if port_max < i64::from(port) {
+        return Err(ValidationError::PortMaxBelowPort { port, port_max });
+    }
+    let last = port_max as u16;
+    let ports = u32::from(last - port) + 1;
+    if ports > MAX_PORT_RANGE {
+        return Err(ValidationError::PortRangeTooBig {
+            port,
+            port_max: last,
+            ports,
+        });
+    }
+    Ok(last)
+}
+
+/// Refuses `spec` when one of its ports belongs to another rule of the same address and
+/// protocol in `rules` (the rule with `spec`'s own key is the one it replaces, so it does not
+/// count): a packet must find exactly one rule.
+pub fn check_overlap<'a>(
+    spec: &ServiceSpec,
+    rules: impl IntoIterator<Item = &'a ServiceSpec>,
+) -> Result<(), ValidationError> {
+    let clash = rules.into_iter().find(|o| {
+        o.key != spec.key
+            && o.key.external_ip == spec.key.external_ip
+            && o.key.protocol == spec.key.protocol
+            && o.key.port <= spec.port_max
+            && spec.key.port <= o.port_max
+    });
+    match clash {
+        Some(o) => Err(ValidationError::PortRangeOverlap {
+            port: spec.key.port,
+            port_max: spec.port_max,
+            other: o.key,
+            other_port: o.key.port,
+            other_port_max: o.port_max,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Refuses `spec` when, with it, an address and protocol has both full NAT (which takes the
+/// SNAT port range `snat_first..=snat_last` on the service address for the endpoints'
+/// answers) and a rule whose ports overlap that range: an endpoint's answer to a SNAT port and
+/// a client's packet to a service port would then look alike, to the XDP program and to the
+/// flow-owner hash. `rules` are the other rules; the one with `spec`'s key is replaced.
+pub fn check_snat_overlap<'a>(
+    spec: &ServiceSpec,
+    rules: impl IntoIterator<Item = &'a ServiceSpec>,
+    snat_first: u16,
+    snat_last: u16,
+) -> Result<(), ValidationError> {
+    let neighbours: Vec<&ServiceSpec> = rules
+        .into_iter()
+        .filter(|o| {
+            o.key != spec.key
+                && o.key.external_ip == spec.key.external_ip
+                && o.key.protocol == spec.key.protocol
+        })
+        .collect();
+    let overlaps = |s: &ServiceSpec| s.key.port <= snat_last && snat_first <= s.port_max;
+    let clash = if spec.mode == NatMode::FullNat {
+        std::iter::once(spec)
+            .chain(neighbours.iter().copied())
+            .find(|s| overlaps(s))
+    } else if overlaps(spec) && neighbours.iter().any(|o| o.mode == NatMode::FullNat) {
+        Some(spec)
     } else {
-        Err(ValidationError::PortRangeNotImplemented { port, port_max })
+        None
+    };
+    match clash {
+        Some(s) => Err(ValidationError::SnatRangeOverlap {
+            vip: s.key.external_ip,
+            protocol: s.key.protocol,
+            port: s.key.port,
+            port_max: s.port_max,
+            snat_first,
+            snat_last,
+        }),
+        None => Ok(()),
     }
 }
 

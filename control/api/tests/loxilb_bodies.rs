@@ -1,5 +1,6 @@
 //! loxilb request bodies as real clients send them, and every refusal of what oxlb does not do.
 
+use oxlb_api::validate::{check_overlap, check_snat_overlap};
 use oxlb_api::{
     oper, service_key, to_entry, validate, EndpointSpec, ErrorResponse, LoadBalancerEntry,
     LoadBalancerList, NatMode, Oper, ProbeKind, Protocol, ResultResponse, Selection, ServiceKey,
@@ -374,11 +375,107 @@ fn an_sctp_service_is_accepted() {
 }
 
 #[test]
-fn a_port_range_is_refused_as_not_implemented_yet() {
-    let e = refused(set_arg("portMax", json!(2030)));
-    assert!(matches!(e, ValidationError::PortRangeNotImplemented { .. }));
+fn a_port_range_is_accepted_keyed_by_its_first_port_and_listed_back_with_port_max() {
+    let spec = validate_modified(set_arg("portMax", json!(2030))).expect("a range is accepted");
+    assert_eq!(
+        spec.key.port, 2020,
+        "loxilb keys the rule by its first port"
+    );
+    assert_eq!(spec.port_max, 2030);
+    assert_eq!(spec.ports().count(), 11);
+    let listed = to_entry(&spec);
+    assert_eq!(listed.service_arguments.port_max, 2030);
+    assert_eq!(validate(&listed), Ok(spec));
+}
+
+#[test]
+fn a_single_port_is_listed_with_port_max_zero_as_loxilb_does() {
+    let spec = validate_modified(set_arg("portMax", json!(2020))).unwrap();
+    assert_eq!(spec.port_max, 2020);
+    assert_eq!(to_entry(&spec).service_arguments.port_max, 0);
+}
+
+#[test]
+fn a_range_of_1024_ports_is_accepted_and_one_more_is_refused_as_too_big() {
+    let spec = validate_modified(set_arg("portMax", json!(2020 + 1023))).unwrap();
+    assert_eq!(spec.ports().count(), 1024);
+    let e = refused(set_arg("portMax", json!(2020 + 1024)));
+    assert!(
+        matches!(e, ValidationError::PortRangeTooBig { ports: 1025, .. }),
+        "{e:?}"
+    );
     assert_eq!(e.field(), "serviceArguments.portMax");
-    assert!(e.to_string().contains("not implemented yet"));
+    assert!(e.to_string().contains("at most 1024"), "{e}");
+}
+
+/// The issue example on ports `port..=port_max`, in `mode`.
+fn ranged(port: u16, port_max: u16, mode: i64) -> oxlb_api::ServiceSpec {
+    validate_modified(|v| {
+        v["serviceArguments"]["port"] = json!(port);
+        v["serviceArguments"]["portMax"] = json!(port_max);
+        v["serviceArguments"]["mode"] = json!(mode);
+    })
+    .expect("the rule is valid on its own")
+}
+
+#[test]
+fn overlapping_ranges_on_the_same_address_and_protocol_are_refused_naming_port_max() {
+    let existing = [ranged(3000, 3010, 0)];
+    let e = check_overlap(&ranged(3010, 3020, 0), &existing).expect_err("port 3010 is taken");
+    assert!(
+        matches!(e, ValidationError::PortRangeOverlap { .. }),
+        "{e:?}"
+    );
+    assert_eq!(e.field(), "serviceArguments.portMax");
+    assert!(e.to_string().contains("3000-3010"), "{e}");
+    // A single port inside another rule's range overlaps it too.
+    assert!(check_overlap(&ranged(3005, 3005, 0), &existing).is_err());
+}
+
+#[test]
+fn adjacent_ranges_other_protocols_and_the_replaced_rule_itself_do_not_overlap() {
+    let existing = [ranged(3000, 3010, 0)];
+    assert_eq!(check_overlap(&ranged(3011, 3020, 0), &existing), Ok(()));
+    let mut udp = ranged(3000, 3010, 0);
+    udp.key.protocol = Protocol::Udp;
+    assert_eq!(check_overlap(&udp, &existing), Ok(()));
+    // Replacing the rule (same key) with a wider range is not an overlap with itself.
+    assert_eq!(check_overlap(&ranged(3000, 3050, 0), &existing), Ok(()));
+}
+
+#[test]
+fn a_full_nat_range_overlapping_the_snat_port_range_is_refused_naming_port_max() {
+    let e = check_snat_overlap(&ranged(39990, 40010, 2), &[], 40000, 49999)
+        .expect_err("full NAT answers come back to 40000-49999 on the VIP");
+    assert!(
+        matches!(e, ValidationError::SnatRangeOverlap { .. }),
+        "{e:?}"
+    );
+    assert_eq!(e.field(), "serviceArguments.portMax");
+    assert!(e.to_string().contains("40000-49999"), "{e}");
+    // The same range without full NAT on the address takes no SNAT port there.
+    assert_eq!(
+        check_snat_overlap(&ranged(39990, 40010, 0), &[], 40000, 49999),
+        Ok(())
+    );
+    assert_eq!(
+        check_snat_overlap(&ranged(30000, 30010, 2), &[], 40000, 49999),
+        Ok(())
+    );
+}
+
+#[test]
+fn a_range_in_the_snat_ports_is_refused_when_another_rule_makes_its_address_full_nat() {
+    let full_nat = [ranged(80, 80, 2)];
+    let e = check_snat_overlap(&ranged(45000, 45010, 0), &full_nat, 40000, 49999)
+        .expect_err("the VIP's SNAT ports are taken by the full NAT rule");
+    assert!(matches!(
+        e,
+        ValidationError::SnatRangeOverlap { port: 45000, .. }
+    ));
+    // And a full NAT rule refuses to join an address whose rules sit in the SNAT ports.
+    let dnat = [ranged(45000, 45010, 0)];
+    assert!(check_snat_overlap(&ranged(80, 80, 2), &dnat, 40000, 49999).is_err());
 }
 
 #[test]

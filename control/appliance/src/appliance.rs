@@ -196,6 +196,11 @@ impl Appliance for ApplianceCore {
         self.lock().down.clone()
     }
 
+    fn snat_ports(&self) -> Option<(u16, u16)> {
+        let p = self.lock().snat_ports;
+        Some((p.first, p.last))
+    }
+
     fn metrics(&self) -> Option<String> {
         let (workers, xdp) = self.stats();
         let inner = self.lock();

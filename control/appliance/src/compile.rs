@@ -103,6 +103,7 @@ fn service(spec: &ServiceSpec, down: &Down) -> Result<Service, String> {
         Duration::from_secs(u64::from(spec.inactive_timeout_secs)),
     )
     .map(|mut svc| {
+        svc.port_max = spec.port_max;
         svc.allowed_sources = spec
             .allowed_sources
             .iter()
@@ -158,7 +159,17 @@ pub fn snapshot(
             }
         }
         snap.vips.insert(svc.key.vip);
-        snap.services.insert(svc.key, svc);
+        // One entry per port of the range (see `Snapshot::services`); the API refuses
+        // overlapping rules, and this refuses them again rather than let one shadow another.
+        for port in spec.ports() {
+            let at = snapshot::ServiceKey { port, ..svc.key };
+            if let Some(other) = snap.services.insert(at, svc.clone()) {
+                return Err(format!(
+                    "service {}: port {port} is also a port of {}:{}-{}/{}",
+                    spec.key, other.key.vip, other.key.port, other.port_max, spec.key.protocol
+                ));
+            }
+        }
     }
     Ok(snap)
 }
@@ -168,8 +179,12 @@ pub fn xdp_keys(state: &DesiredState, reach: &Reachability) -> XdpKeys {
     let mut keys = XdpKeys::default();
     for spec in state.services() {
         let p = proto(spec.key.protocol) as u8;
-        keys.dst
-            .insert(LbKey::v4(spec.key.external_ip, spec.key.port, p));
+        // A range is steered with one key per port rather than a range-aware lookup in the
+        // XDP program: the per-packet path stays one hash lookup, the C program unchanged, and
+        // the API caps a rule at MAX_PORT_RANGE (1024) ports of the map's 65 536 keys.
+        for port in spec.ports() {
+            keys.dst.insert(LbKey::v4(spec.key.external_ip, port, p));
+        }
         // ICMP to the VIP (echo) comes to us too; port 0 is how the XDP program keys it.
         keys.dst.insert(LbKey::v4(spec.key.external_ip, 0, ICMP));
         match mode(spec.mode) {
@@ -301,5 +316,37 @@ mod tests {
         let k = xdp_keys(&state(NatMode::Dsr), &reach());
         assert_eq!(k.dst.len(), 2);
         assert!(k.src.is_empty() && k.snat.is_empty());
+    }
+
+    #[test]
+    fn a_port_range_is_one_snapshot_entry_and_one_xdp_key_per_port_sharing_the_rules_key() {
+        let mut s = DesiredState::default();
+        s.upsert(ServiceSpec {
+            port_max: 2023,
+            ..crate::state::test_spec(2020, &[1])
+        });
+        let snap = snapshot(&s, &reach(), &Down::new()).unwrap();
+        assert_eq!(snap.services.len(), 4);
+        assert!(snap
+            .services
+            .values()
+            .all(|svc| svc.key.port == 2020 && svc.port_max == 2023));
+        let k = xdp_keys(&s, &reach());
+        assert_eq!(k.dst.len(), 5, "four ports and ICMP");
+        assert!(k
+            .dst
+            .contains(&LbKey::v4(Ipv4Addr::new(198, 18, 100, 1), 2023, 6)));
+    }
+
+    #[test]
+    fn overlapping_ranges_that_reach_the_compiler_are_refused_not_shadowed() {
+        let mut s = DesiredState::default();
+        s.upsert(ServiceSpec {
+            port_max: 2023,
+            ..crate::state::test_spec(2020, &[1])
+        });
+        s.upsert(crate::state::test_spec(2022, &[2]));
+        let e = snapshot(&s, &reach(), &Down::new()).expect_err("port 2022 is in both");
+        assert!(e.contains("port 2022"), "{e}");
     }
 }

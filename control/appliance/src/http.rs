@@ -25,9 +25,10 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use oxlb_api::{
-    oper, service_key, to_cistatus, to_entry, validate, validate_cistate, CiStateList,
-    CiStatusEntry, ConntrackEntry, ConntrackList, EndpointList, ErrorResponse, HealthResponse,
-    LoadBalancerEntry, LoadBalancerList, Oper, ResultResponse, ServiceSpec, StatusResponse,
+    check_overlap, check_snat_overlap, oper, service_key, to_cistatus, to_entry, validate,
+    validate_cistate, CiStateList, CiStatusEntry, ConntrackEntry, ConntrackList, EndpointList,
+    ErrorResponse, HealthResponse, LoadBalancerEntry, LoadBalancerList, Oper, ResultResponse,
+    ServiceSpec, StatusResponse, ValidationError,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -54,6 +55,11 @@ pub trait Appliance: Send + Sync + 'static {
     /// Monitored endpoints their probe currently reports down (the rest are up).
     fn down_endpoints(&self) -> Down {
         Down::new()
+    }
+    /// The source ports of one-arm and full-NAT flows (first, last), which no service port on
+    /// a full-NAT address may use; `None` where there is no dataplane to collide with.
+    fn snat_ports(&self) -> Option<(u16, u16)> {
+        None
     }
 }
 
@@ -326,12 +332,22 @@ async fn create(
         Failure(ErrorResponse::new(400, e.to_string()).with_field(field))
     })?;
     let op = oper(&entry);
+    let snat_ports = api.app.snat_ports();
     change(&api, move |state| {
         let key = spec.key;
         let spec = match op {
             Oper::Replace => spec,
             Oper::Attach | Oper::Detach => endpoints_changed(state, spec, op)?,
         };
+        // Clashes with other rules are the request's fault too: refused like bad input.
+        let refused = |e: ValidationError| {
+            let field = e.field();
+            Failure(ErrorResponse::new(400, e.to_string()).with_field(field))
+        };
+        check_overlap(&spec, state.services()).map_err(refused)?;
+        if let Some((first, last)) = snat_ports {
+            check_snat_overlap(&spec, state.services(), first, last).map_err(refused)?;
+        }
         let endpoints = spec.endpoints.len();
         let verb = match (op, state.upsert(spec)) {
             (Oper::Replace, None) => "created",

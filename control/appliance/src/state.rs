@@ -74,6 +74,7 @@ pub(crate) fn test_spec(port: u16, endpoints: &[u8]) -> ServiceSpec {
             port,
             protocol: Protocol::Tcp,
         },
+        port_max: port,
         name: format!("svc{port}"),
         mode: NatMode::Dnat,
         selection: Selection::RoundRobin,

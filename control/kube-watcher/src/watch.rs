@@ -45,6 +45,42 @@ where
     (reader, stream)
 }
 
+/// Runs a reflector over every `K` in the cluster (custom resources included); yields `()`
+/// each time the store's contents changed: after an applied or deleted object, and after a
+/// (re)list has been swapped in whole. Unlike a stream of touched objects, it also ticks at
+/// the end of a relist, the only moment a store reader sees the objects a relist removed.
+pub fn store_changes<K>(client: Client) -> (Store<K>, impl Stream<Item = ()> + Send + 'static)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(Api::<K>::all(client), watcher::Config::default())
+            .default_backoff()
+            .modify(|o: &mut K| o.managed_fields_mut().clear()),
+    )
+    .filter_map(|r| async move {
+        match r {
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
+                Some(())
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => None,
+            Err(e) => {
+                log::warn!("watch of {} failed (retrying): {e}", K::kind(&()));
+                None
+            }
+        }
+    });
+    (reader, stream)
+}
+
 /// A store of every EndpointSlice and a stream naming the Service each change belongs to.
 pub fn endpoint_slices(
     client: Client,

@@ -1,8 +1,9 @@
 //! The REST client of one appliance (`/netlox/v1`, loxilb-compatible): its credentials, the
-//! liveness probe and role pushes, and the diff that makes its rules for one Service equal to
+//! liveness probe, role pushes and BGP neighbours, and the diff that makes its rules for one Service equal to
 //! the desired ones, replacing rules whole or (with `--appendEPs`) attaching and detaching
 //! endpoints.
 
+use crate::crds::BgpPeerSpec;
 use oxlb_api::{Endpoint, ErrorResponse, LoadBalancerEntry, LoadBalancerList};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use std::collections::BTreeSet;
@@ -37,6 +38,14 @@ pub enum ApplianceError {
 }
 
 impl ApplianceError {
+    /// The HTTP status of a refusal; None when the appliance was not reached.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApplianceError::Unreachable { .. } => None,
+            ApplianceError::Refused { status, .. } => Some(*status),
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             ApplianceError::Unreachable { .. } => "appliance_unreachable",
@@ -467,6 +476,58 @@ impl Appliance {
             .map_err(self.unreachable())?;
         self.check(
             format!("role {} for instance {}", state.state, state.instance),
+            resp,
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+impl Appliance {
+    /// Adds a BGP neighbour (loxilb's `POST /netlox/v1/config/bgp/neigh`, the body kube-loxilb
+    /// sends). loxilb answers 409 for a neighbour it already has: that is success here.
+    pub async fn add_bgp_neighbor(&self, peer: &BgpPeerSpec) -> Result<(), ApplianceError> {
+        let url = format!("{}/netlox/v1/config/bgp/neigh", self.url);
+        let resp = self
+            .http
+            .post(&url)
+            .json(peer)
+            .send()
+            .await
+            .map_err(self.unreachable())?;
+        if resp.status() == reqwest::StatusCode::CONFLICT {
+            return Ok(());
+        }
+        self.check(
+            format!("BGP neighbour {} AS {}", peer.ip_address, peer.remote_as),
+            resp,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a BGP neighbour (loxilb's `DELETE /netlox/v1/config/bgp/neigh/{ip}?remoteAs=N`).
+    /// Only called for a neighbour the appliance accepted, so 404 means it is gone already.
+    pub async fn delete_bgp_neighbor(&self, peer: &BgpPeerSpec) -> Result<(), ApplianceError> {
+        let url = format!(
+            "{}/netlox/v1/config/bgp/neigh/{}",
+            self.url, peer.ip_address
+        );
+        let resp = self
+            .http
+            .delete(&url)
+            .query(&[("remoteAs", peer.remote_as)])
+            .send()
+            .await
+            .map_err(self.unreachable())?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        self.check(
+            format!(
+                "deleting BGP neighbour {} AS {}",
+                peer.ip_address, peer.remote_as
+            ),
             resp,
         )
         .await?;

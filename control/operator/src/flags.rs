@@ -13,6 +13,9 @@ use std::net::{IpAddr, Ipv4Addr};
     about = "Programs Kubernetes LoadBalancer Services onto oxlb appliances (kube-loxilb compatible)"
 )]
 pub struct Flags {
+    /// Something else than running the operator (oxlb addition; kube-loxilb has none).
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// YAML file with kube-loxilb's keys; flags given on the command line win.
     #[arg(long = "config", default_value = "")]
     pub config: String,
@@ -49,6 +52,7 @@ pub struct Flags {
     pub ebgp_multi_hop: bool,
     #[arg(long = "extBGPPeers", default_value = "")]
     pub ext_bgp_peers: String,
+    /// Watch BGPPeerService objects and add each peer to every appliance.
     #[arg(long = "enableBGPCRDs", num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub enable_bgp_crds: bool,
     /// Elect one MASTER appliance, the others BACKUP; the value is the VIP sent with the roles
@@ -90,6 +94,14 @@ pub struct Flags {
     /// variable wins for its appliance).
     #[arg(long = "apiTokenFile", default_value = "")]
     pub api_token_file: String,
+}
+
+/// What the binary does instead of running the operator.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Print the CustomResourceDefinitions of BGPPeerService and LoxiURL as YAML
+    /// (`deploy/kube/crds.yaml`) and exit.
+    Crd,
 }
 
 /// A flag given that oxlb-operator does not implement yet.
@@ -135,7 +147,7 @@ pub fn go_style(args: impl IntoIterator<Item = String>) -> Vec<String> {
 impl Flags {
     /// The first flag given whose feature is missing, or `Ok`.
     pub fn check_implemented(&self) -> Result<(), Refused> {
-        let checks: [(bool, &'static str, &'static str); 14] = [
+        let checks: [(bool, &'static str, &'static str); 13] = [
             (
                 !self.config.is_empty(),
                 "config",
@@ -160,7 +172,6 @@ impl Flags {
             (self.listen_bgp_port != 0, "listenBGPPort", "BGP"),
             (self.ebgp_multi_hop, "eBGPMultiHop", "BGP"),
             (!self.ext_bgp_peers.is_empty(), "extBGPPeers", "BGP"),
-            (self.enable_bgp_crds, "enableBGPCRDs", "BGP CRDs"),
             (
                 self.num_zone_instances != 1,
                 "numZoneInstances",
@@ -463,7 +474,6 @@ mod tests {
             ("--listenBGPPort=1179", "listenBGPPort"),
             ("--eBGPMultiHop", "eBGPMultiHop"),
             ("--extBGPPeers=10.0.0.1:65002", "extBGPPeers"),
-            ("--enableBGPCRDs", "enableBGPCRDs"),
             ("--numZoneInstances=2", "numZoneInstances"),
             ("--useExternalEndpoint", "useExternalEndpoint"),
             ("--privateCIDR=10.0.0.1/32", "privateCIDR"),
@@ -500,6 +510,15 @@ mod tests {
         assert_eq!(ex.excluded_role_hosts().unwrap().len(), 2);
         let ex6 = parse(&["--excludeRoleList=::1"]).unwrap();
         assert!(ex6.excluded_role_hosts().is_err());
+    }
+
+    #[test]
+    fn bgp_crds_are_accepted_and_crd_is_a_subcommand() {
+        let f = parse(&["--loxiURL=http://a", "-enableBGPCRDs"]).unwrap();
+        assert!(f.enable_bgp_crds);
+        f.check_implemented().unwrap();
+        assert_eq!(parse(&["crd"]).unwrap().command, Some(Command::Crd));
+        assert_eq!(parse(&["--loxiURL=http://a"]).unwrap().command, None);
     }
 
     #[test]

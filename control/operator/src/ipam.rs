@@ -221,6 +221,28 @@ impl Ipam {
         Err(IpamError::Exhausted(p.name, ports_text(ports)))
     }
 
+    /// Adds a pool at run time (a LoxiURL of type `cidrpool`); the same definition again
+    /// changes nothing, another one of the same name is refused.
+    pub fn add_pool(&mut self, pool: Pool) -> Result<(), IpamError> {
+        match self.pools.iter().find(|p| p.name == pool.name) {
+            Some(p) if *p == pool => Ok(()),
+            Some(_) => Err(IpamError::DuplicatePool(pool.name)),
+            None => {
+                self.pools.push(pool);
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes pool `name`. Addresses already given from it stay with their Services, as
+    /// kube-loxilb leaves them: taking a live Service's address away is worse than a pool
+    /// that shrinks only for new Services.
+    pub fn remove_pool(&mut self, name: &str) -> bool {
+        let before = self.pools.len();
+        self.pools.retain(|p| p.name != name);
+        self.pools.len() != before
+    }
+
     /// Frees everything `service` holds.
     pub fn release(&mut self, service: &str) {
         if let Some(ip) = self.by_service.remove(service) {
@@ -237,6 +259,27 @@ impl Ipam {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pool_added_at_run_time_serves_new_services_and_its_removal_keeps_given_addresses() {
+        let mut ipam = Ipam::new(pools_from_flags("198.18.100.0/30", "").unwrap(), false);
+        let ports = vec![(80, "tcp".to_owned())];
+        assert!(ipam.allocate("a/x", Some("extra"), &ports).is_err());
+        let extra = Pool::parse("extra", "198.18.200.5-198.18.200.6").unwrap();
+        ipam.add_pool(extra.clone()).unwrap();
+        ipam.add_pool(extra).unwrap();
+        let other = Pool::parse("extra", "198.18.201.0/24").unwrap();
+        assert_eq!(
+            ipam.add_pool(other),
+            Err(IpamError::DuplicatePool("extra".into()))
+        );
+        let ip = ipam.allocate("a/x", Some("extra"), &ports).unwrap();
+        assert_eq!(ip, "198.18.200.5".parse::<Ipv4Addr>().unwrap());
+        assert!(ipam.remove_pool("extra"));
+        assert!(!ipam.remove_pool("extra"));
+        assert_eq!(ipam.allocate("a/x", Some("extra"), &ports).unwrap(), ip);
+        assert!(ipam.allocate("a/y", Some("extra"), &ports).is_err());
+    }
 
     fn tcp(p: u16) -> PortKey {
         (p, "tcp".to_owned())

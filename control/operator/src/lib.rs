@@ -1,10 +1,15 @@
 //! oxlb-operator: programs Kubernetes LoadBalancer Services onto oxlb appliances, accepting
-//! kube-loxilb's flags and annotations. `run` wires flags, IPAM, reflectors and the reconciler.
+//! kube-loxilb's flags, annotations and custom resources. `run` wires flags, IPAM, reflectors,
+//! the reconciler and the LoxiURL / BGPPeerService watchers.
 #![forbid(unsafe_code)]
 
 pub mod appliance;
+pub mod bgp;
+pub mod crds;
 pub mod flags;
+pub mod fleet;
 pub mod ipam;
+pub mod loxiurl;
 pub mod reconcile;
 pub mod roles;
 
@@ -46,6 +51,8 @@ pub struct Prepared {
     pub appliances: Vec<appliance::Appliance>,
     /// Present with `--setRoles`.
     pub roles: Option<roles::RoleSettings>,
+    /// How appliances named by LoxiURL objects are set up.
+    pub loxiurl: loxiurl::Settings,
 }
 
 /// Checks the flags: every refusal happens here, before anything connects.
@@ -98,22 +105,34 @@ pub fn prepare(f: &flags::Flags) -> Result<Prepared, StartError> {
             .collect(),
         refresh: Duration::from_secs(f.resync_period.max(1)),
     });
+    let loxiurl = loxiurl::Settings {
+        zone: settings.zone.clone(),
+        credentials,
+        updates,
+        flag_pools: pools.iter().map(|p| p.name.clone()).collect(),
+    };
     Ok(Prepared {
         pools,
         settings,
         appliances,
         roles,
+        loxiurl,
     })
 }
 
 /// Runs the operator until SIGTERM/SIGINT.
 pub async fn run(f: flags::Flags) -> Result<(), StartError> {
+    if f.command == Some(flags::Command::Crd) {
+        print!("{}", crds::crds_yaml());
+        return Ok(());
+    }
     let f = f.with_config_file()?;
     let Prepared {
         pools,
         settings,
         appliances,
         roles,
+        loxiurl,
     } = prepare(&f)?;
     let client = Client::try_default().await?;
     let services: Api<Service> = Api::all(client.clone());
@@ -126,7 +145,7 @@ pub async fn run(f: flags::Flags) -> Result<(), StartError> {
     let (nodes, node_triggers) = kube_watcher::watch::nodes(client.clone());
     let ctx = Arc::new(reconcile::Context {
         client: client.clone(),
-        appliances: appliances.clone(),
+        appliances: fleet::Fleet::new(appliances.clone()),
         ipam: Mutex::new(ipam),
         settings,
         slices,
@@ -145,14 +164,30 @@ pub async fn run(f: flags::Flags) -> Result<(), StartError> {
     });
     log::info!(
         "oxlb-operator: {} appliance(s), zone {:?}",
-        ctx.appliances.len(),
+        ctx.appliances.fixed().len(),
         ctx.settings.zone
     );
     // Dropped (and so stopped) when the controller returns.
     let _roles = roles.map(|r| AbortOnDrop(tokio::spawn(roles::run(appliances, r))));
+    let (resync_tx, mut resync_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let fleet_triggers = futures::stream::poll_fn(move |cx| resync_rx.poll_recv(cx));
+    let _loxiurl = AbortOnDrop(tokio::spawn(loxiurl::run(
+        client.clone(),
+        ctx.clone(),
+        loxiurl,
+        resync_tx,
+    )));
+    let _bgp = f.enable_bgp_crds.then(|| {
+        AbortOnDrop(tokio::spawn(bgp::run(
+            client.clone(),
+            ctx.clone(),
+            ctx.resync,
+        )))
+    });
     Controller::new(services, watcher::Config::default())
         .reconcile_on(slice_triggers)
         .reconcile_all_on(node_triggers)
+        .reconcile_all_on(fleet_triggers)
         .shutdown_on_signal()
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|r| async move {

@@ -2,7 +2,8 @@
 //! appliance match, keep its address and status, and clean up behind a finalizer. Running it
 //! twice in a row changes nothing the second time.
 
-use crate::appliance::{Appliance, ApplianceError};
+use crate::appliance::ApplianceError;
+use crate::fleet::Fleet;
 use crate::ipam::{Ipam, IpamError, PortKey};
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -66,7 +67,8 @@ impl Error {
 /// Everything a reconcile reads or shares.
 pub struct Context {
     pub client: Client,
-    pub appliances: Vec<Appliance>,
+    /// `--loxiURL` appliances and those LoxiURL objects add.
+    pub appliances: Fleet,
     pub ipam: Mutex<Ipam>,
     pub settings: Settings,
     pub slices: Store<EndpointSlice>,
@@ -196,7 +198,8 @@ async fn patch_finalizers(
 /// Removes the Service's rules from every appliance, frees its address, drops the finalizer.
 async fn cleanup(ctx: &Context, svc: &Service) -> Result<Action, Error> {
     let prefix = desired::rule_prefix(&svc.namespace().unwrap_or_default(), &svc.name_any());
-    let results = join_all(ctx.appliances.iter().map(|a| a.remove_all(&prefix))).await;
+    let appliances = ctx.appliances.snapshot();
+    let results = join_all(appliances.iter().map(|a| a.remove_all(&prefix))).await;
     let errors: Vec<String> = results
         .iter()
         .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
@@ -269,11 +272,12 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
     let rules = desired::desired_rules(&svc, &slice_refs, &node_refs, &ctx.settings, &vips)?;
 
     let prefix = desired::rule_prefix(&ns, &name);
+    let appliances = ctx.appliances.snapshot();
     let results: Vec<Result<_, ApplianceError>> =
-        join_all(ctx.appliances.iter().map(|a| a.sync(&prefix, &rules))).await;
+        join_all(appliances.iter().map(|a| a.sync(&prefix, &rules))).await;
     let mut accepted = 0;
     let mut errors = Vec::new();
-    for (a, r) in ctx.appliances.iter().zip(&results) {
+    for (a, r) in appliances.iter().zip(&results) {
         match r {
             Ok(rep) => {
                 accepted += 1;

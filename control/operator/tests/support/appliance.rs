@@ -3,9 +3,11 @@
 //! on them: `oper` 1 attaches endpoints to an existing rule (same address and port: the new
 //! weight), 2 detaches them, both refused for a missing rule (404) or when nothing would be
 //! left (400); a bearer token, when set, is required on every path; `POST /config/cistate`
-//! records roles. `hang` makes it stop answering, as a wedged appliance does.
+//! records roles; `POST /config/bgp/neigh` and `DELETE /config/bgp/neigh/{ip}?remoteAs=N`
+//! keep BGP neighbours as loxilb does (409 for one it has), or answer 404 as oxlb (no BGP yet)
+//! does after `refuse_bgp(true)`. `hang` makes it stop answering, as a wedged appliance does.
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -13,9 +15,10 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use oxlb_api::{ErrorResponse, LoadBalancerEntry, LoadBalancerList};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Clone, Default)]
 pub struct FakeAppliance {
@@ -26,6 +29,14 @@ pub struct FakeAppliance {
     refused_auth: Arc<AtomicUsize>,
     /// Every cistate body posted, in order.
     roles: Arc<Mutex<Vec<Value>>>,
+    /// Every request of any path, answered or not.
+    calls: Arc<AtomicUsize>,
+    /// BGP neighbours held (POST bodies).
+    neighbors: Arc<Mutex<Vec<Value>>>,
+    /// Every BGP neighbour call, with its time: `POST <body>` or `DELETE <ip> remoteAs=<n>`.
+    bgp_calls: Arc<Mutex<Vec<(Instant, String)>>>,
+    /// Answer BGP calls 404, as an appliance without BGP.
+    no_bgp: Arc<AtomicBool>,
 }
 
 fn refuse(code: StatusCode, msg: String) -> Response {
@@ -41,6 +52,7 @@ fn endpoints_of(e: &LoadBalancerEntry) -> String {
 }
 
 async fn gate(State(f): State<FakeAppliance>, req: Request, next: Next) -> Response {
+    f.calls.fetch_add(1, Ordering::Relaxed);
     if f.hung.load(Ordering::Relaxed) {
         // Longer than any client timeout; bounded so the task ends on its own.
         tokio::time::sleep(Duration::from_secs(10)).await;
@@ -111,6 +123,47 @@ async fn post_rule(State(f): State<FakeAppliance>, Json(e): Json<LoadBalancerEnt
     Json(json!({"result": "Success"})).into_response()
 }
 
+async fn post_neigh(State(f): State<FakeAppliance>, Json(v): Json<Value>) -> Response {
+    f.bgp_calls
+        .lock()
+        .unwrap()
+        .push((Instant::now(), format!("POST {v}")));
+    if f.no_bgp.load(Ordering::Relaxed) {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "no route for /netlox/v1/config/bgp/neigh".into(),
+        );
+    }
+    let mut n = f.neighbors.lock().unwrap();
+    if n.iter().any(|x| x["ipAddress"] == v["ipAddress"]) {
+        return refuse(StatusCode::CONFLICT, "bgp neigh already exists".into());
+    }
+    n.push(v);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn delete_neigh(
+    State(f): State<FakeAppliance>,
+    Path(ip): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let remote_as = q.get("remoteAs").cloned().unwrap_or_default();
+    f.bgp_calls
+        .lock()
+        .unwrap()
+        .push((Instant::now(), format!("DELETE {ip} remoteAs={remote_as}")));
+    if f.no_bgp.load(Ordering::Relaxed) {
+        return refuse(StatusCode::NOT_FOUND, "no route".into());
+    }
+    let mut n = f.neighbors.lock().unwrap();
+    let before = n.len();
+    n.retain(|x| x["ipAddress"] != ip.as_str());
+    if n.len() == before {
+        return refuse(StatusCode::NOT_FOUND, format!("no bgp neigh {ip}"));
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
 impl FakeAppliance {
     /// Serves on `listener` until the runtime stops.
     pub fn serve(&self, listener: std::net::TcpListener) {
@@ -152,6 +205,8 @@ impl FakeAppliance {
                     Json(json!({"result": "Success"}))
                 }),
             )
+            .route("/netlox/v1/config/bgp/neigh", post(post_neigh))
+            .route("/netlox/v1/config/bgp/neigh/{ip}", delete(delete_neigh))
             .layer(axum::middleware::from_fn_with_state(self.clone(), gate))
             .with_state(self.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -186,6 +241,26 @@ impl FakeAppliance {
 
     pub fn rules(&self) -> Vec<LoadBalancerEntry> {
         self.rules.lock().unwrap().clone()
+    }
+
+    /// Requests of any kind received so far.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Answer BGP neighbour calls 404 (as oxlb, which has no BGP yet), or serve them.
+    pub fn refuse_bgp(&self, refuse: bool) {
+        self.no_bgp.store(refuse, Ordering::Relaxed);
+    }
+
+    /// The BGP neighbours held, as posted.
+    pub fn neighbors(&self) -> Vec<Value> {
+        self.neighbors.lock().unwrap().clone()
+    }
+
+    /// Every BGP neighbour call so far, with its time.
+    pub fn bgp_calls(&self) -> Vec<(Instant, String)> {
+        self.bgp_calls.lock().unwrap().clone()
     }
 
     /// Every cistate body received, in order.

@@ -1,6 +1,6 @@
 //! Test support: a small stand-in Kubernetes API server (lists and watches with
 //! resourceVersions and bookmarks, merge / JSON patches, the status subresource, finalizers,
-//! events), a fake appliance that records requests, and a runner for the operator binary.
+//! events, kube-loxilb's LoxiURL and BGPPeerService objects), a fake appliance that records requests, and a runner for the operator binary.
 #![allow(dead_code)]
 
 pub mod appliance;
@@ -24,6 +24,8 @@ fn meta_of(plural: &str) -> (&'static str, &'static str) {
         "services" => ("v1", "Service"),
         "nodes" => ("v1", "Node"),
         "endpointslices" => ("discovery.k8s.io/v1", "EndpointSlice"),
+        "loxiurls" => ("loxiurl.loxilb.io/v1", "LoxiURL"),
+        "bgppeerservices" => ("bgppeer.loxilb.io/v1", "BGPPeerService"),
         _ => ("v1", "Unknown"),
     }
 }
@@ -131,6 +133,9 @@ impl ApiServer {
             )
             .route("/api/v1/{plural}", get(list_or_watch))
             .route("/apis/discovery.k8s.io/v1/{plural}", get(list_or_watch))
+            // kube-loxilb's custom resources (cluster-scoped).
+            .route("/apis/loxiurl.loxilb.io/v1/{plural}", get(list_or_watch))
+            .route("/apis/bgppeer.loxilb.io/v1/{plural}", get(list_or_watch))
             .route(
                 "/api/v1/namespaces/{ns}/services/{name}",
                 get(get_service).patch(patch_service),
