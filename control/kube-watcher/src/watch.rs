@@ -13,27 +13,52 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use std::sync::Arc;
 
-/// Runs a reflector over every `K` in the cluster; yields each applied or deleted object once
-/// the store holds the change. Managed fields are stripped: they are large and never read.
-fn reflect<K>(client: Client) -> (Store<K>, impl Stream<Item = Arc<K>> + Send + 'static)
-where
+/// What a reflector can watch: any cluster-wide resource (custom resources included).
+pub trait Watched:
+    Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
     K: Resource<DynamicType = ()>
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
         + Send
         + Sync
-        + 'static,
+        + 'static
 {
+}
+
+/// A reflector over every `K` in the cluster, writing `store`: its raw event stream, with
+/// backoff on errors and managed fields stripped (they are large and never read).
+fn reflected<K: Watched>(
+    client: Client,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) {
     let (reader, writer) = reflector::store();
     let stream = reflector::reflector(
         writer,
         watcher(Api::<K>::all(client), watcher::Config::default())
             .default_backoff()
             .modify(|o: &mut K| o.managed_fields_mut().clear()),
-    )
-    .touched_objects()
-    .filter_map(|r| async move {
+    );
+    (reader, stream)
+}
+
+/// Runs a reflector over every `K` in the cluster; yields each applied or deleted object once
+/// the store holds the change.
+fn reflect<K: Watched>(client: Client) -> (Store<K>, impl Stream<Item = Arc<K>> + Send + 'static) {
+    let (reader, events) = reflected::<K>(client);
+    let stream = events.touched_objects().filter_map(|r| async move {
         match r {
             Ok(o) => Some(Arc::new(o)),
             Err(e) => {
@@ -49,24 +74,11 @@ where
 /// each time the store's contents changed: after an applied or deleted object, and after a
 /// (re)list has been swapped in whole. Unlike a stream of touched objects, it also ticks at
 /// the end of a relist, the only moment a store reader sees the objects a relist removed.
-pub fn store_changes<K>(client: Client) -> (Store<K>, impl Stream<Item = ()> + Send + 'static)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(Api::<K>::all(client), watcher::Config::default())
-            .default_backoff()
-            .modify(|o: &mut K| o.managed_fields_mut().clear()),
-    )
-    .filter_map(|r| async move {
+pub fn store_changes<K: Watched>(
+    client: Client,
+) -> (Store<K>, impl Stream<Item = ()> + Send + 'static) {
+    let (reader, events) = reflected::<K>(client);
+    let stream = events.filter_map(|r| async move {
         match r {
             Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
                 Some(())
