@@ -270,7 +270,10 @@ fn bgp_peers_reach_every_appliance_and_a_refusal_is_an_event_retried_with_backof
     // The retry delay starts at 1 s and doubles. Only lower bounds: a loaded machine can only
     // lengthen a gap, so comparing two measured gaps would be flaky.
     assert!(gap(0) >= Duration::from_millis(800), "{attempts:?}");
-    assert!(gap(1) >= Duration::from_millis(1800), "no backoff: {attempts:?}");
+    assert!(
+        gap(1) >= Duration::from_millis(1800),
+        "no backoff: {attempts:?}"
+    );
     // Never pretended: nothing says it was added there.
     let added_there = format!("appliance http://127.0.0.1:{p2}: BGP neighbour");
     assert!(!op.log().contains(&added_there), "{}", diag());
