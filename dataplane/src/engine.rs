@@ -295,8 +295,13 @@ impl Engine {
 
         // The egress link must take the packet as it is (no rewrite changes its length);
         // checked before rewriting, so an error quotes the packet as its sender sent it.
+        // The endpoint's next hop is looked up once, for the MTU and for the MACs below.
+        let next_hop = match dir {
+            Direction::Original => snap.next_hops.get(&endpoint.addr).copied(),
+            Direction::Reply => None,
+        };
         let egress = match dir {
-            Direction::Original => snap.next_hops.get(&endpoint.addr).map(|nh| nh.ifindex),
+            Direction::Original => next_hop.map(|nh| nh.ifindex),
             Direction::Reply => Some(client.ifindex),
         };
         if let Some(&mtu) = egress.and_then(|ifindex| snap.link_mtus.get(&ifindex)) {
@@ -322,7 +327,7 @@ impl Engine {
                 if let Some((addr, port)) = snat {
                     rewrite_v4(ip_buf, proto, Rewrite::Source(addr, port)).map_err(wire_drop)?;
                 }
-                let Some(nh) = snap.next_hops.get(&endpoint.addr) else {
+                let Some(nh) = next_hop else {
                     // The kernel can deliver a packet addressed to the endpoint while it learns
                     // the MAC; a DSR packet is still addressed to the VIP, which it cannot.
                     if mode == NatMode::Dsr {

@@ -9,7 +9,7 @@ use oxlb_tests::{
 };
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use support::{service, slice, wait_for, ApiServer};
+use support::{service, slice, wait_for, wait_for_ingress, ApiServer};
 
 /// Binds 127.0.0.1:0 inside network namespace `ns` (a socket stays in the namespace it was
 /// created in, so the test's runtime can serve it from anywhere).
@@ -72,15 +72,7 @@ fn a_service_is_served_through_its_vip_scaled_and_removed() {
         &diag,
     );
     assert_eq!(rule["serviceArguments"]["externalIP"], "198.18.100.1");
-    let svc = wait_for(
-        30,
-        "the status",
-        || {
-            api.get("services", "shop", "web")
-                .filter(|s| s["status"]["loadBalancer"]["ingress"].is_array())
-        },
-        &diag,
-    );
+    let svc = wait_for_ingress(&api, "shop", "web", 30, &diag);
     assert_eq!(
         svc["status"]["loadBalancer"]["ingress"],
         json!([{"hostname": "llb-198.18.100.1"}])

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use support::appliance::FakeAppliance;
 use support::operator::spawn_operator;
-use support::{kubeconfig, service, slice, wait_for, ApiServer};
+use support::{scratch, service, slice, wait_for, ApiServer};
 
 fn start_api() -> (ApiServer, u16) {
     let api = ApiServer::default();
@@ -44,9 +44,7 @@ fn a_loxiurl_adds_an_appliance_and_a_pool_and_its_deletion_stops_every_call() {
     let p1 = first.start();
     let second = FakeAppliance::default();
     let p2 = second.start();
-    let dir = std::env::temp_dir().join(format!("oxlb-op-loxiurl-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kc = kubeconfig(&dir, api_port);
+    let (dir, kc) = scratch("loxiurl", api_port);
     // A long resync period: the new appliance must be filled by the change itself.
     let op = spawn_operator(
         &dir,
@@ -206,9 +204,7 @@ fn bgp_peers_reach_every_appliance_and_a_refusal_is_an_event_retried_with_backof
     let oxlb_like = FakeAppliance::default();
     oxlb_like.refuse_bgp(true);
     let p2 = oxlb_like.start();
-    let dir = std::env::temp_dir().join(format!("oxlb-op-bgp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kc = kubeconfig(&dir, api_port);
+    let (dir, kc) = scratch("bgp", api_port);
     let op = spawn_operator(
         &dir,
         &kc,

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::process::{Command, Stdio};
 use support::appliance::FakeAppliance;
 use support::operator::{free_port, spawn_operator, Operator};
-use support::{kubeconfig, service, slice, wait_for, ApiServer};
+use support::{scratch, service, slice, wait_for, wait_for_ingress, ApiServer};
 
 fn eps(e: &LoadBalancerEntry) -> Vec<String> {
     e.endpoints
@@ -31,9 +31,7 @@ fn the_operator_programs_updates_resyncs_and_removes_a_service() {
     let app_port = app_l.local_addr().unwrap().port();
     fake.serve(app_l);
 
-    let dir = std::env::temp_dir().join(format!("oxlb-op-fake-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kc = kubeconfig(&dir, api_port);
+    let (dir, kc) = scratch("fake", api_port);
     let start = |n: u32| {
         let log = dir.join(format!("operator{n}.log"));
         let f = std::fs::File::create(&log).unwrap();
@@ -71,15 +69,7 @@ fn the_operator_programs_updates_resyncs_and_removes_a_service() {
     assert_eq!(rule.service_arguments.name, "shop_web:llb-inst0");
     assert_eq!(rule.service_arguments.external_ip, "198.18.100.1");
     assert_eq!(eps(&rule), vec!["10.1.0.1:8080", "10.1.0.2:8080"]);
-    let svc = wait_for(
-        20,
-        "the status",
-        || {
-            api.get("services", "shop", "web")
-                .filter(|s| s["status"]["loadBalancer"]["ingress"].is_array())
-        },
-        &diag,
-    );
+    let svc = wait_for_ingress(&api, "shop", "web", 20, &diag);
     assert_eq!(
         svc["status"]["loadBalancer"]["ingress"],
         json!([{"hostname": "llb-198.18.100.1"}])
@@ -268,9 +258,7 @@ fn without_an_accepting_appliance_there_is_no_status_and_an_event_says_why() {
     let api_l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let api_port = api_l.local_addr().unwrap().port();
     api.serve(api_l);
-    let dir = std::env::temp_dir().join(format!("oxlb-op-dead-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kc = kubeconfig(&dir, api_port);
+    let (dir, kc) = scratch("dead", api_port);
     let dead = free_port();
     let op = spawn_operator(
         &dir,
@@ -322,9 +310,7 @@ fn every_appliance_gets_every_rule_and_one_that_comes_back_empty_is_resynced() {
     first.serve(l1);
     // The second appliance is down at first.
     let p2 = free_port();
-    let dir = std::env::temp_dir().join(format!("oxlb-op-two-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kc = kubeconfig(&dir, api_port);
+    let (dir, kc) = scratch("two", api_port);
     let op = spawn_operator(
         &dir,
         &kc,
@@ -385,9 +371,7 @@ fn with_append_eps_and_a_token_file_the_operator_attaches_and_detaches_endpoints
     let token = "append-eps-test-token-42";
     fake.require_token(token);
     let app_port = fake.start();
-    let dir = std::env::temp_dir().join(format!("oxlb-op-append-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kc = kubeconfig(&dir, api_port);
+    let (dir, kc) = scratch("append", api_port);
     let tf = dir.join("token");
     std::fs::write(&tf, format!("{token}\n")).unwrap();
     let op = spawn_operator(

@@ -380,6 +380,34 @@ async fn patch_event(State(s): State<ApiServer>, Json(ev): Json<Value>) -> Respo
 }
 
 /// A kubeconfig pointing at the stand-in, written to `dir`.
+/// A scratch directory for the test `what` in this process, and in it a kubeconfig for the
+/// stand-in API server on `api_port`: (directory, kubeconfig).
+pub fn scratch(what: &str, api_port: u16) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("oxlb-op-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kc = kubeconfig(&dir, api_port);
+    (dir, kc)
+}
+
+/// Waits (at most `secs`) until the Service `ns/name` has a status ingress, and returns it.
+pub fn wait_for_ingress(
+    api: &ApiServer,
+    ns: &str,
+    name: &str,
+    secs: u64,
+    diag: &dyn Fn() -> String,
+) -> Value {
+    wait_for(
+        secs,
+        "the status",
+        || {
+            api.get("services", ns, name)
+                .filter(|s| s["status"]["loadBalancer"]["ingress"].is_array())
+        },
+        diag,
+    )
+}
+
 pub fn kubeconfig(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
     let path = dir.join("kubeconfig");
     std::fs::write(
