@@ -13,6 +13,8 @@ packages=(
     clang llvm libbpf-dev gcc-multilib libelf-dev zlib1g-dev m4 pkg-config make
     # topology, clients and comparison points used by the demo, tests and benchmarks
     iproute2 iputils-ping procps curl nftables ethtool iperf3 wrk python3-scapy
+    # BGP peers of the appliance in tests/tests/bgp.rs
+    bird2 gobgpd
     # the venv tests/run.sh installs schemathesis into (the API property test)
     python3-venv python3-pip
 )

@@ -7,7 +7,7 @@
 
 use crate::snapshot::{Endpoint, ServiceKey};
 use hashbrown::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// A flow whose pair found no slot (the table is full): its packets are not counted here.
 pub const NO_SLOT: u16 = u16::MAX;
@@ -15,7 +15,7 @@ pub const NO_SLOT: u16 = u16::MAX;
 /// An endpoint as the counters know it: address and port, not weight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointId {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
 }
 
@@ -146,10 +146,11 @@ impl Accounting {
 mod tests {
     use super::*;
     use crate::snapshot::Proto;
+    use std::net::Ipv4Addr;
 
     fn svc(port: u16) -> ServiceKey {
         ServiceKey {
-            vip: Ipv4Addr::new(198, 18, 100, 1),
+            vip: Ipv4Addr::new(198, 18, 100, 1).into(),
             port,
             proto: Proto::Tcp,
         }
@@ -157,7 +158,7 @@ mod tests {
 
     fn ep(n: u8) -> EndpointId {
         EndpointId {
-            addr: Ipv4Addr::new(198, 18, 31, n),
+            addr: Ipv4Addr::new(198, 18, 31, n).into(),
             port: 8080,
         }
     }

@@ -6,7 +6,7 @@
 //! was supposed to finish it. An incremental update of such a value stays wrong, so the NAT code
 //! asks [`is_partial`] first and recomputes over the whole segment only in that case.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// One's-complement sum of `data` as big-endian 16-bit words (odd tail padded with zero),
 /// not yet folded. Sums 32-bit words: the folded result is the same and the loop is shorter.
@@ -85,6 +85,29 @@ pub fn update32(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
     )
 }
 
+/// Sum of the IPv6 pseudo-header (RFC 8200 section 8.1) that TCP, UDP and ICMPv6 checksums
+/// cover; `l4_len` is the upper-layer length, a 32-bit field there.
+pub fn pseudo_header_v6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, l4_len: usize) -> u64 {
+    sum(&src.octets()) + sum(&dst.octets()) + u64::from(next_header) + l4_len as u64
+}
+
+/// The checksum after a 128-bit field (an IPv6 address) changed: RFC 1624 eqn. 3 over its
+/// eight 16-bit words at once.
+pub fn update128(check: u16, old: [u8; 16], new: [u8; 16]) -> u16 {
+    let mut acc = u64::from(!check);
+    for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
+        acc += u64::from(!u16::from_be_bytes([o[0], o[1]]));
+        acc += u64::from(u16::from_be_bytes([n[0], n[1]]));
+    }
+    !fold(acc)
+}
+
+/// The checksum after the pseudo-header summing to `old` was replaced by one summing to `new`
+/// (an address family translation: the segment is the same, its pseudo-header is not).
+pub fn update_pseudo(check: u16, old: u64, new: u64) -> u16 {
+    !fold(u64::from(!check) + u64::from(!fold(old)) + new)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +147,38 @@ mod tests {
         );
         assert!(is_partial(fold(p), p));
         assert!(!is_partial(fold(p).wrapping_add(1), p));
+    }
+
+    #[test]
+    fn an_incremental_ipv6_address_update_equals_a_full_recompute() {
+        let old: Ipv6Addr = "2001:db8::2".parse().unwrap();
+        let new: Ipv6Addr = "fd00:ffff:1234::ffff:1".parse().unwrap();
+        let dst: Ipv6Addr = "2001:db8:100::1".parse().unwrap();
+        let seg = [0x9cu8, 0x40, 0x07, 0xe4, 0, 0, 0, 0, 1, 2, 3];
+        let c = l4_full(&seg, 4, pseudo_header_v6(old, dst, 17, seg.len()));
+        let want = l4_full(&seg, 4, pseudo_header_v6(new, dst, 17, seg.len()));
+        assert_eq!(update128(c, old.octets(), new.octets()), want);
+    }
+
+    #[test]
+    fn swapping_a_v6_pseudo_header_for_a_v4_one_equals_a_full_recompute() {
+        let seg = [
+            0x9cu8, 0x40, 0x07, 0xe4, 0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 7,
+        ];
+        let p6 = pseudo_header_v6(
+            "2001:db8::2".parse().unwrap(),
+            "2001:db8:100::1".parse().unwrap(),
+            6,
+            seg.len(),
+        );
+        let p4 = pseudo_header_v4(
+            Ipv4Addr::new(198, 18, 31, 254),
+            Ipv4Addr::new(198, 18, 31, 1),
+            6,
+            seg.len(),
+        );
+        let c6 = l4_full(&seg, 4, p6);
+        assert_eq!(update_pseudo(c6, p6, p4), l4_full(&seg, 4, p4));
+        assert_eq!(update_pseudo(l4_full(&seg, 4, p4), p4, p6), c6);
     }
 }

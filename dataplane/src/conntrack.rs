@@ -20,22 +20,97 @@
 //! table holds. An established flow is never evicted; if there is no other victim, the new flow
 //! is refused and the caller counts it.
 //!
-//! IPv4 only. IPv6 flows (40-byte tuples) would not fit this record's budget; they are meant
-//! for a second table of the same shape with a wider record, looked up by address family.
+//! The table is generic over the address type of its records: IPv4 flows live in a
+//! `Conntrack<Ipv4Addr>` (the 104-byte record above), IPv6 flows in a `Conntrack<Ipv6Addr>`
+//! whose record is 48 bytes wider. A NAT64 flow (an IPv6 client, an IPv4 endpoint) lives in
+//! the IPv6 table with its IPv4 addresses written IPv4-mapped (`::ffff:a.b.c.d`); reports
+//! show them as IPv4 again ([`FlowAddr::to_ip`]).
 
 use crate::snapshot::{Endpoint, NatMode, Proto, ServiceKey};
 use hashbrown::DefaultHashBuilder;
-use std::hash::BuildHasher;
-use std::net::Ipv4Addr;
+use std::fmt::Debug;
+use std::hash::{BuildHasher, Hash};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// The address type a table's records hold.
+pub trait FlowAddr: Copy + Eq + Hash + Debug + 'static {
+    const UNSPECIFIED: Self;
+    /// The address as reports and the rest of the engine know it (IPv4-mapped IPv6 as IPv4).
+    fn to_ip(self) -> IpAddr;
+    /// `ip` in this table's type: IPv4 in an IPv6 table is IPv4-mapped; IPv6 in an IPv4
+    /// table does not fit.
+    fn from_ip(ip: IpAddr) -> Option<Self>;
+    /// The key's hash under the table's seeded `hasher`, packed for one call.
+    fn hash_key(k: &FlowKey<Self>, hasher: &DefaultHashBuilder) -> u64;
+}
+
+impl FlowAddr for Ipv4Addr {
+    const UNSPECIFIED: Self = Ipv4Addr::UNSPECIFIED;
+
+    fn to_ip(self) -> IpAddr {
+        IpAddr::V4(self)
+    }
+
+    fn from_ip(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        }
+    }
+
+    fn hash_key(k: &FlowKey<Self>, hasher: &DefaultHashBuilder) -> u64 {
+        let addrs = u64::from(u32::from(k.src)) << 32 | u64::from(u32::from(k.dst));
+        let rest =
+            u64::from(k.src_port) << 24 | u64::from(k.dst_port) << 8 | u64::from(k.proto as u8);
+        hasher.hash_one(u128::from(addrs) << 64 | u128::from(rest))
+    }
+}
+
+impl FlowAddr for Ipv6Addr {
+    const UNSPECIFIED: Self = Ipv6Addr::UNSPECIFIED;
+
+    fn to_ip(self) -> IpAddr {
+        match self.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(self),
+        }
+    }
+
+    fn from_ip(ip: IpAddr) -> Option<Self> {
+        Some(match ip {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        })
+    }
+
+    fn hash_key(k: &FlowKey<Self>, hasher: &DefaultHashBuilder) -> u64 {
+        let rest =
+            u64::from(k.src_port) << 24 | u64::from(k.dst_port) << 8 | u64::from(k.proto as u8);
+        hasher.hash_one((u128::from(k.src), u128::from(k.dst), rest))
+    }
+}
 
 /// The 5-tuple of a packet as seen on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+pub struct FlowKey<A = Ipv4Addr> {
+    pub src: A,
+    pub dst: A,
     pub src_port: u16,
     pub dst_port: u16,
     pub proto: Proto,
+}
+
+impl<A: FlowAddr> FlowKey<A> {
+    /// The same tuple with addresses as reports show them.
+    pub fn to_ip(&self) -> FlowKey<IpAddr> {
+        FlowKey {
+            src: self.src.to_ip(),
+            dst: self.dst.to_ip(),
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            proto: self.proto,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +166,12 @@ impl Phase {
         matches!(self, Phase::Opening | Phase::Answered | Phase::Aborted)
     }
 
+    /// The connection is over (FINs both ways, a RST, an abort) and only lingers for the last
+    /// packets: it no longer loads its endpoint.
+    pub fn has_ended(self) -> bool {
+        matches!(self, Phase::Closing | Phase::Aborted)
+    }
+
     pub fn state(self) -> FlowState {
         match self {
             Phase::Opening | Phase::Answered => FlowState::New,
@@ -115,12 +196,12 @@ pub enum Removal {
 
 /// What the owner gives to open a flow; it starts in [`Phase::Opening`] with zero counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NewFlow {
+pub struct NewFlow<A = Ipv4Addr> {
     /// The tuple the client sends; its destination is the service.
-    pub original: FlowKey,
+    pub original: FlowKey<A>,
     /// The tuple the endpoint answers with. Its source is the endpoint's address; in the
     /// source-translating modes its destination is the SNAT address and port.
-    pub reply: FlowKey,
+    pub reply: FlowKey<A>,
     pub mode: NatMode,
     pub endpoint: Endpoint,
     pub client: ClientL2,
@@ -146,11 +227,11 @@ enum Status {
 /// One tracked flow, stored once. The service is the original tuple's destination and the SNAT
 /// address and port are the reply tuple's destination, so neither is stored again.
 #[derive(Debug, Clone)]
-pub struct Flow {
-    client: Ipv4Addr,
-    vip: Ipv4Addr,
-    endpoint_addr: Ipv4Addr,
-    reply_dst: Ipv4Addr,
+pub struct Flow<A = Ipv4Addr> {
+    client: A,
+    vip: A,
+    endpoint_addr: A,
+    reply_dst: A,
     client_port: u16,
     vip_port: u16,
     reply_src_port: u16,
@@ -178,12 +259,12 @@ pub struct Flow {
 /// No slot: the end of a list.
 const NIL: u32 = u32::MAX;
 
-impl Flow {
-    const VACANT: Flow = Flow {
-        client: Ipv4Addr::UNSPECIFIED,
-        vip: Ipv4Addr::UNSPECIFIED,
-        endpoint_addr: Ipv4Addr::UNSPECIFIED,
-        reply_dst: Ipv4Addr::UNSPECIFIED,
+impl<A: FlowAddr> Flow<A> {
+    const VACANT: Flow<A> = Flow {
+        client: A::UNSPECIFIED,
+        vip: A::UNSPECIFIED,
+        endpoint_addr: A::UNSPECIFIED,
+        reply_dst: A::UNSPECIFIED,
         client_port: 0,
         vip_port: 0,
         reply_src_port: 0,
@@ -210,7 +291,7 @@ impl Flow {
         self.stats_slot
     }
 
-    pub fn original(&self) -> FlowKey {
+    pub fn original(&self) -> FlowKey<A> {
         FlowKey {
             src: self.client,
             dst: self.vip,
@@ -220,7 +301,7 @@ impl Flow {
         }
     }
 
-    pub fn reply(&self) -> FlowKey {
+    pub fn reply(&self) -> FlowKey<A> {
         FlowKey {
             src: self.endpoint_addr,
             dst: self.reply_dst,
@@ -230,7 +311,7 @@ impl Flow {
         }
     }
 
-    fn key(&self, dir: Direction) -> FlowKey {
+    fn key(&self, dir: Direction) -> FlowKey<A> {
         match dir {
             Direction::Original => self.original(),
             Direction::Reply => self.reply(),
@@ -239,7 +320,7 @@ impl Flow {
 
     pub fn service(&self) -> ServiceKey {
         ServiceKey {
-            vip: self.vip,
+            vip: self.vip.to_ip(),
             port: self.vip_port,
             proto: self.proto,
         }
@@ -247,17 +328,17 @@ impl Flow {
 
     pub fn endpoint(&self) -> Endpoint {
         Endpoint {
-            addr: self.endpoint_addr,
+            addr: self.endpoint_addr.to_ip(),
             port: self.endpoint_port,
             weight: self.weight,
         }
     }
 
     /// Source-translating modes: the address and port requests leave with.
-    pub fn snat(&self) -> Option<(Ipv4Addr, u16)> {
+    pub fn snat(&self) -> Option<(IpAddr, u16)> {
         self.mode
             .translates_source()
-            .then_some((self.reply_dst, self.reply_dst_port))
+            .then_some((self.reply_dst.to_ip(), self.reply_dst_port))
     }
 
     pub fn client(&self) -> ClientL2 {
@@ -307,6 +388,7 @@ impl Flow {
             snat: self.snat(),
             proto: self.proto,
             cause,
+            ended: self.phase.has_ended(),
         }
     }
 }
@@ -315,12 +397,12 @@ impl Flow {
 /// points back into a worker's table, so it can cross to the control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowInfo {
-    pub original: FlowKey,
-    pub reply: FlowKey,
+    pub original: FlowKey<IpAddr>,
+    pub reply: FlowKey<IpAddr>,
     pub service: ServiceKey,
     pub mode: NatMode,
     pub endpoint: Endpoint,
-    pub snat: Option<(Ipv4Addr, u16)>,
+    pub snat: Option<(IpAddr, u16)>,
     pub state: FlowState,
     /// Per direction, indexed by `Direction as usize`.
     pub packets: [u64; 2],
@@ -328,11 +410,11 @@ pub struct FlowInfo {
     pub bytes: [u64; 2],
 }
 
-impl From<&Flow> for FlowInfo {
-    fn from(f: &Flow) -> FlowInfo {
+impl<A: FlowAddr> From<&Flow<A>> for FlowInfo {
+    fn from(f: &Flow<A>) -> FlowInfo {
         FlowInfo {
-            original: f.original(),
-            reply: f.reply(),
+            original: f.original().to_ip(),
+            reply: f.reply().to_ip(),
             service: f.service(),
             mode: f.mode,
             endpoint: f.endpoint(),
@@ -352,9 +434,12 @@ pub type Slot = u32;
 pub struct Removed {
     pub service: ServiceKey,
     pub endpoint: Endpoint,
-    pub snat: Option<(Ipv4Addr, u16)>,
+    pub snat: Option<(IpAddr, u16)>,
     pub proto: Proto,
     pub cause: Removal,
+    /// The connection had ended (closing or aborted) before it left the table: its owner
+    /// released its share of the endpoint's load then (see [`Phase::has_ended`]).
+    pub ended: bool,
 }
 
 /// Why a flow could not be inserted.
@@ -376,8 +461,8 @@ const RECLAIM_SCAN: usize = 8;
 /// The largest capacity: slot and direction must leave a bit of tag in a 32-bit index entry.
 pub const MAX_CAPACITY: usize = 1 << 29;
 
-pub struct Conntrack {
-    slab: Vec<Flow>,
+pub struct Conntrack<A = Ipv4Addr> {
+    slab: Vec<Flow<A>>,
     index: Index,
     live: usize,
     /// Head of the free list.
@@ -392,7 +477,7 @@ pub struct Conntrack {
     removed: Vec<Removed>,
 }
 
-impl Conntrack {
+impl<A: FlowAddr> Conntrack<A> {
     /// A table for `capacity` flows, all of its memory allocated (and written) now.
     ///
     /// Panics if `capacity` exceeds [`MAX_CAPACITY`].
@@ -426,7 +511,7 @@ impl Conntrack {
     /// queue of removal events. Fixed at creation (nothing grows), so this is the memory cost
     /// of `capacity()` flows.
     pub fn allocated_bytes(&self) -> usize {
-        self.slab.capacity() * std::mem::size_of::<Flow>()
+        self.slab.capacity() * std::mem::size_of::<Flow<A>>()
             + self.index.allocated_bytes()
             + self.removed.capacity() * std::mem::size_of::<Removed>()
     }
@@ -440,7 +525,7 @@ impl Conntrack {
     }
 
     /// Finds the live flow a packet belongs to; an expired flow is removed and not returned.
-    pub fn lookup(&mut self, key: &FlowKey, now: u64) -> Option<(Slot, Direction)> {
+    pub fn lookup(&mut self, key: &FlowKey<A>, now: u64) -> Option<(Slot, Direction)> {
         let (slot, dir) = self.find(key)?;
         if self.slab[slot as usize].expires_at <= now {
             self.remove_as(slot, Removal::Expired);
@@ -450,7 +535,7 @@ impl Conntrack {
     }
 
     /// The flow in `slot`, which must come from `lookup` or `insert` with no removal since.
-    pub fn flow(&self, slot: Slot) -> &Flow {
+    pub fn flow(&self, slot: Slot) -> &Flow<A> {
         let f = &self.slab[slot as usize];
         debug_assert_eq!(f.status, Status::Live, "slot handed out by lookup/insert");
         f
@@ -466,7 +551,7 @@ impl Conntrack {
         ip_len: usize,
         phase: Phase,
         expires_at: u64,
-    ) -> &Flow {
+    ) -> &Flow<A> {
         let f = &mut self.slab[slot as usize];
         debug_assert_eq!(f.status, Status::Live, "slot handed out by lookup/insert");
         let d = dir as usize;
@@ -486,9 +571,10 @@ impl Conntrack {
     /// Adds a flow. When the table is full it takes the slot of an expired flow, or else
     /// evicts the oldest embryonic flow (its removal event says `Evicted`); an established flow
     /// is never evicted. Constant time: at most [`RECLAIM_SCAN`] slots are looked at.
-    pub fn insert(&mut self, flow: NewFlow, now: u64) -> Result<Slot, InsertError> {
+    pub fn insert(&mut self, flow: NewFlow<A>, now: u64) -> Result<Slot, InsertError> {
         debug_assert_eq!(
-            flow.reply.src, flow.endpoint.addr,
+            flow.reply.src.to_ip(),
+            flow.endpoint.addr,
             "replies come from the endpoint"
         );
         debug_assert_eq!(flow.original.proto, flow.reply.proto);
@@ -573,7 +659,7 @@ impl Conntrack {
     /// for `proto`, so that its port can serve a new flow; returns whether there was one. A
     /// flood through a source-translating service would otherwise hold every port for the
     /// new-flow timeout, long before the table is full.
-    pub fn evict_for_port(&mut self, addr: Ipv4Addr, proto: Proto, now: u64, look: usize) -> bool {
+    pub fn evict_for_port(&mut self, addr: IpAddr, proto: Proto, now: u64, look: usize) -> bool {
         if self.removed.len() == self.removed.capacity() {
             return false;
         }
@@ -710,17 +796,17 @@ impl Conntrack {
 
     /// Hands over the flows removed since the last call, for releasing what they held. Slots
     /// of zombies are freed as their events are taken; events not taken stay for next time.
-    pub fn drain_removed(&mut self) -> DrainRemoved<'_> {
+    pub fn drain_removed(&mut self) -> DrainRemoved<'_, A> {
         DrainRemoved { table: self }
     }
 
     /// Whether some live flow owns this tuple (in either direction).
-    pub fn contains(&self, key: &FlowKey) -> bool {
+    pub fn contains(&self, key: &FlowKey<A>) -> bool {
         self.find(key).is_some()
     }
 
     /// The live flows (expired ones the sweep has not reached included).
-    pub fn iter(&self) -> impl Iterator<Item = &Flow> {
+    pub fn iter(&self) -> impl Iterator<Item = &Flow<A>> {
         self.slab.iter().filter(|f| f.status == Status::Live)
     }
 
@@ -734,17 +820,17 @@ impl Conntrack {
         (out, truncated)
     }
 
-    fn find(&self, key: &FlowKey) -> Option<(Slot, Direction)> {
+    fn find(&self, key: &FlowKey<A>) -> Option<(Slot, Direction)> {
         self.index.find(&self.slab, key)
     }
 }
 
 /// The removal events of a [`Conntrack`], queued ones first, then zombies.
-pub struct DrainRemoved<'a> {
-    table: &'a mut Conntrack,
+pub struct DrainRemoved<'a, A = Ipv4Addr> {
+    table: &'a mut Conntrack<A>,
 }
 
-impl Iterator for DrainRemoved<'_> {
+impl<A: FlowAddr> Iterator for DrainRemoved<'_, A> {
     type Item = Removed;
 
     fn next(&mut self) -> Option<Removed> {
@@ -802,12 +888,8 @@ impl Index {
         self.entries.len() * std::mem::size_of::<u32>()
     }
 
-    fn hash(&self, k: &FlowKey) -> u64 {
-        let addrs = u64::from(u32::from(k.src)) << 32 | u64::from(u32::from(k.dst));
-        let rest =
-            u64::from(k.src_port) << 24 | u64::from(k.dst_port) << 8 | u64::from(k.proto as u8);
-        self.hasher
-            .hash_one(u128::from(addrs) << 64 | u128::from(rest))
+    fn hash<A: FlowAddr>(&self, k: &FlowKey<A>) -> u64 {
+        A::hash_key(k, &self.hasher)
     }
 
     fn tag(&self, h: u64) -> u32 {
@@ -829,12 +911,17 @@ impl Index {
         self.tag(h) << self.ref_bits | slot << 1 | dir as u32
     }
 
-    fn find(&self, slab: &[Flow], key: &FlowKey) -> Option<(Slot, Direction)> {
+    fn find<A: FlowAddr>(&self, slab: &[Flow<A>], key: &FlowKey<A>) -> Option<(Slot, Direction)> {
         self.find_hashed(slab, self.hash(key), key)
     }
 
     /// `find` for a key whose hash is `h`.
-    fn find_hashed(&self, slab: &[Flow], h: u64, key: &FlowKey) -> Option<(Slot, Direction)> {
+    fn find_hashed<A: FlowAddr>(
+        &self,
+        slab: &[Flow<A>],
+        h: u64,
+        key: &FlowKey<A>,
+    ) -> Option<(Slot, Direction)> {
         let tag = self.tag(h);
         let mut i = h as usize & self.mask;
         loop {
@@ -864,7 +951,7 @@ impl Index {
     /// Deletes the entry of (`slot`, `dir`), whose key hashes to `h`, and shifts the entries
     /// after it back so that every probe still reaches its key before an empty entry. Reads
     /// the keys of those entries from `slab`.
-    fn remove(&mut self, slab: &[Flow], h: u64, slot: Slot, dir: Direction) {
+    fn remove<A: FlowAddr>(&mut self, slab: &[Flow<A>], h: u64, slot: Slot, dir: Direction) {
         let want = self.entry(h, slot, dir);
         let mut hole = h as usize & self.mask;
         loop {
@@ -922,7 +1009,7 @@ mod tests {
             },
             mode: NatMode::Dnat,
             endpoint: Endpoint {
-                addr: EP,
+                addr: IpAddr::from(EP),
                 port: 8080,
                 weight: 1,
             },
@@ -977,8 +1064,8 @@ mod tests {
             (s.endpoint(), s.client(), s.mode()),
             (f.endpoint, f.client, f.mode)
         );
-        assert_eq!(s.snat(), Some((VIP, 45000)));
-        assert_eq!((s.service().vip, s.service().port), (VIP, 2020));
+        assert_eq!(s.snat(), Some((VIP.into(), 45000)));
+        assert_eq!((s.service().vip, s.service().port), (VIP.into(), 2020));
         assert_eq!(
             (s.phase(), s.expires_at(), s.idle_ms()),
             (Phase::Opening, 100, 1000)
@@ -1136,18 +1223,18 @@ mod tests {
         ct.insert(snat(4, VIP), 0).unwrap();
         establish(&mut ct, 3, 100);
         causes(&mut ct);
-        assert!(ct.evict_for_port(VIP, Proto::Tcp, 0, 8));
+        assert!(ct.evict_for_port(IpAddr::from(VIP), Proto::Tcp, 0, 8));
         let gone: Vec<_> = ct.drain_removed().collect();
         assert_eq!(gone.len(), 1);
         assert_eq!(
             (gone[0].snat, gone[0].cause),
-            (Some((VIP, 45004)), Removal::Evicted)
+            (Some((VIP.into(), 45004)), Removal::Evicted)
         );
         assert!(
-            !ct.evict_for_port(VIP, Proto::Tcp, 0, 8),
+            !ct.evict_for_port(IpAddr::from(VIP), Proto::Tcp, 0, 8),
             "only an established one is left"
         );
-        assert!(!ct.evict_for_port(VIP, Proto::Udp, 0, 8));
+        assert!(!ct.evict_for_port(IpAddr::from(VIP), Proto::Udp, 0, 8));
     }
 
     #[test]
@@ -1205,7 +1292,7 @@ mod tests {
         );
         // 262 144 is the default; the others round badly to a power of two.
         for capacity in [262_144, 196_609, 100_000, 1_000_000] {
-            let ct = Conntrack::with_capacity(capacity);
+            let ct = Conntrack::<Ipv4Addr>::with_capacity(capacity);
             let per_flow = ct.allocated_bytes() as f64 / capacity as f64;
             assert!(per_flow <= 128.0, "{capacity} flows: {per_flow} bytes each");
         }

@@ -7,17 +7,22 @@
 use crate::accounting::{Accounting, EndpointCounters, EndpointId};
 use crate::checksum::{ipv4_header, update16};
 use crate::conntrack::{
-    ClientL2, Conntrack, Direction, Flow, FlowInfo, FlowKey, FlowState, InsertError, NewFlow,
-    Phase, Removal,
+    ClientL2, Conntrack, Direction, Flow, FlowAddr, FlowInfo, FlowKey, FlowState, InsertError,
+    NewFlow, Phase, Removal, Removed,
 };
+use crate::fragments::{self, FragKey, Piece, Recent, Treatment};
 use crate::icmp_error::{self, Quote, Translation};
-use crate::nat::{complete_checksum_v4, rewrite_v4, Rewrite};
+use crate::nat::{
+    complete_checksum_v4, complete_checksum_v6, rewrite_v4, rewrite_v6, Rewrite, Rewrite6,
+};
+use crate::nat64::{four_to_six, six_to_four};
 use crate::ports::PortPools;
 use crate::select::{EndpointKey, FlowTuple, SelectorState, SharedSelection};
 use crate::snapshot::{Endpoint, NatMode, PortRange, Proto, Service, ServiceKey, Snapshot};
 use crate::stats::{Counters, DropReason};
-use crate::wire::{ethernet, icmp, ipv4, sctp, tcp, udp, WireError};
+use crate::wire::{ethernet, icmp, icmpv6, ipv4, ipv6, sctp, tcp, udp, WireError};
 use hashbrown::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 /// How long a TCP flow may take to complete its handshake (from the SYN, refreshed by a
@@ -43,9 +48,9 @@ pub enum Verdict {
     Transmit {
         ifindex: u32,
     },
-    /// Send the first `len` bytes of the frame out of this interface: the engine built a
-    /// shorter packet in its place (an ICMP error).
-    TransmitShort {
+    /// Send the first `len` bytes of the buffer out of this interface: the engine built a
+    /// packet of another length in its place (an ICMP error, a NAT64 translation).
+    TransmitFirst {
         ifindex: u32,
         len: usize,
     },
@@ -55,21 +60,26 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
-/// What a parsed packet looks like, for decisions.
+/// What a parsed packet looks like, for decisions; `A` is the address type of the table
+/// its flow is in.
 #[derive(Debug, Clone, Copy)]
-struct PacketRepr {
-    key: FlowKey,
+struct PacketRepr<A> {
+    key: FlowKey<A>,
     tcp_flags: u8,
     eth_src: [u8; 6],
     eth_dst: [u8; 6],
     ip_len: usize,
     dont_fragment: bool,
+    /// The frame is IPv6 (a NAT64 reply is IPv4 in the IPv6 table).
+    is_v6: bool,
 }
 
 /// What an engine is given at start and keeps for its life.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
     pub conntrack_capacity: usize,
+    /// Flows of the IPv6 table (IPv6 and NAT64 services), whose records are wider.
+    pub conntrack_capacity_v6: usize,
     /// This worker's index and the number of workers: they split the SNAT port range.
     pub worker: u16,
     pub workers: u16,
@@ -94,7 +104,7 @@ impl SharedSelections {
 }
 
 pub struct Engine {
-    conntrack: Conntrack,
+    tables: Tables,
     /// Selection state per service (rotation, weights, persistence, flow counts), owned by
     /// this worker: each worker rotates on its own.
     selectors: HashMap<ServiceKey, SelectorState>,
@@ -103,6 +113,8 @@ pub struct Engine {
     accounting: Accounting,
     /// Present with several workers.
     shared: Option<Arc<SharedSelections>>,
+    /// What was done to recent first fragments, for their later fragments.
+    fragments: Recent<Treatment>,
     pub counters: Counters,
 }
 
@@ -111,6 +123,7 @@ impl Engine {
     pub fn new(conntrack_capacity: usize) -> Self {
         Self::with_config(EngineConfig {
             conntrack_capacity,
+            conntrack_capacity_v6: conntrack_capacity,
             worker: 0,
             workers: 1,
             snat_ports: PortRange::default(),
@@ -119,11 +132,15 @@ impl Engine {
 
     pub fn with_config(cfg: EngineConfig) -> Self {
         Engine {
-            conntrack: Conntrack::with_capacity(cfg.conntrack_capacity),
+            tables: Tables {
+                v4: Conntrack::with_capacity(cfg.conntrack_capacity),
+                v6: Conntrack::with_capacity(cfg.conntrack_capacity_v6),
+            },
             selectors: HashMap::new(),
             ports: PortPools::new(cfg.snat_ports, cfg.worker, cfg.workers),
             accounting: Accounting::default(),
             shared: None,
+            fragments: Recent::default(),
             counters: Counters::default(),
         }
     }
@@ -138,7 +155,7 @@ impl Engine {
     }
 
     /// Free SNAT ports of this worker for `addr` (for tests and stats).
-    pub fn free_snat_ports(&self, addr: std::net::Ipv4Addr, proto: Proto) -> usize {
+    pub fn free_snat_ports(&self, addr: IpAddr, proto: Proto) -> usize {
         self.ports.free(addr, proto)
     }
 
@@ -147,13 +164,26 @@ impl Engine {
         self.accounting.snapshot()
     }
 
-    pub fn conntrack(&self) -> &Conntrack {
-        &self.conntrack
+    /// The table of IPv4 flows.
+    pub fn conntrack(&self) -> &Conntrack<Ipv4Addr> {
+        &self.tables.v4
     }
 
-    /// Copies of up to `max` flows live at `now_ms`, and whether the cap left some out.
+    /// The table of IPv6 and NAT64 flows.
+    pub fn conntrack_v6(&self) -> &Conntrack<Ipv6Addr> {
+        &self.tables.v6
+    }
+
+    /// Copies of up to `max` flows live at `now_ms` (IPv4 first), and whether the cap left
+    /// some out.
     pub fn flows(&self, now_ms: u64, max: usize) -> (Vec<FlowInfo>, bool) {
-        self.conntrack.copy_flows(now_ms, max)
+        let (mut flows, truncated) = self.tables.v4.copy_flows(now_ms, max);
+        if truncated {
+            return (flows, true);
+        }
+        let (v6, truncated) = self.tables.v6.copy_flows(now_ms, max - flows.len());
+        flows.extend(v6);
+        (flows, truncated)
     }
 
     /// Decides about one frame received on `ingress_ifindex` and rewrites it in place.
@@ -164,8 +194,24 @@ impl Engine {
         snap: &Snapshot,
         now_ms: u64,
     ) -> Verdict {
+        let len = frame.len();
+        self.process_with_room(frame, len, ingress_ifindex, snap, now_ms)
+    }
+
+    /// [`Engine::process`] for a frame in `buf[..len]` whose buffer has room after it: a
+    /// NAT64 reply grows by 20 bytes (an IPv6 header is longer than an IPv4 one), which
+    /// needs `buf.len() >= len + 20`; without the room it is dropped as truncated.
+    pub fn process_with_room(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        ingress_ifindex: u32,
+        snap: &Snapshot,
+        now_ms: u64,
+    ) -> Verdict {
         self.counters.rx_packets += 1;
-        let verdict = match self.process_inner(frame, ingress_ifindex, snap, now_ms) {
+        let len = len.min(buf.len());
+        let verdict = match self.process_inner(buf, len, ingress_ifindex, snap, now_ms) {
             Ok(v) => v,
             Err(reason) => {
                 self.counters.drop(reason);
@@ -179,7 +225,8 @@ impl Engine {
     /// Removes expired flows, looking at no more than `budget` slots.
     pub fn sweep(&mut self, now_ms: u64, budget: usize, snap: &Snapshot) {
         // Counted in `settle`, with the flows that expired on lookup or made room on insert.
-        self.conntrack.sweep(now_ms, budget);
+        self.tables.v4.sweep(now_ms, budget);
+        self.tables.v6.sweep(now_ms, budget);
         self.settle(snap);
     }
 
@@ -188,31 +235,37 @@ impl Engine {
     /// those to `key`'s address and protocol whose port no rule of `snap` (the snapshot
     /// without the service) covers any more.
     pub fn forget_service(&mut self, key: &ServiceKey, snap: &Snapshot) {
-        self.conntrack.forget_service(key);
-        let orphans: Vec<_> = self
-            .conntrack
-            .iter()
-            .filter(|f| {
-                let s = f.service();
-                s.vip == key.vip && s.proto == key.proto && !snap.services.contains_key(&s)
-            })
-            .map(|f| f.original())
-            .collect();
-        for original in orphans {
-            // Time 0: a lookup that must not expire anything, only find the slot.
-            if let Some((slot, _)) = self.conntrack.lookup(&original, 0) {
-                self.conntrack.remove(slot);
-            }
-        }
+        forget_in(&mut self.tables.v4, key, snap);
+        forget_in(&mut self.tables.v6, key, snap);
         self.selectors.remove(key);
         self.settle(snap);
         self.accounting.forget(key);
     }
 
+    /// Takes a flow of `endpoint` off its service's least-connections count.
+    fn release_load(&mut self, snap: &Snapshot, service: ServiceKey, endpoint: Endpoint) {
+        let Some(svc) = snap.services.get(&service) else {
+            return;
+        };
+        let sel = &svc.selector;
+        let index = sel
+            .index_of(&EndpointKey::new(endpoint.addr, endpoint.port))
+            .or_else(|| sel.index_of(&EndpointKey::new(endpoint.addr, 0)));
+        if let (Some(state), Some(i)) = (self.selectors.get_mut(&svc.key), index) {
+            state.on_flow_close(sel, i);
+        }
+    }
+
     /// Releases what removed flows held (their SNAT ports, their endpoint's flow count) and
     /// refreshes the flow gauge.
     fn settle(&mut self, snap: &Snapshot) {
-        for r in self.conntrack.drain_removed() {
+        let removed: Vec<Removed> = if self.tables.v6.is_empty() {
+            self.tables.v4.drain_removed().collect()
+        } else {
+            let v6 = self.tables.v6.drain_removed();
+            self.tables.v4.drain_removed().chain(v6).collect()
+        };
+        for r in removed {
             match r.cause {
                 Removal::Expired => self.counters.flows_expired += 1,
                 Removal::Evicted => self.counters.flows_evicted += 1,
@@ -224,25 +277,55 @@ impl Engine {
             // A flow knows the port it came to; its rule's key is the first port of the range.
             let svc = snap.services.get(&r.service);
             let rule = svc.map_or(r.service, |svc| svc.key);
-            self.accounting.close(rule, r.endpoint.into());
-            let state = self.selectors.get_mut(&rule);
-            if let (Some(state), Some(svc)) = (state, svc) {
-                let key = EndpointKey::v4(r.endpoint.addr, r.endpoint.port);
-                if let Some(i) = svc.selector.index_of(&key) {
-                    state.on_flow_close(&svc.selector, i);
-                }
+            // The endpoint's index in its rule; one configured with port 0 (keep the client's
+            // port) is found under port 0, not the port its flow used.
+            let index = svc.and_then(|svc| {
+                let key = EndpointKey::new(r.endpoint.addr, r.endpoint.port);
+                let kept_port = EndpointKey::new(r.endpoint.addr, 0);
+                let sel = &svc.selector;
+                sel.index_of(&key).or_else(|| sel.index_of(&kept_port))
+            });
+            let configured = match (svc, index) {
+                (Some(svc), Some(i)) => svc.endpoints.get(i).copied().unwrap_or(r.endpoint),
+                _ => r.endpoint,
+            };
+            self.accounting.close(rule, configured.into());
+            // A connection that ended released its endpoint's count when it did.
+            if r.ended {
+                continue;
+            }
+            if let (Some(state), Some(svc), Some(i)) = (self.selectors.get_mut(&rule), svc, index) {
+                state.on_flow_close(&svc.selector, i);
             }
         }
-        self.counters.flows_active = self.conntrack.len() as u64;
+        self.counters.flows_active = (self.tables.v4.len() + self.tables.v6.len()) as u64;
     }
 
     fn process_inner(
         &mut self,
-        frame: &mut [u8],
+        buf: &mut [u8],
+        len: usize,
         ingress_ifindex: u32,
         snap: &Snapshot,
         now_ms: u64,
     ) -> Result<Verdict, DropReason> {
+        let frame = &mut buf[..len];
+        let eth = ethernet::Frame::new_checked(&*frame).map_err(wire_drop)?;
+        match eth.ethertype() {
+            ethernet::ETHERTYPE_IPV4 => {}
+            ethernet::ETHERTYPE_IPV6 => {
+                if is_icmp_v6(frame) {
+                    return self.answer_echo_v6(frame, ingress_ifindex, snap);
+                }
+                let pkt = parse_v6(frame)?;
+                return self.forward(buf, len, &pkt, ingress_ifindex, snap, now_ms);
+            }
+            _ => return Err(DropReason::NotIp),
+        }
+        let piece = fragments::fragment_of(frame);
+        if let Some((key, Piece::Later)) = piece {
+            return self.follow_fragment(frame, &key, snap, now_ms);
+        }
         if is_icmp_v4(frame) {
             if let Some(quote) = icmp_error::quote(&frame[ethernet::HEADER_LEN..]) {
                 return self.translate_icmp_error(frame, &quote, snap, now_ms);
@@ -250,38 +333,115 @@ impl Engine {
             return self.answer_echo(frame, ingress_ifindex, snap);
         }
         let pkt = parse(frame)?;
-        let found = self.conntrack.lookup(&pkt.key, now_ms);
+        // An IPv4 packet of a NAT64 flow (an endpoint's reply) is tracked in the IPv6 table
+        // under its IPv4-mapped tuple; looked for only when no IPv4 flow has the tuple.
+        if !self.tables.v6.is_empty() && self.tables.v4.lookup(&pkt.key, now_ms).is_none() {
+            let mapped = pkt.mapped();
+            if self.tables.v6.lookup(&mapped.key, now_ms).is_some() {
+                return self.forward(buf, len, &mapped, ingress_ifindex, snap, now_ms);
+            }
+        }
+        let verdict = self.forward(buf, len, &pkt, ingress_ifindex, snap, now_ms)?;
+        if let Some((key, Piece::First)) = piece {
+            self.remember_fragment(key, &buf[..len], verdict, now_ms);
+        }
+        Ok(verdict)
+    }
+
+    /// Remembers how the first fragment of a datagram left (read back from the rewritten
+    /// frame), for its later fragments.
+    fn remember_fragment(&mut self, key: FragKey, frame: &[u8], verdict: Verdict, now_ms: u64) {
+        let ifindex = match verdict {
+            Verdict::Transmit { ifindex } => Some(ifindex),
+            Verdict::Kernel => None,
+            // An ICMP error built in its place, or a drop: nothing for the others to follow.
+            Verdict::TransmitFirst { .. } | Verdict::Drop(_) => return,
+        };
+        let (Ok(eth), Ok(ip)) = (
+            ethernet::Frame::new_checked(frame),
+            ipv4::Packet::new_checked(&frame[ethernet::HEADER_LEN..]),
+        ) else {
+            return;
+        };
+        let t = Treatment {
+            src: ip.src(),
+            dst: ip.dst(),
+            eth_src: eth.src(),
+            eth_dst: eth.dst(),
+            ifindex,
+        };
+        self.fragments.insert(key, t, now_ms);
+    }
+
+    /// A later fragment leaves as its first fragment did. Without a first fragment seen, it
+    /// is the host's own (to one of our addresses: the kernel reassembles it) or dropped.
+    fn follow_fragment(
+        &mut self,
+        frame: &mut [u8],
+        key: &FragKey,
+        snap: &Snapshot,
+        now_ms: u64,
+    ) -> Result<Verdict, DropReason> {
+        let Some(t) = self.fragments.get(key, now_ms) else {
+            if snap.own_addrs.contains(&IpAddr::V4(key.dst)) {
+                return Ok(Verdict::Kernel);
+            }
+            return Err(DropReason::Fragment);
+        };
+        fragments::apply(frame, &t).map_err(wire_drop)?;
+        self.counters.fragments_followed += 1;
+        Ok(match t.ifindex {
+            Some(ifindex) => Verdict::Transmit { ifindex },
+            None => Verdict::Kernel,
+        })
+    }
+
+    /// Finds or creates the flow of a TCP, UDP or SCTP packet in the table of `A` and
+    /// forwards the packet in `buf[..len]` (rewritten, translated between families for
+    /// NAT64) toward the endpoint or back to the client.
+    fn forward<A: Family>(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        pkt: &PacketRepr<A>,
+        ingress_ifindex: u32,
+        snap: &Snapshot,
+        now_ms: u64,
+    ) -> Result<Verdict, DropReason> {
+        let table = A::table(&mut self.tables);
+        let found = table.lookup(&pkt.key, now_ms);
         let (slot, dir) = match found {
             // A client reusing the ports of a connection that is closing opens a new one: it
             // gets a fresh endpoint choice instead of the lingering flow's.
             Some((slot, Direction::Original))
-                if is_opening(&pkt) && self.conntrack.flow(slot).state() == FlowState::Closing =>
+                if is_opening(pkt) && table.flow(slot).state() == FlowState::Closing =>
             {
-                self.conntrack.remove(slot);
-                self.new_flow(&pkt, ingress_ifindex, snap, now_ms)?
+                table.remove(slot);
+                self.new_flow(pkt, ingress_ifindex, snap, now_ms)?
             }
             Some(found) => found,
             // In DNAT mode an endpoint's packets are steered here by their source; those to
             // our own address are the appliance's connections (health probes, an operator's
             // session), which belong to the kernel.
-            None if snap.own_addrs.contains(&pkt.key.dst) => {
-                let ip_buf = &mut frame[ethernet::HEADER_LEN..];
-                complete_checksum_v4(ip_buf, pkt.key.proto).map_err(wire_drop)?;
+            None if snap.own_addrs.contains(&pkt.key.dst.to_ip()) => {
+                let ip_buf = &mut buf[ethernet::HEADER_LEN..len];
+                complete_checksum(ip_buf, pkt.key.proto)?;
                 return Ok(Verdict::Kernel);
             }
-            None => self.new_flow(&pkt, ingress_ifindex, snap, now_ms)?,
+            None => self.new_flow(pkt, ingress_ifindex, snap, now_ms)?,
         };
 
-        let (phase, expires_at) = advance(
-            self.conntrack.flow(slot),
-            dir,
-            pkt.key.proto,
-            pkt.tcp_flags,
-            now_ms,
-        );
-        let flow = self
-            .conntrack
-            .update(slot, dir, pkt.ip_len, phase, expires_at);
+        let table = A::table(&mut self.tables);
+        let was = table.flow(slot).phase();
+        let (phase, expires_at) =
+            advance(table.flow(slot), dir, pkt.key.proto, pkt.tcp_flags, now_ms);
+        let flow = table.update(slot, dir, pkt.ip_len, phase, expires_at);
+        if phase.has_ended() && !was.has_ended() {
+            // Least connections counts connections, not the seconds a closed one lingers.
+            let (service, endpoint) = (flow.service(), flow.endpoint());
+            self.release_load(snap, service, endpoint);
+        }
+        let flow = A::table(&mut self.tables).flow(slot);
         self.accounting
             .packet(flow.stats_slot(), dir as usize, pkt.ip_len);
         let (endpoint, service, client, mode, snat, original) = (
@@ -290,12 +450,33 @@ impl Engine {
             flow.client(),
             flow.mode(),
             flow.snat(),
-            flow.original(),
+            flow.original().to_ip(),
         );
 
-        // The egress link must take the packet as it is (no rewrite changes its length);
-        // checked before rewriting, so an error quotes the packet as its sender sent it.
-        // The endpoint's next hop is looked up once, for the MTU and for the MACs below.
+        // Where the packet goes, and the addresses it must carry there. The family of those
+        // addresses may differ from the packet's own (NAT64): it is then translated first.
+        let to = match dir {
+            Direction::Original => Rewrites {
+                src: snat,
+                dst: (mode != NatMode::Dsr).then_some((endpoint.addr, endpoint.port)),
+                family_of: endpoint.addr,
+            },
+            Direction::Reply => Rewrites {
+                src: Some((service.vip, service.port)),
+                dst: snat.map(|_| (original.src, original.src_port)),
+                family_of: service.vip,
+            },
+        };
+        let translate = pkt.is_v6 != to.family_of.is_ipv6();
+        let out_len = match (translate, pkt.is_v6) {
+            (false, _) => pkt.ip_len,
+            (true, true) => pkt.ip_len - IP_HEADER_GROWTH,
+            (true, false) => pkt.ip_len + IP_HEADER_GROWTH,
+        };
+
+        // The egress link must take the packet as it will leave; checked before rewriting,
+        // so an error quotes the packet as its sender sent it. The endpoint's next hop is
+        // looked up once, for the MTU and for the MACs below.
         let next_hop = match dir {
             Direction::Original => snap.next_hops.get(&endpoint.addr).copied(),
             Direction::Reply => None,
@@ -305,28 +486,40 @@ impl Engine {
             Direction::Reply => Some(client.ifindex),
         };
         if let Some(&mtu) = egress.and_then(|ifindex| snap.link_mtus.get(&ifindex)) {
-            if pkt.ip_len > usize::from(mtu) {
-                return self.too_big(frame, &pkt, service.vip, mtu, ingress_ifindex);
+            if out_len > usize::from(mtu) {
+                // Only IPv4 senders are told (fragmentation needed); an IPv6 sender would need
+                // an ICMPv6 "packet too big", not built yet.
+                return match (pkt.is_v6, translate, service.vip) {
+                    (false, false, IpAddr::V4(vip)) => self.too_big(
+                        &mut buf[..len],
+                        pkt.dont_fragment,
+                        vip,
+                        mtu,
+                        ingress_ifindex,
+                    ),
+                    _ => Err(DropReason::TooBigToForward),
+                };
             }
         }
 
-        let ip_buf = &mut frame[ethernet::HEADER_LEN..];
         let proto = pkt.key.proto;
-        match dir {
+        let mut frame_len = len;
+        if translate {
+            frame_len = translate_family(buf, len, &to)?;
+        }
+        let ip_buf = &mut buf[ethernet::HEADER_LEN..frame_len];
+        if let Some((addr, port)) = to.dst {
+            rewrite_side(ip_buf, proto, Side::Destination, addr, port)?;
+        } else {
+            // DSR forwards the client's packet as it is: only an offloaded checksum is
+            // completed, as no rewrite does it.
+            complete_checksum(ip_buf, proto)?;
+        }
+        if let Some((addr, port)) = to.src {
+            rewrite_side(ip_buf, proto, Side::Source, addr, port)?;
+        }
+        let (dst_mac, src_mac, ifindex) = match dir {
             Direction::Original => {
-                if mode == NatMode::Dsr {
-                    complete_checksum_v4(ip_buf, proto).map_err(wire_drop)?;
-                } else {
-                    rewrite_v4(
-                        ip_buf,
-                        proto,
-                        Rewrite::Destination(endpoint.addr, endpoint.port),
-                    )
-                    .map_err(wire_drop)?;
-                }
-                if let Some((addr, port)) = snat {
-                    rewrite_v4(ip_buf, proto, Rewrite::Source(addr, port)).map_err(wire_drop)?;
-                }
                 let Some(nh) = next_hop else {
                     // The kernel can deliver a packet addressed to the endpoint while it learns
                     // the MAC; a DSR packet is still addressed to the VIP, which it cannot.
@@ -335,32 +528,14 @@ impl Engine {
                     }
                     return Ok(Verdict::Kernel);
                 };
-                let mut eth = ethernet::Frame::new_checked(&mut *frame).map_err(wire_drop)?;
-                eth.set_dst(nh.dst_mac);
-                eth.set_src(nh.src_mac);
-                Ok(Verdict::Transmit {
-                    ifindex: nh.ifindex,
-                })
+                (nh.dst_mac, nh.src_mac, nh.ifindex)
             }
-            Direction::Reply => {
-                rewrite_v4(ip_buf, proto, Rewrite::Source(service.vip, service.port))
-                    .map_err(wire_drop)?;
-                if snat.is_some() {
-                    rewrite_v4(
-                        ip_buf,
-                        proto,
-                        Rewrite::Destination(original.src, original.src_port),
-                    )
-                    .map_err(wire_drop)?;
-                }
-                let mut eth = ethernet::Frame::new_checked(&mut *frame).map_err(wire_drop)?;
-                eth.set_dst(client.peer_mac);
-                eth.set_src(client.own_mac);
-                Ok(Verdict::Transmit {
-                    ifindex: client.ifindex,
-                })
-            }
-        }
+            Direction::Reply => (client.peer_mac, client.own_mac, client.ifindex),
+        };
+        let mut eth = ethernet::Frame::new_checked(&mut buf[..frame_len]).map_err(wire_drop)?;
+        eth.set_dst(dst_mac);
+        eth.set_src(src_mac);
+        Ok(sized(Verdict::Transmit { ifindex }, frame_len, len))
     }
 
     /// A packet bigger than its egress link: with DF, its sender gets "fragmentation
@@ -369,24 +544,24 @@ impl Engine {
     fn too_big(
         &mut self,
         frame: &mut [u8],
-        pkt: &PacketRepr,
-        from: std::net::Ipv4Addr,
+        dont_fragment: bool,
+        from: Ipv4Addr,
         mtu: u16,
         ingress_ifindex: u32,
     ) -> Result<Verdict, DropReason> {
-        if !pkt.dont_fragment {
+        if !dont_fragment {
             return Err(DropReason::TooBigToForward);
         }
         let len = icmp_error::frag_needed_in_place(frame, from, mtu).map_err(wire_drop)?;
         self.counters.frag_needed_sent += 1;
-        Ok(Verdict::TransmitShort {
+        Ok(Verdict::TransmitFirst {
             ifindex: ingress_ifindex,
             len,
         })
     }
 
-    /// An ICMP error quoting a packet of one of our flows, rewritten like the flow's own
-    /// packets (see `icmp_error`): toward the client as from the VIP when it is about a
+    /// An ICMP error quoting a packet of one of our IPv4 flows, rewritten like the flow's
+    /// own packets (see `icmp_error`): toward the client as from the VIP when it is about a
     /// request we forwarded, toward the endpoint when it is about a reply. An error about no
     /// flow of ours concerns the host's own connections: the kernel's.
     fn translate_icmp_error(
@@ -396,25 +571,30 @@ impl Engine {
         snap: &Snapshot,
         now_ms: u64,
     ) -> Result<Verdict, DropReason> {
-        let Some((slot, dir)) = self.conntrack.lookup(&quote.key, now_ms) else {
+        let Some((slot, dir)) = self.tables.v4.lookup(&quote.key, now_ms) else {
             return Ok(Verdict::Kernel);
         };
-        let flow = self.conntrack.flow(slot);
-        let (endpoint, service, client, snat, original) = (
+        let flow = self.tables.v4.flow(slot);
+        // Every address of a flow in the IPv4 table is IPv4.
+        let (ep, vip) = (v4(flow.endpoint().addr)?, v4(flow.service().vip)?);
+        let snat = match flow.snat() {
+            Some((addr, port)) => Some((v4(addr)?, port)),
+            None => None,
+        };
+        let (endpoint, service, client, original) = (
             flow.endpoint(),
             flow.service(),
             flow.client(),
-            flow.snat(),
             flow.original(),
         );
         let ip_buf = &mut frame[ethernet::HEADER_LEN..];
         let (dst_mac, src_mac, ifindex) = match dir {
             Direction::Reply => {
                 let t = Translation {
-                    outer_src: Some(service.vip),
+                    outer_src: Some(vip),
                     outer_dst: original.src,
                     quoted_src: (original.src, original.src_port),
-                    quoted_dst: (service.vip, service.port),
+                    quoted_dst: (vip, service.port),
                 };
                 icmp_error::translate(ip_buf, quote, &t).map_err(wire_drop)?;
                 (client.peer_mac, client.own_mac, client.ifindex)
@@ -422,8 +602,8 @@ impl Engine {
             Direction::Original => {
                 let t = Translation {
                     outer_src: None,
-                    outer_dst: endpoint.addr,
-                    quoted_src: (endpoint.addr, endpoint.port),
+                    outer_dst: ep,
+                    quoted_src: (ep, endpoint.port),
                     quoted_dst: snat.unwrap_or((original.src, original.src_port)),
                 };
                 icmp_error::translate(ip_buf, quote, &t).map_err(wire_drop)?;
@@ -440,9 +620,9 @@ impl Engine {
         Ok(Verdict::Transmit { ifindex })
     }
 
-    fn new_flow(
+    fn new_flow<A: Family>(
         &mut self,
-        pkt: &PacketRepr,
+        pkt: &PacketRepr<A>,
         ingress_ifindex: u32,
         snap: &Snapshot,
         now_ms: u64,
@@ -454,7 +634,7 @@ impl Engine {
         let service = snap
             .services
             .get(&ServiceKey {
-                vip: k.dst,
+                vip: k.dst.to_ip(),
                 port: k.dst_port,
                 proto: k.proto,
             })
@@ -469,13 +649,28 @@ impl Engine {
         if service.block_new_flows {
             return Err(DropReason::ServiceBlocked);
         }
-        if !service.allows(k.src) {
+        if !service.allows(k.src.to_ip()) {
             return Err(DropReason::SourceNotAllowed);
         }
-        let (endpoint, chosen) = self.select(service, &k, now_ms)?;
+        let (configured, chosen) = self.select(service, &k, now_ms)?;
+        // Port 0 keeps the port the client came to (loxilb's way for port ranges); counters
+        // stay with the endpoint as configured.
+        let mut endpoint = configured;
+        if endpoint.port == 0 {
+            endpoint.port = k.dst_port;
+        }
+        let cross_family = endpoint.addr.is_ipv6() != service.key.vip.is_ipv6();
+        // NAT64 must translate the source too: the endpoint could not answer an IPv6 client.
+        // The other way round (NAT46, IPv4 clients to IPv6 endpoints) is not done.
+        if cross_family && (service.key.vip.is_ipv4() || !service.mode.translates_source()) {
+            return Err(DropReason::AddressFamily);
+        }
         let snat = match service.mode {
-            NatMode::FullNat => Some(service.snat_addr.unwrap_or(service.key.vip)),
-            NatMode::OneArm => Some(
+            NatMode::FullNat if !cross_family => Some(service.snat_addr.unwrap_or(service.key.vip)),
+            // A NAT64 full NAT leaves from the configured IPv4 SNAT address, or else from
+            // our own address toward the endpoint, as one-arm does.
+            NatMode::FullNat if service.snat_addr.is_some_and(|a| a.is_ipv4()) => service.snat_addr,
+            NatMode::FullNat | NatMode::OneArm => Some(
                 *snap
                     .sources
                     .get(&endpoint.addr)
@@ -488,31 +683,44 @@ impl Engine {
                 .map(|port| (addr, port))
         })
         .transpose()?;
+        let table_addr = |ip: IpAddr| A::from_ip(ip).ok_or(DropReason::AddressFamily);
+        let ep_addr = table_addr(endpoint.addr);
         // The tuple the endpoint's answer carries: to our SNAT address and port, or straight
         // to the client. A DSR endpoint answers the client itself; its key only has to be
         // unique, it is never seen.
         let reply = match (snat, service.mode) {
-            (Some((addr, port)), _) => FlowKey {
-                src: endpoint.addr,
-                dst: addr,
-                src_port: endpoint.port,
-                dst_port: port,
-                proto: k.proto,
-            },
-            (None, NatMode::Dsr) => FlowKey {
-                src: endpoint.addr,
+            (Some((addr, port)), _) => table_addr(addr).and_then(|dst| {
+                ep_addr.map(|src| FlowKey {
+                    src,
+                    dst,
+                    src_port: endpoint.port,
+                    dst_port: port,
+                    proto: k.proto,
+                })
+            }),
+            (None, NatMode::Dsr) => ep_addr.map(|src| FlowKey {
+                src,
                 dst: k.src,
                 src_port: k.dst_port,
                 dst_port: k.src_port,
                 proto: k.proto,
-            },
-            (None, _) => FlowKey {
-                src: endpoint.addr,
+            }),
+            (None, _) => ep_addr.map(|src| FlowKey {
+                src,
                 dst: k.src,
                 src_port: endpoint.port,
                 dst_port: k.src_port,
                 proto: k.proto,
-            },
+            }),
+        };
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => {
+                if let Some((addr, port)) = snat {
+                    self.ports.release(addr, k.proto, port);
+                }
+                return Err(e);
+            }
         };
         let flow = NewFlow {
             original: k,
@@ -526,20 +734,22 @@ impl Engine {
             },
             expires_at: now_ms + NEW_FLOW_TIMEOUT_MS,
             idle_ms: service.inactive_timeout.as_millis() as u64,
-            stats_slot: self.accounting.slot(service.key, endpoint.into()),
+            stats_slot: self.accounting.slot(service.key, configured.into()),
         };
         let stats_slot = flow.stats_slot;
         // A full table may evict an embryonic flow here: its port and its endpoint's count are
         // released with the other removals when the packet is settled.
-        let slot = self.conntrack.insert(flow, now_ms).map_err(|e| {
-            if let Some((addr, port)) = snat {
-                self.ports.release(addr, k.proto, port);
-            }
-            match e {
-                InsertError::Full => DropReason::ConntrackFull,
-                InsertError::Collision => DropReason::TupleCollision,
-            }
-        })?;
+        let slot = A::table(&mut self.tables)
+            .insert(flow, now_ms)
+            .map_err(|e| {
+                if let Some((addr, port)) = snat {
+                    self.ports.release(addr, k.proto, port);
+                }
+                match e {
+                    InsertError::Full => DropReason::ConntrackFull,
+                    InsertError::Collision => DropReason::TupleCollision,
+                }
+            })?;
         if let Some(state) = self.selectors.get_mut(&service.key) {
             state.on_flow_open(&service.selector, chosen);
         }
@@ -552,7 +762,7 @@ impl Engine {
     /// gives it up (as a full table does its slot), so a flood cannot starve real clients.
     fn allocate_port(
         &mut self,
-        addr: std::net::Ipv4Addr,
+        addr: IpAddr,
         proto: Proto,
         snap: &Snapshot,
         now_ms: u64,
@@ -560,10 +770,16 @@ impl Engine {
         if let Some(port) = self.ports.allocate(addr, proto) {
             return Ok(port);
         }
-        if !self
-            .conntrack
+        // The port's flows are in both tables when NAT64 and IPv4 services share the address.
+        let evicted = self
+            .tables
+            .v4
             .evict_for_port(addr, proto, now_ms, PORT_RECLAIM_LOOK)
-        {
+            || self
+                .tables
+                .v6
+                .evict_for_port(addr, proto, now_ms, PORT_RECLAIM_LOOK);
+        if !evicted {
             return Err(DropReason::SnatPortsExhausted);
         }
         // Releases the evicted flow's port (and its endpoint's flow count) now.
@@ -587,7 +803,7 @@ impl Engine {
             return Err(DropReason::Fragment);
         }
         let (src, dst) = (ip.src(), ip.dst());
-        if !snap.vips.contains(&dst) {
+        if !snap.vips.contains(&IpAddr::V4(dst)) {
             return Err(DropReason::NoFlowNoService);
         }
         let (_, l4) = ip.split_l4_mut();
@@ -618,11 +834,52 @@ impl Engine {
         })
     }
 
+    /// Answers an ICMPv6 echo request to an IPv6 VIP in place, as `answer_echo` does for
+    /// IPv4. Other ICMPv6 reaching a worker (errors about NAT66 flows) is not translated yet.
+    fn answer_echo_v6(
+        &mut self,
+        frame: &mut [u8],
+        ingress_ifindex: u32,
+        snap: &Snapshot,
+    ) -> Result<Verdict, DropReason> {
+        let ip_buf = &mut frame[ethernet::HEADER_LEN..];
+        let mut ip = ipv6::Packet::new_checked(&mut *ip_buf).map_err(wire_drop)?;
+        let (src, dst) = (ip.src(), ip.dst());
+        if !snap.vips.contains(&IpAddr::V6(dst)) {
+            return Err(DropReason::NoFlowNoService);
+        }
+        let (_, l4) = ip.split_l4_mut();
+        // ICMPv6 shares ICMP's first four bytes (type, code, checksum) and echo layout.
+        let mut msg = icmp::Message::new_checked(&mut *l4).map_err(wire_drop)?;
+        if msg.msg_type() != icmpv6::TYPE_ECHO_REQUEST || msg.code() != 0 {
+            return Err(DropReason::IcmpNotEcho);
+        }
+        msg.set_type(icmpv6::TYPE_ECHO_REPLY);
+        // The pseudo-header's sum does not change when source and destination swap.
+        let c = update16(
+            msg.checksum(),
+            u16::from(icmpv6::TYPE_ECHO_REQUEST) << 8,
+            u16::from(icmpv6::TYPE_ECHO_REPLY) << 8,
+        );
+        msg.set_checksum(c);
+        ip.set_src(dst);
+        ip.set_dst(src);
+        ip.set_hop_limit(64);
+        let mut eth = ethernet::Frame::new_checked(&mut *frame).map_err(wire_drop)?;
+        let (peer, own) = (eth.src(), eth.dst());
+        eth.set_dst(peer);
+        eth.set_src(own);
+        self.counters.icmp_echo_replies += 1;
+        Ok(Verdict::Transmit {
+            ifindex: ingress_ifindex,
+        })
+    }
+
     /// Picks the endpoint of a new flow; returns it and its index in the service's list.
-    fn select(
+    fn select<A: FlowAddr>(
         &mut self,
         service: &Service,
-        k: &FlowKey,
+        k: &FlowKey<A>,
         now_ms: u64,
     ) -> Result<(Endpoint, usize), DropReason> {
         let shared = &self.shared;
@@ -637,7 +894,13 @@ impl Engine {
                 ),
                 None => SelectorState::new(&service.selector, PERSIST_CAPACITY),
             });
-        let tuple = FlowTuple::v4(k.src, k.src_port, k.dst, k.dst_port, k.proto as u8);
+        let tuple = FlowTuple::new(
+            k.src.to_ip(),
+            k.src_port,
+            k.dst.to_ip(),
+            k.dst_port,
+            k.proto as u8,
+        );
         // An endpoint without a health verdict (a shorter `live`) counts as live.
         let i = state
             .pick(
@@ -654,7 +917,13 @@ impl Engine {
 }
 
 /// The phase and expiry of `flow` after a packet in direction `dir`.
-fn advance(flow: &Flow, dir: Direction, proto: Proto, tcp_flags: u8, now_ms: u64) -> (Phase, u64) {
+fn advance<A: FlowAddr>(
+    flow: &Flow<A>,
+    dir: Direction,
+    proto: Proto,
+    tcp_flags: u8,
+    now_ms: u64,
+) -> (Phase, u64) {
     let phase = next_phase(flow.phase(), flow.mode(), dir, proto, tcp_flags);
     let timeout = match phase {
         Phase::Opening | Phase::Answered => NEW_FLOW_TIMEOUT_MS,
@@ -738,9 +1007,16 @@ fn is_icmp_v4(frame: &[u8]) -> bool {
         && frame[ethernet::HEADER_LEN + 9] == ipv4::PROTO_ICMP
 }
 
+/// An IPv6 frame whose next header is ICMPv6.
+fn is_icmp_v6(frame: &[u8]) -> bool {
+    frame.len() > ethernet::HEADER_LEN + 6
+        && frame[12..14] == ethernet::ETHERTYPE_IPV6.to_be_bytes()
+        && frame[ethernet::HEADER_LEN + 6] == ipv6::PROTO_ICMPV6
+}
+
 /// A TCP SYN without ACK or RST, or an SCTP INIT: the only packets allowed to open a flow of
 /// a connection-oriented protocol.
-fn is_opening(pkt: &PacketRepr) -> bool {
+fn is_opening<A>(pkt: &PacketRepr<A>) -> bool {
     match pkt.key.proto {
         Proto::Tcp => {
             pkt.tcp_flags & (tcp::FLAG_SYN | tcp::FLAG_ACK | tcp::FLAG_RST) == tcp::FLAG_SYN
@@ -757,32 +1033,19 @@ fn wire_drop(e: WireError) -> DropReason {
     }
 }
 
-fn parse(frame: &[u8]) -> Result<PacketRepr, DropReason> {
+fn parse(frame: &[u8]) -> Result<PacketRepr<Ipv4Addr>, DropReason> {
     let eth = ethernet::Frame::new_checked(frame).map_err(wire_drop)?;
     if eth.ethertype() != ethernet::ETHERTYPE_IPV4 {
-        return Err(DropReason::NotIpv4);
+        return Err(DropReason::NotIp);
     }
     let ip = ipv4::Packet::new_checked(&frame[ethernet::HEADER_LEN..]).map_err(wire_drop)?;
-    if ip.is_fragment() {
+    // A later fragment has no transport header (see `follow_fragment`).
+    if ip.fragment_offset() != 0 {
         return Err(DropReason::Fragment);
     }
     let proto = Proto::from_ip_proto(ip.protocol()).ok_or(DropReason::UnsupportedProtocol)?;
     let l4 = &frame[ethernet::HEADER_LEN + ip.header_len()..ethernet::HEADER_LEN + ip.total_len()];
-    let (src_port, dst_port, tcp_flags) = match proto {
-        Proto::Tcp => {
-            let s = tcp::Segment::new_checked(l4).map_err(wire_drop)?;
-            (s.src_port(), s.dst_port(), s.flags())
-        }
-        Proto::Udp => {
-            let d = udp::Datagram::new_checked(l4).map_err(wire_drop)?;
-            (d.src_port(), d.dst_port(), 0)
-        }
-        // SCTP's control bits are its first chunk's type (INIT, ABORT, SHUTDOWN, ...).
-        Proto::Sctp => {
-            let p = sctp::Packet::new_checked(l4).map_err(wire_drop)?;
-            (p.src_port(), p.dst_port(), p.first_chunk())
-        }
-    };
+    let (src_port, dst_port, tcp_flags) = l4_fields(proto, l4, ip.more_fragments())?;
     Ok(PacketRepr {
         key: FlowKey {
             src: ip.src(),
@@ -796,5 +1059,206 @@ fn parse(frame: &[u8]) -> Result<PacketRepr, DropReason> {
         eth_dst: eth.dst(),
         ip_len: ip.total_len(),
         dont_fragment: ip.dont_fragment(),
+        is_v6: false,
     })
+}
+
+/// Ports and control bits (TCP flags, SCTP's first chunk type) of a transport header.
+/// `head`: the first fragment of a datagram, whose transport header describes more bytes
+/// than the fragment holds.
+fn l4_fields(proto: Proto, l4: &[u8], head: bool) -> Result<(u16, u16, u8), DropReason> {
+    Ok(match proto {
+        Proto::Tcp => {
+            let s = tcp::Segment::new_checked(l4).map_err(wire_drop)?;
+            (s.src_port(), s.dst_port(), s.flags())
+        }
+        Proto::Udp => {
+            let d = if head {
+                udp::Datagram::new_head(l4)
+            } else {
+                udp::Datagram::new_checked(l4)
+            }
+            .map_err(wire_drop)?;
+            (d.src_port(), d.dst_port(), 0)
+        }
+        // SCTP's control bits are its first chunk's type (INIT, ABORT, SHUTDOWN, ...).
+        Proto::Sctp => {
+            let p = sctp::Packet::new_checked(l4).map_err(wire_drop)?;
+            (p.src_port(), p.dst_port(), p.first_chunk())
+        }
+    })
+}
+
+/// Parses an IPv6 frame carrying TCP, UDP or SCTP right after the fixed header. Extension
+/// headers are not walked: a fragment is dropped as such, anything else as unsupported.
+fn parse_v6(frame: &[u8]) -> Result<PacketRepr<Ipv6Addr>, DropReason> {
+    let eth = ethernet::Frame::new_checked(frame).map_err(wire_drop)?;
+    let ip = ipv6::Packet::new_checked(&frame[ethernet::HEADER_LEN..]).map_err(wire_drop)?;
+    if ip.is_fragment_header() {
+        return Err(DropReason::Fragment);
+    }
+    let proto = Proto::from_ip_proto(ip.next_header()).ok_or(DropReason::UnsupportedProtocol)?;
+    let l4 = &frame[ethernet::HEADER_LEN + ipv6::HEADER_LEN..ethernet::HEADER_LEN + ip.total_len()];
+    let (src_port, dst_port, tcp_flags) = l4_fields(proto, l4, false)?;
+    Ok(PacketRepr {
+        key: FlowKey {
+            src: ip.src(),
+            dst: ip.dst(),
+            src_port,
+            dst_port,
+            proto,
+        },
+        tcp_flags,
+        eth_src: eth.src(),
+        eth_dst: eth.dst(),
+        ip_len: ip.total_len(),
+        // Routers never fragment IPv6: a packet too big is always reported to its sender.
+        dont_fragment: true,
+        is_v6: true,
+    })
+}
+
+impl PacketRepr<Ipv4Addr> {
+    /// The same packet as the IPv6 table knows it (IPv4-mapped addresses): how the IPv4
+    /// replies of NAT64 flows are found.
+    fn mapped(&self) -> PacketRepr<Ipv6Addr> {
+        let k = self.key;
+        PacketRepr {
+            key: FlowKey {
+                src: k.src.to_ipv6_mapped(),
+                dst: k.dst.to_ipv6_mapped(),
+                src_port: k.src_port,
+                dst_port: k.dst_port,
+                proto: k.proto,
+            },
+            tcp_flags: self.tcp_flags,
+            eth_src: self.eth_src,
+            eth_dst: self.eth_dst,
+            ip_len: self.ip_len,
+            dont_fragment: self.dont_fragment,
+            is_v6: false,
+        }
+    }
+}
+
+/// The two connection tables of an engine, one per record width.
+struct Tables {
+    v4: Conntrack<Ipv4Addr>,
+    v6: Conntrack<Ipv6Addr>,
+}
+
+/// The address type of a table, and how the engine reaches that table.
+trait Family: FlowAddr {
+    fn table(tables: &mut Tables) -> &mut Conntrack<Self>;
+}
+
+impl Family for Ipv4Addr {
+    fn table(tables: &mut Tables) -> &mut Conntrack<Self> {
+        &mut tables.v4
+    }
+}
+
+impl Family for Ipv6Addr {
+    fn table(tables: &mut Tables) -> &mut Conntrack<Self> {
+        &mut tables.v6
+    }
+}
+
+/// Ends the flows of a deleted service in one table (see [`Engine::forget_service`]).
+fn forget_in<A: FlowAddr>(table: &mut Conntrack<A>, key: &ServiceKey, snap: &Snapshot) {
+    table.forget_service(key);
+    let orphans: Vec<_> = table
+        .iter()
+        .filter(|f| {
+            let s = f.service();
+            s.vip == key.vip && s.proto == key.proto && !snap.services.contains_key(&s)
+        })
+        .map(|f| f.original())
+        .collect();
+    for original in orphans {
+        // Time 0: a lookup that must not expire anything, only find the slot.
+        if let Some((slot, _)) = table.lookup(&original, 0) {
+            table.remove(slot);
+        }
+    }
+}
+
+/// How much longer an IPv6 header is than an option-less IPv4 one.
+const IP_HEADER_GROWTH: usize = ipv6::HEADER_LEN - ipv4::MIN_HEADER_LEN;
+
+/// The addresses and ports a forwarded packet must leave with.
+struct Rewrites {
+    src: Option<(IpAddr, u16)>,
+    dst: Option<(IpAddr, u16)>,
+    /// An address of the family the packet must leave in.
+    family_of: IpAddr,
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Source,
+    Destination,
+}
+
+/// Rewrites one side of the IP packet in `ip_buf` (of `addr`'s family) to `addr`:`port`.
+fn rewrite_side(
+    ip_buf: &mut [u8],
+    proto: Proto,
+    side: Side,
+    addr: IpAddr,
+    port: u16,
+) -> Result<(), DropReason> {
+    match (addr, side) {
+        (IpAddr::V4(a), Side::Source) => rewrite_v4(ip_buf, proto, Rewrite::Source(a, port)),
+        (IpAddr::V4(a), Side::Destination) => {
+            rewrite_v4(ip_buf, proto, Rewrite::Destination(a, port))
+        }
+        (IpAddr::V6(a), Side::Source) => rewrite_v6(ip_buf, proto, Rewrite6::Source(a, port)),
+        (IpAddr::V6(a), Side::Destination) => {
+            rewrite_v6(ip_buf, proto, Rewrite6::Destination(a, port))
+        }
+    }
+    .map_err(wire_drop)
+}
+
+/// Completes an offloaded (partial) transport checksum of the IP packet in `ip_buf`.
+fn complete_checksum(ip_buf: &mut [u8], proto: Proto) -> Result<(), DropReason> {
+    match ip_buf.first().map(|b| b >> 4) {
+        Some(6) => complete_checksum_v6(ip_buf, proto),
+        _ => complete_checksum_v4(ip_buf, proto),
+    }
+    .map_err(wire_drop)
+}
+
+/// Translates the frame in `buf[..len]` to the other IP family (NAT64) with the addresses
+/// of `to` (ports are rewritten afterwards, like any flow's); returns its new length.
+fn translate_family(buf: &mut [u8], len: usize, to: &Rewrites) -> Result<usize, DropReason> {
+    let (Some((src, _)), Some((dst, _))) = (to.src, to.dst) else {
+        return Err(DropReason::AddressFamily);
+    };
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => six_to_four(buf, len, s, d),
+        (IpAddr::V6(s), IpAddr::V6(d)) => four_to_six(buf, len, s, d),
+        _ => return Err(DropReason::AddressFamily),
+    }
+    .map_err(wire_drop)
+}
+
+/// `v` for a frame that left at its received length, else the same sent at `frame_len`.
+fn sized(v: Verdict, frame_len: usize, len: usize) -> Verdict {
+    match v {
+        Verdict::Transmit { ifindex } if frame_len != len => Verdict::TransmitFirst {
+            ifindex,
+            len: frame_len,
+        },
+        v => v,
+    }
+}
+
+/// An address of an IPv4 flow as IPv4.
+fn v4(ip: IpAddr) -> Result<Ipv4Addr, DropReason> {
+    match ip {
+        IpAddr::V4(a) => Ok(a),
+        IpAddr::V6(_) => Err(DropReason::AddressFamily),
+    }
 }

@@ -6,10 +6,12 @@
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 pub struct KernelTx {
     sock: Socket,
+    /// IPv6's IPPROTO_RAW also means "header included" (Linux 4.5 and later).
+    sock6: Socket,
 }
 
 impl KernelTx {
@@ -22,12 +24,22 @@ impl KernelTx {
             Some(Protocol::from(libc::IPPROTO_RAW)),
         )?;
         sock.set_nonblocking(true)?;
-        Ok(KernelTx { sock })
+        let sock6 = Socket::new(
+            Domain::IPV6,
+            Type::RAW,
+            Some(Protocol::from(libc::IPPROTO_RAW)),
+        )?;
+        sock6.set_nonblocking(true)?;
+        Ok(KernelTx { sock, sock6 })
     }
 
-    /// Sends the IPv4 packet `ip` (header first) towards `dst`.
-    pub fn send(&self, ip: &[u8], dst: Ipv4Addr) -> io::Result<()> {
-        let addr = SockAddr::from(SocketAddrV4::new(dst, 0));
-        self.sock.send_to(ip, &addr).map(|_| ())
+    /// Sends the IP packet `ip` (header first, of `dst`'s family) towards `dst`.
+    pub fn send(&self, ip: &[u8], dst: IpAddr) -> io::Result<()> {
+        let addr = SockAddr::from(SocketAddr::new(dst, 0));
+        match dst {
+            IpAddr::V4(_) => self.sock.send_to(ip, &addr),
+            IpAddr::V6(_) => self.sock6.send_to(ip, &addr),
+        }
+        .map(|_| ())
     }
 }

@@ -10,10 +10,12 @@ pub mod accounting;
 pub mod checksum;
 pub mod conntrack;
 pub mod engine;
+pub mod fragments;
 pub mod handoff;
 pub mod icmp_error;
 mod kernel_tx;
 pub mod nat;
+pub mod nat64;
 pub mod owner;
 pub mod ports;
 pub mod select;
@@ -56,6 +58,8 @@ pub struct InterfaceConfig {
 pub struct DataplaneConfig {
     pub interfaces: Vec<InterfaceConfig>,
     pub conntrack_capacity: usize,
+    /// Flows of IPv6 and NAT64 services per worker (a second table, 48 bytes wider per flow).
+    pub conntrack_capacity_v6: usize,
     /// Source ports of one-arm and full-NAT flows.
     pub snat_ports: snapshot::PortRange,
 }
@@ -174,6 +178,7 @@ impl Dataplane {
                 engine: engine::Engine::with_shared_selection(
                     engine::EngineConfig {
                         conntrack_capacity: cfg.conntrack_capacity,
+                        conntrack_capacity_v6: cfg.conntrack_capacity_v6,
                         worker: q as u16,
                         workers: worker_count,
                         snat_ports: cfg.snat_ports,
@@ -189,6 +194,7 @@ impl Dataplane {
                 ownership,
                 outbox,
                 inbox,
+                fragment_routes: fragments::Recent::default(),
             };
             let core = (!cores.is_empty()).then(|| cores[q % cores.len()]);
             let thread = std::thread::Builder::new()

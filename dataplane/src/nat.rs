@@ -1,9 +1,12 @@
-//! Address and port rewriting of an IPv4 TCP/UDP packet, with checksums kept correct.
+//! Address and port rewriting of an IPv4 or IPv6 TCP, UDP or SCTP packet, with checksums kept
+//! correct.
 
-use crate::checksum::{self, is_partial, l4_full, pseudo_header_v4, update16, update32};
+use crate::checksum::{
+    self, is_partial, l4_full, pseudo_header_v4, pseudo_header_v6, update128, update16, update32,
+};
 use crate::snapshot::Proto;
-use crate::wire::{ipv4, sctp, tcp, udp, WireError};
-use std::net::Ipv4Addr;
+use crate::wire::{ipv4, ipv6, sctp, tcp, udp, WireError};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Which end of the packet is rewritten, and to what.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +24,8 @@ pub fn rewrite_v4(ip_buf: &mut [u8], proto: Proto, rw: Rewrite) -> Result<(), Wi
     let mut ip = ipv4::Packet::new_checked(&mut *ip_buf)?;
     let (src, dst) = (ip.src(), ip.dst());
     let l4_len = ip.total_len() - ip.header_len();
+    // The first fragment of a datagram: its transport header describes the whole datagram.
+    let head = ip.more_fragments();
     let old_pseudo = pseudo_header_v4(src, dst, proto as u8, l4_len);
     let (old_addr, new_addr, new_port) = match rw {
         Rewrite::Source(a, p) => {
@@ -49,7 +54,11 @@ pub fn rewrite_v4(ip_buf: &mut [u8], proto: Proto, rw: Rewrite) -> Result<(), Wi
             (s.checksum(), old_port)
         }
         Proto::Udp => {
-            let mut d = udp::Datagram::new_checked(&mut *l4)?;
+            let mut d = if head {
+                udp::Datagram::new_head(&mut *l4)?
+            } else {
+                udp::Datagram::new_checked(&mut *l4)?
+            };
             let old_port = set_port(&mut d, rw);
             // UDP over IPv4 may carry no checksum at all; then there is nothing to fix.
             if d.checksum() == 0 {
@@ -59,7 +68,9 @@ pub fn rewrite_v4(ip_buf: &mut [u8], proto: Proto, rw: Rewrite) -> Result<(), Wi
         }
         Proto::Sctp => unreachable!("handled above"),
     };
-    let mut check = if is_partial(old_check, old_pseudo) {
+    // A fragmented datagram's checksum was computed whole before it was cut (no offload
+    // leaves it partial), and this fragment holds only part of what it covers.
+    let mut check = if !head && is_partial(old_check, old_pseudo) {
         l4_full(l4, field_at, new_pseudo)
     } else {
         let c = update32(old_check, old_addr.octets(), new_addr.octets());
@@ -176,8 +187,12 @@ pub fn complete_checksum_v4(ip_buf: &mut [u8], proto: Proto) -> Result<(), WireE
     Ok(())
 }
 
-/// True when the L4 checksum of the IPv4 packet in `ip_buf` verifies (for tests and fuzzing).
+/// True when the L4 checksum of the IPv4 or IPv6 packet in `ip_buf` verifies (for tests and
+/// fuzzing); the version nibble decides which.
 pub fn l4_checksum_ok(ip_buf: &[u8]) -> bool {
+    if ip_buf.first().is_some_and(|b| b >> 4 == 6) {
+        return l4_checksum_ok_v6(ip_buf);
+    }
     let Ok(ip) = ipv4::Packet::new_checked(ip_buf) else {
         return false;
     };
@@ -187,5 +202,157 @@ pub fn l4_checksum_ok(ip_buf: &[u8]) -> bool {
         ipv4::PROTO_ICMP => 0,
         p => pseudo_header_v4(ip.src(), ip.dst(), p, l4.len()),
     };
+    checksum::fold(pseudo + checksum::sum(l4)) == 0xffff
+}
+
+/// Which end of an IPv6 packet is rewritten, and to what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewrite6 {
+    Source(Ipv6Addr, u16),
+    Destination(Ipv6Addr, u16),
+}
+
+/// Rewrites one address and port of the IPv6 packet in `ip_buf` (which starts at the IPv6
+/// header and whose next header is `proto`: no extension header in between) and fixes the L4
+/// checksum; IPv6 has no header checksum.
+///
+/// As [`rewrite_v4`]: a complete checksum is updated incrementally, a partial one recomputed.
+/// A UDP checksum of zero, which IPv6 forbids (RFC 8200 section 8.1), is computed in full, so
+/// the packet leaves valid. A next header other than `proto` is refused as `Malformed`. On
+/// any error the packet is left untouched.
+pub fn rewrite_v6(ip_buf: &mut [u8], proto: Proto, rw: Rewrite6) -> Result<(), WireError> {
+    let ip = ipv6::Packet::new_checked(&*ip_buf)?;
+    if ip.next_header() != proto as u8 {
+        return Err(WireError::Malformed);
+    }
+    // The transport header is checked before anything is written: a refused packet is left
+    // as it came.
+    let l4 = &ip_buf[ipv6::HEADER_LEN..ip.total_len()];
+    match proto {
+        Proto::Tcp => tcp::Segment::new_checked(l4).map(drop)?,
+        Proto::Udp => udp::Datagram::new_checked(l4).map(drop)?,
+        Proto::Sctp => {
+            let p = sctp::Packet::new_checked(l4)?;
+            // As in `rewrite_sctp_port`: a wrong CRC is refused, a zero (offloaded) one filled.
+            if !p.checksum_is_zero() && !p.checksum_ok() {
+                return Err(WireError::Malformed);
+            }
+        }
+    }
+    let mut ip = ipv6::Packet::new_checked(&mut *ip_buf)?;
+    let (src, dst) = (ip.src(), ip.dst());
+    let l4_len = ip.payload_len();
+    let old_pseudo = pseudo_header_v6(src, dst, proto as u8, l4_len);
+    let (old_addr, new_addr, source_side, new_port) = match rw {
+        Rewrite6::Source(a, p) => {
+            ip.set_src(a);
+            (src, a, true, p)
+        }
+        Rewrite6::Destination(a, p) => {
+            ip.set_dst(a);
+            (dst, a, false, p)
+        }
+    };
+    let new_pseudo = pseudo_header_v6(ip.src(), ip.dst(), proto as u8, l4_len);
+    let (_, l4) = ip.split_l4_mut();
+
+    let (field_at, old_check, old_port) = match proto {
+        Proto::Tcp => {
+            let mut s = tcp::Segment::new_checked(&mut *l4)?;
+            let old_port = set_port_at(&mut s, source_side, new_port);
+            (tcp::CHECKSUM, s.checksum(), old_port)
+        }
+        Proto::Udp => {
+            let mut d = udp::Datagram::new_checked(&mut *l4)?;
+            let old_port = set_port_at(&mut d, source_side, new_port);
+            (udp::CHECKSUM, d.checksum(), old_port)
+        }
+        Proto::Sctp => {
+            let mut p = sctp::Packet::new_checked(&mut *l4)?;
+            if source_side {
+                p.set_src_port(new_port);
+            } else {
+                p.set_dst_port(new_port);
+            }
+            p.fill_checksum();
+            return Ok(());
+        }
+    };
+    let zero_udp = proto == Proto::Udp && old_check == 0;
+    let mut check = if zero_udp || is_partial(old_check, old_pseudo) {
+        l4_full(l4, field_at, new_pseudo)
+    } else {
+        let c = update128(old_check, old_addr.octets(), new_addr.octets());
+        update16(c, old_port, new_port)
+    };
+    if proto == Proto::Udp && check == 0 {
+        check = 0xffff;
+    }
+    l4[field_at..field_at + 2].copy_from_slice(&check.to_be_bytes());
+    Ok(())
+}
+
+/// Writes the port of one end (the source when `source_side`) and returns the one it replaced.
+fn set_port_at(v: &mut impl Ports, source_side: bool, port: u16) -> u16 {
+    if source_side {
+        let old = v.src_port();
+        v.set_src_port(port);
+        old
+    } else {
+        let old = v.dst_port();
+        v.set_dst_port(port);
+        old
+    }
+}
+
+/// Completes the L4 checksum of an IPv6 packet forwarded without rewrite (DSR), as
+/// [`complete_checksum_v4`] does; a zero UDP checksum, invalid over IPv6, is computed too.
+pub fn complete_checksum_v6(ip_buf: &mut [u8], proto: Proto) -> Result<(), WireError> {
+    let mut ip = ipv6::Packet::new_checked(&mut *ip_buf)?;
+    if ip.next_header() != proto as u8 {
+        return Err(WireError::Malformed);
+    }
+    let pseudo = pseudo_header_v6(ip.src(), ip.dst(), proto as u8, ip.payload_len());
+    let (_, l4) = ip.split_l4_mut();
+    let field_at = match proto {
+        Proto::Tcp => tcp::CHECKSUM,
+        Proto::Udp => udp::CHECKSUM,
+        Proto::Sctp => {
+            let mut p = sctp::Packet::new_checked(&mut *l4)?;
+            if p.checksum_is_zero() {
+                p.fill_checksum();
+            }
+            return Ok(());
+        }
+    };
+    if l4.len() < field_at + 2 {
+        return Err(WireError::Truncated);
+    }
+    let current = u16::from_be_bytes([l4[field_at], l4[field_at + 1]]);
+    let zero_udp = proto == Proto::Udp && current == 0;
+    if !zero_udp && !is_partial(current, pseudo) {
+        return Ok(());
+    }
+    let mut check = l4_full(l4, field_at, pseudo);
+    if proto == Proto::Udp && check == 0 {
+        check = 0xffff;
+    }
+    l4[field_at..field_at + 2].copy_from_slice(&check.to_be_bytes());
+    Ok(())
+}
+
+/// True when the L4 checksum of the IPv6 packet in `ip_buf` verifies. Every IPv6 upper-layer
+/// checksum covers the pseudo-header, ICMPv6's included; a zero UDP checksum never verifies.
+/// The next header is taken as the upper layer (no extension headers are walked).
+pub fn l4_checksum_ok_v6(ip_buf: &[u8]) -> bool {
+    let Ok(ip) = ipv6::Packet::new_checked(ip_buf) else {
+        return false;
+    };
+    let l4 = &ip_buf[ipv6::HEADER_LEN..ip.total_len()];
+    let proto = ip.next_header();
+    if proto == ipv6::PROTO_UDP && l4.len() >= udp::CHECKSUM + 2 && l4[6..8] == [0, 0] {
+        return false;
+    }
+    let pseudo = pseudo_header_v6(ip.src(), ip.dst(), proto, l4.len());
     checksum::fold(pseudo + checksum::sum(l4)) == 0xffff
 }

@@ -15,7 +15,9 @@
 use crate::icmp_error;
 use crate::ports;
 use crate::snapshot::{PortRange, Proto, ServiceKey, Snapshot};
-use crate::wire::{ethernet, ipv4};
+use crate::wire::{ethernet, ipv4, ipv6};
+use std::net::IpAddr;
+#[cfg(test)]
 use std::net::Ipv4Addr;
 
 /// What the workers agree on to find a flow's owner; the same value in every worker.
@@ -51,7 +53,7 @@ impl Ownership {
         let (src, dst, proto, src_port, dst_port) = ports_of(frame).or_else(|| {
             // An ICMP error belongs to the flow it quotes, travelling the way it does.
             let q = icmp_error::quote(frame.get(ethernet::HEADER_LEN..)?)?.key;
-            Some((q.src, q.dst, q.proto, q.src_port, q.dst_port))
+            Some((q.src.into(), q.dst.into(), q.proto, q.src_port, q.dst_port))
         })?;
         let service = ServiceKey {
             vip: dst,
@@ -71,9 +73,15 @@ impl Ownership {
         Some(self.client_owner(dst, dst_port, proto))
     }
 
-    fn client_owner(&self, addr: Ipv4Addr, port: u16, proto: Proto) -> usize {
-        let packed = (u64::from(u32::from(addr)) << 24) | (u64::from(port) << 8) | proto as u64;
-        let h = mix(packed ^ self.key);
+    fn client_owner(&self, addr: IpAddr, port: u16, proto: Proto) -> usize {
+        let rest = (u64::from(port) << 8) | proto as u64;
+        let h = match addr {
+            IpAddr::V4(v4) => mix((u64::from(u32::from(v4)) << 24 | rest) ^ self.key),
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6);
+                mix(mix((bits >> 64) as u64 ^ self.key) ^ bits as u64 ^ rest << 40)
+            }
+        };
         // Multiply-shift maps the high bits evenly onto 0..workers without a division.
         (((h >> 32) * self.workers as u64) >> 32) as usize
     }
@@ -86,21 +94,41 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Addresses, protocol and ports of a TCP or UDP frame, read without validating more than
-/// needed to find them; ICMP, fragments and anything malformed give `None`.
-fn ports_of(frame: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr, Proto, u16, u16)> {
+/// Addresses, protocol and ports of a TCP, UDP or SCTP frame (IPv4 or IPv6), read without
+/// validating more than needed to find them; ICMP, fragments and anything malformed give
+/// `None`.
+fn ports_of(frame: &[u8]) -> Option<(IpAddr, IpAddr, Proto, u16, u16)> {
     let eth = ethernet::Frame::new_checked(frame).ok()?;
-    if eth.ethertype() != ethernet::ETHERTYPE_IPV4 {
-        return None;
-    }
-    let ip = ipv4::Packet::new_checked(&frame[ethernet::HEADER_LEN..]).ok()?;
-    if ip.is_fragment() {
-        return None;
-    }
-    let proto = Proto::from_ip_proto(ip.protocol())?;
-    let l4 = frame.get(ethernet::HEADER_LEN + ip.header_len()..)?;
+    let ip_buf = &frame[ethernet::HEADER_LEN..];
+    let (src, dst, proto, l4_at): (IpAddr, IpAddr, u8, usize) = match eth.ethertype() {
+        ethernet::ETHERTYPE_IPV4 => {
+            let ip = ipv4::Packet::new_checked(ip_buf).ok()?;
+            // A later fragment has no ports: the worker routes it after its first fragment.
+            if ip.fragment_offset() != 0 {
+                return None;
+            }
+            (
+                ip.src().into(),
+                ip.dst().into(),
+                ip.protocol(),
+                ip.header_len(),
+            )
+        }
+        ethernet::ETHERTYPE_IPV6 => {
+            let ip = ipv6::Packet::new_checked(ip_buf).ok()?;
+            (
+                ip.src().into(),
+                ip.dst().into(),
+                ip.next_header(),
+                ipv6::HEADER_LEN,
+            )
+        }
+        _ => return None,
+    };
+    let proto = Proto::from_ip_proto(proto)?;
+    let l4 = ip_buf.get(l4_at..)?;
     let port = |at: usize| Some(u16::from_be_bytes([*l4.get(at)?, *l4.get(at + 1)?]));
-    Some((ip.src(), ip.dst(), proto, port(0)?, port(2)?))
+    Some((src, dst, proto, port(0)?, port(2)?))
 }
 
 #[cfg(test)]
@@ -130,7 +158,7 @@ mod tests {
 
     fn snapshot() -> Snapshot {
         let key = ServiceKey {
-            vip: VIP,
+            vip: IpAddr::from(VIP),
             port: 2020,
             proto: Proto::Udp,
         };
@@ -140,7 +168,7 @@ mod tests {
             NatMode::Dnat,
             Algorithm::RoundRobin,
             vec![Endpoint {
-                addr: BACKEND,
+                addr: IpAddr::from(BACKEND),
                 port: 8080,
                 weight: 1,
             }],
@@ -149,8 +177,8 @@ mod tests {
         .unwrap();
         let mut snap = Snapshot::default();
         snap.services.insert(key, svc);
-        snap.vips.insert(VIP);
-        snap.own_addrs.insert(OURS);
+        snap.vips.insert(IpAddr::from(VIP));
+        snap.own_addrs.insert(IpAddr::from(OURS));
         snap
     }
 

@@ -7,7 +7,7 @@
 
 use crate::snapshot::{PortRange, Proto};
 use hashbrown::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// The worker whose slice holds `port` (any port of `range`) when there are `workers`.
 pub fn owner(range: PortRange, workers: u16, port: u16) -> u16 {
@@ -21,7 +21,7 @@ pub struct PortPools {
     /// Free ports per (address, protocol), created on first use. A freed port is handed out
     /// again first (LIFO); its old flow's conntrack entry is gone by then, so the reply tuple
     /// cannot be confused with the old flow's.
-    pools: HashMap<(Ipv4Addr, Proto), Vec<u16>>,
+    pools: HashMap<(IpAddr, Proto), Vec<u16>>,
 }
 
 impl PortPools {
@@ -42,7 +42,7 @@ impl PortPools {
     }
 
     /// A free port for `addr`, or `None` when all of this worker's ports are in use.
-    pub fn allocate(&mut self, addr: Ipv4Addr, proto: Proto) -> Option<u16> {
+    pub fn allocate(&mut self, addr: IpAddr, proto: Proto) -> Option<u16> {
         if !self.pools.contains_key(&(addr, proto)) {
             let slice = self.slice();
             self.pools.insert((addr, proto), slice);
@@ -51,7 +51,7 @@ impl PortPools {
     }
 
     /// Gives a port back. Ports outside this worker's slice (a range change since) are dropped.
-    pub fn release(&mut self, addr: Ipv4Addr, proto: Proto, port: u16) {
+    pub fn release(&mut self, addr: IpAddr, proto: Proto, port: u16) {
         let in_slice = port >= self.range.first
             && port <= self.range.last
             && owner(self.range, self.workers, port) == self.worker;
@@ -61,7 +61,7 @@ impl PortPools {
     }
 
     /// Ports still free for `addr` (a fresh address has the whole slice).
-    pub fn free(&self, addr: Ipv4Addr, proto: Proto) -> usize {
+    pub fn free(&self, addr: IpAddr, proto: Proto) -> usize {
         self.pools
             .get(&(addr, proto))
             .map_or_else(|| self.slice().len(), Vec::len)
@@ -71,8 +71,9 @@ impl PortPools {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
-    const A: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+    const A: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 1));
 
     #[test]
     fn two_workers_never_hand_out_the_same_port() {
@@ -121,7 +122,7 @@ mod tests {
         assert_eq!(w.allocate(A, Proto::Tcp), Some(10));
         assert_eq!(w.allocate(A, Proto::Udp), Some(10));
         assert_eq!(
-            w.allocate(Ipv4Addr::new(198, 18, 31, 254), Proto::Tcp),
+            w.allocate(Ipv4Addr::new(198, 18, 31, 254).into(), Proto::Tcp),
             Some(10)
         );
     }

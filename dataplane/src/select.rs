@@ -34,7 +34,7 @@
 //! layout, see [`flow_hash`]), never std's `RandomState`, so a given tuple maps to the same
 //! endpoint on every worker, every restart and every release. Tests freeze its outputs.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -118,6 +118,22 @@ impl EndpointKey {
             port,
         }
     }
+
+    /// Either family; IPv4 is mapped as in [`EndpointKey::v4`].
+    pub fn new(addr: IpAddr, port: u16) -> EndpointKey {
+        EndpointKey {
+            addr: mapped(addr),
+            port,
+        }
+    }
+}
+
+/// An address as 16 bytes: IPv6 as it is, IPv4 as IPv4-mapped IPv6.
+fn mapped(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
 }
 
 /// An endpoint as the selector is given it.
@@ -143,6 +159,17 @@ impl FlowTuple {
         FlowTuple {
             src: src.to_ipv6_mapped().octets(),
             dst: dst.to_ipv6_mapped().octets(),
+            src_port,
+            dst_port,
+            proto,
+        }
+    }
+
+    /// Either family (both addresses of one packet share it).
+    pub fn new(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16, proto: u8) -> Self {
+        FlowTuple {
+            src: mapped(src),
+            dst: mapped(dst),
             src_port,
             dst_port,
             proto,

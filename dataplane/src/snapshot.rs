@@ -5,7 +5,7 @@
 
 use crate::select::{Algorithm, EndpointKey, SelectorError, ServiceSelector, WeightedEndpoint};
 use hashbrown::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +32,8 @@ impl Proto {
 /// Destination that identifies a service: VIP, port, protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
-    pub vip: Ipv4Addr,
+    /// An IPv4 or IPv6 address; an IPv6 VIP may front IPv4 endpoints (NAT64).
+    pub vip: IpAddr,
     pub port: u16,
     pub proto: Proto,
 }
@@ -69,7 +70,7 @@ impl NatMode {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Endpoint {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub weight: u8,
 }
@@ -93,23 +94,39 @@ pub struct Service {
     pub live: Vec<bool>,
     /// Idle time after which an established flow is forgotten.
     pub inactive_timeout: Duration,
-    /// Full NAT: the source address written into requests; the VIP when not set.
-    pub snat_addr: Option<Ipv4Addr>,
-    /// Sources allowed to open flows as (network, mask); empty allows every source.
+    /// Full NAT: the source address written into requests; the VIP when not set (an IPv6
+    /// VIP in front of IPv4 endpoints translates to our own IPv4 address toward them).
+    pub snat_addr: Option<IpAddr>,
+    /// IPv4 sources allowed to open flows as (network, mask). When this and
+    /// `allowed_sources_v6` are both empty every source is allowed; otherwise only a source
+    /// inside one of the prefixes of its own family.
     pub allowed_sources: Vec<(u32, u32)>,
+    /// IPv6 sources allowed to open flows as (network, mask).
+    pub allowed_sources_v6: Vec<(u128, u128)>,
     /// No new flows (loxilb's `block`); established flows continue.
     pub block_new_flows: bool,
 }
 
 impl Service {
     /// Whether `src` may open a flow to this service.
-    pub fn allows(&self, src: Ipv4Addr) -> bool {
-        let ip = u32::from(src);
-        self.allowed_sources.is_empty()
-            || self
-                .allowed_sources
-                .iter()
-                .any(|&(net, mask)| ip & mask == net)
+    pub fn allows(&self, src: IpAddr) -> bool {
+        if self.allowed_sources.is_empty() && self.allowed_sources_v6.is_empty() {
+            return true;
+        }
+        match src {
+            IpAddr::V4(v4) => {
+                let ip = u32::from(v4);
+                self.allowed_sources
+                    .iter()
+                    .any(|&(net, mask)| ip & mask == net)
+            }
+            IpAddr::V6(v6) => {
+                let ip = u128::from(v6);
+                self.allowed_sources_v6
+                    .iter()
+                    .any(|&(net, mask)| ip & mask == net)
+            }
+        }
     }
 
     /// A service whose selector is built from `endpoints` with the default Maglev table size.
@@ -124,7 +141,7 @@ impl Service {
         let weighted: Vec<WeightedEndpoint> = endpoints
             .iter()
             .map(|e| WeightedEndpoint {
-                key: EndpointKey::v4(e.addr, e.port),
+                key: EndpointKey::new(e.addr, e.port),
                 weight: e.weight,
             })
             .collect();
@@ -141,12 +158,13 @@ impl Service {
             inactive_timeout,
             snat_addr: None,
             allowed_sources: Vec::new(),
+            allowed_sources_v6: Vec::new(),
             block_new_flows: false,
         })
     }
 }
 
-/// Where a packet to some IPv4 address leaves: interface and the two MACs to write.
+/// Where a packet to some address leaves: interface and the two MACs to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NextHop {
     pub ifindex: u32,
@@ -181,18 +199,18 @@ pub struct Snapshot {
     /// finds its rule with one lookup whichever port it came to, as fast as a single port.
     pub services: HashMap<ServiceKey, Service>,
     /// Every VIP address, whatever its ports: ICMP echo to them is answered.
-    pub vips: hashbrown::HashSet<Ipv4Addr>,
+    pub vips: hashbrown::HashSet<IpAddr>,
     /// Resolved next hops by destination (endpoint) address. A missing entry means the
     /// neighbour is not resolved yet: the worker hands the packet to the kernel instead.
-    pub next_hops: HashMap<Ipv4Addr, NextHop>,
+    pub next_hops: HashMap<IpAddr, NextHop>,
     /// Our own address on the route toward each endpoint (one-arm's source), known as soon as
-    /// the route is, even before the neighbour's MAC.
-    pub sources: HashMap<Ipv4Addr, Ipv4Addr>,
+    /// the route is, even before the neighbour's MAC. Same family as the endpoint.
+    pub sources: HashMap<IpAddr, IpAddr>,
     /// The IP MTU of each interface frames may leave by, by ifindex. A packet bigger than its
     /// egress interface's MTU with DF set earns its sender an ICMP "fragmentation needed";
     /// a missing entry is not checked.
     pub link_mtus: HashMap<u32, u16>,
     /// The distinct values of `sources`: our own addresses toward the endpoints. An endpoint's
     /// packet to one of them without a flow is the host's own connection (a health probe).
-    pub own_addrs: hashbrown::HashSet<Ipv4Addr>,
+    pub own_addrs: hashbrown::HashSet<IpAddr>,
 }

@@ -18,9 +18,10 @@ pub enum DropReason {
     Truncated,
     /// Inconsistent header fields.
     Malformed,
-    /// Not IPv4 (this engine handles IPv4 only so far).
-    NotIpv4,
-    /// An IPv4 fragment (not reassembled or followed yet).
+    /// Neither IPv4 nor IPv6.
+    NotIp,
+    /// A later IPv4 fragment whose first fragment was not seen (or was forgotten), or an
+    /// IPv6 fragment (not followed).
     Fragment,
     /// Neither TCP nor UDP.
     UnsupportedProtocol,
@@ -60,13 +61,16 @@ pub enum DropReason {
     TooBigToForward,
     /// An SCTP packet other than INIT for an association we do not know.
     SctpNotInit,
+    /// The flow's addresses mix families in a way no mode translates (an IPv4 service with
+    /// an IPv6 endpoint: the control plane refuses those rules).
+    AddressFamily,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 23] = [
         DropReason::Truncated,
         DropReason::Malformed,
-        DropReason::NotIpv4,
+        DropReason::NotIp,
         DropReason::Fragment,
         DropReason::UnsupportedProtocol,
         DropReason::NoFlowNoService,
@@ -86,6 +90,7 @@ impl DropReason {
         DropReason::NoFreeFrame,
         DropReason::TooBigToForward,
         DropReason::SctpNotInit,
+        DropReason::AddressFamily,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -94,7 +99,7 @@ impl DropReason {
         match self {
             DropReason::Truncated => "truncated",
             DropReason::Malformed => "malformed",
-            DropReason::NotIpv4 => "not_ipv4",
+            DropReason::NotIp => "not_ip",
             DropReason::Fragment => "fragment",
             DropReason::UnsupportedProtocol => "unsupported_protocol",
             DropReason::NoFlowNoService => "no_flow_no_service",
@@ -114,6 +119,7 @@ impl DropReason {
             DropReason::NoFreeFrame => "no_free_frame",
             DropReason::TooBigToForward => "too_big_to_forward",
             DropReason::SctpNotInit => "sctp_not_init",
+            DropReason::AddressFamily => "address_family",
         }
     }
 }
@@ -174,6 +180,8 @@ pub struct Counters {
     pub icmp_errors_translated: u64,
     /// "Fragmentation needed" sent to senders of packets too big for their egress link.
     pub frag_needed_sent: u64,
+    /// Later IPv4 fragments sent the way their datagram's first fragment went.
+    pub fragments_followed: u64,
     /// Sizes of the RX batches read from the sockets.
     pub rx_batches: BatchSizes,
     pub drops: [u64; DropReason::COUNT],
@@ -207,6 +215,7 @@ impl Counters {
         self.handed_off += o.handed_off;
         self.icmp_errors_translated += o.icmp_errors_translated;
         self.frag_needed_sent += o.frag_needed_sent;
+        self.fragments_followed += o.fragments_followed;
         self.rx_batches.add(&o.rx_batches);
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
@@ -232,6 +241,7 @@ pub struct WorkerStats {
     handed_off: AtomicU64,
     icmp_errors_translated: AtomicU64,
     frag_needed_sent: AtomicU64,
+    fragments_followed: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
     /// Written once a second at most, so a lock costs nothing that matters.
     sockets: Mutex<SocketStats>,
@@ -260,6 +270,8 @@ impl WorkerStats {
             .store(c.icmp_errors_translated, Ordering::Relaxed);
         self.frag_needed_sent
             .store(c.frag_needed_sent, Ordering::Relaxed);
+        self.fragments_followed
+            .store(c.fragments_followed, Ordering::Relaxed);
         for (a, v) in self.rx_batches.iter().zip(c.rx_batches.buckets.iter()) {
             a.store(*v, Ordering::Relaxed);
         }
@@ -302,6 +314,7 @@ impl WorkerStats {
             handed_off: self.handed_off.load(Ordering::Relaxed),
             icmp_errors_translated: self.icmp_errors_translated.load(Ordering::Relaxed),
             frag_needed_sent: self.frag_needed_sent.load(Ordering::Relaxed),
+            fragments_followed: self.fragments_followed.load(Ordering::Relaxed),
             rx_batches: BatchSizes {
                 buckets: std::array::from_fn(|i| self.rx_batches[i].load(Ordering::Relaxed)),
                 frames: self.rx_batch_frames.load(Ordering::Relaxed),

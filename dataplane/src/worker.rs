@@ -3,14 +3,16 @@
 
 use crate::conntrack::FlowInfo;
 use crate::engine::{Engine, Verdict};
+use crate::fragments::{self, Piece, Recent};
 use crate::handoff::{Inbox, Outbox};
 use crate::kernel_tx::KernelTx;
 use crate::owner::Ownership;
 use crate::snapshot::{ServiceKey, Snapshot};
 use crate::stats::{DropReason, WorkerStats};
-use crate::wire::{ethernet, ipv4};
+use crate::wire::{ethernet, ipv4, ipv6};
 use crate::xsk::{Disposition, WorkerSockets, RING_SIZE};
 use arc_swap::ArcSwap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
@@ -70,6 +72,8 @@ pub(crate) struct Worker {
     pub ownership: Ownership,
     pub outbox: Outbox,
     pub inbox: Inbox,
+    /// Where this worker passed recent first fragments: their later fragments follow them.
+    pub fragment_routes: Recent<usize>,
 }
 
 impl Worker {
@@ -105,19 +109,20 @@ impl Worker {
                 let engine = &mut self.engine;
                 let (kernel, egress, ownership) = (&self.kernel, &egress, &self.ownership);
                 let (outbox, index) = (&mut self.outbox, self.index);
-                let batch =
-                    self.sockets
-                        .receive(i, |ingress, frame| match ownership.owner(frame, &snap) {
-                            Some(owner) if owner != index => {
-                                // Only an impossible owner or length fails here; ring room is
-                                // known, and counted, at the flush below.
-                                if !outbox.send(owner, ingress, frame) {
-                                    engine.counters.drop(DropReason::Malformed);
-                                }
-                                Disposition::Recycle
+                let routes = &mut self.fragment_routes;
+                let batch = self.sockets.receive(i, |ingress, buf, len| {
+                    match owner_of(ownership, routes, &buf[..len], &snap, now) {
+                        Some(owner) if owner != index => {
+                            // Only an impossible owner or length fails here; ring room is
+                            // known, and counted, at the flush below.
+                            if !outbox.send(owner, ingress, &buf[..len]) {
+                                engine.counters.drop(DropReason::Malformed);
                             }
-                            _ => decide(engine, kernel, egress, &snap, now, ingress, frame),
-                        });
+                            Disposition::Recycle
+                        }
+                        _ => decide(engine, kernel, egress, &snap, now, ingress, buf, len),
+                    }
+                });
                 self.engine.counters.rx_batches.record(batch);
                 received += batch;
             }
@@ -128,8 +133,8 @@ impl Worker {
             let engine = &mut self.engine;
             let (kernel, egress, sockets) = (&self.kernel, &egress, &mut self.sockets);
             let handed_in = self.inbox.drain(HANDOFF_BUDGET, |ingress, a, b| {
-                let injected = sockets.inject([a, b], ingress, |ingress, frame| {
-                    decide(engine, kernel, egress, &snap, now, ingress, frame)
+                let injected = sockets.inject([a, b], ingress, |ingress, buf, len| {
+                    decide(engine, kernel, egress, &snap, now, ingress, buf, len)
                 });
                 if !injected {
                     engine.counters.drop(DropReason::NoFreeFrame);
@@ -191,8 +196,37 @@ impl Worker {
     }
 }
 
-/// What to do with a frame this worker owns: run the engine, then send it out of the
-/// egress interface's socket, to the kernel, or back to the pool.
+/// The worker that owns `frame`'s flow (see `Ownership::owner`). A first fragment passed to
+/// another worker is remembered in `routes`, so that the later fragments of its datagram
+/// (which carry no ports) are passed the same way, behind it on the same ring.
+fn owner_of(
+    ownership: &Ownership,
+    routes: &mut Recent<usize>,
+    frame: &[u8],
+    snap: &Snapshot,
+    now: u64,
+) -> Option<usize> {
+    if ownership.workers() == 1 {
+        return None;
+    }
+    match ownership.owner(frame, snap) {
+        Some(owner) => {
+            if let Some((key, Piece::First)) = fragments::fragment_of(frame) {
+                routes.insert(key, owner, now);
+            }
+            Some(owner)
+        }
+        None => match fragments::fragment_of(frame) {
+            Some((key, Piece::Later)) => routes.get(&key, now),
+            _ => None,
+        },
+    }
+}
+
+/// What to do with a frame this worker owns (`buf[..len]`, with room after it): run the
+/// engine, then send it out of the egress interface's socket, to the kernel, or back to the
+/// pool.
+#[allow(clippy::too_many_arguments)]
 fn decide(
     engine: &mut Engine,
     kernel: &KernelTx,
@@ -200,13 +234,14 @@ fn decide(
     snap: &Snapshot,
     now: u64,
     ingress: u32,
-    frame: &mut [u8],
+    buf: &mut [u8],
+    len: usize,
 ) -> Disposition {
-    let (ifindex, trimmed) = match engine.process(frame, ingress, snap, now) {
-        Verdict::Transmit { ifindex } => (ifindex, None),
-        Verdict::TransmitShort { ifindex, len } => (ifindex, Some(len)),
+    let (ifindex, len) = match engine.process_with_room(buf, len, ingress, snap, now) {
+        Verdict::Transmit { ifindex } => (ifindex, len),
+        Verdict::TransmitFirst { ifindex, len } => (ifindex, len),
         Verdict::Kernel => {
-            hand_to_kernel(kernel, frame, engine);
+            hand_to_kernel(kernel, buf, engine);
             return Disposition::Recycle;
         }
         Verdict::Drop(_) => return Disposition::Recycle,
@@ -214,25 +249,30 @@ fn decide(
     match egress.iter().find(|(ix, _)| *ix == ifindex) {
         Some((_, port)) => {
             engine.counters.tx_packets += 1;
-            match trimmed {
-                Some(len) => Disposition::TransmitFirst(*port, len),
-                None => Disposition::Transmit(*port),
-            }
+            Disposition::Transmit(*port, len)
         }
         // An interface with fewer queues than others has no socket for this worker's queue:
         // the kernel sends the (already rewritten) packet instead.
         None => {
-            hand_to_kernel(kernel, frame, engine);
+            hand_to_kernel(kernel, buf, engine);
             Disposition::Recycle
         }
     }
 }
 
+/// Sends the IP packet of `frame` (its length read from its own header) through the kernel.
 fn hand_to_kernel(kernel: &KernelTx, frame: &[u8], engine: &mut Engine) {
     let ip_buf = &frame[ethernet::HEADER_LEN..];
-    let sent = ipv4::Packet::new_checked(ip_buf)
-        .ok()
-        .map(|ip| kernel.send(&ip_buf[..ip.total_len()], ip.dst()));
+    let packet = match ip_buf.first().map(|b| b >> 4) {
+        Some(4) => ipv4::Packet::new_checked(ip_buf)
+            .ok()
+            .map(|ip| (ip.total_len(), IpAddr::V4(ip.dst()))),
+        Some(6) => ipv6::Packet::new_checked(ip_buf)
+            .ok()
+            .map(|ip| (ip.total_len(), IpAddr::V6(ip.dst()))),
+        _ => None,
+    };
+    let sent = packet.map(|(len, dst)| kernel.send(&ip_buf[..len], dst));
     match sent {
         Some(Ok(())) => engine.counters.kernel_packets += 1,
         _ => engine.counters.drop(DropReason::KernelTxFailed),

@@ -60,10 +60,10 @@ pub struct SocketStats {
 /// What the caller decided for a received frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
-    /// Send it out of socket number `n` of this worker (same queue, other or same interface).
-    Transmit(usize),
-    /// Send its first `len` bytes out of socket number `n`: the frame was rewritten shorter.
-    TransmitFirst(usize, usize),
+    /// Send the first `len` bytes of the frame's buffer out of socket number `n` of this
+    /// worker (same queue, other or same interface): the received length, or another when
+    /// the frame was rewritten shorter or longer.
+    Transmit(usize, usize),
     /// Done with it (dropped, or copied elsewhere): the frame goes back to the pool.
     Recycle,
 }
@@ -223,12 +223,14 @@ impl WorkerSockets {
         self.ports.len()
     }
 
-    /// Receives up to one batch from socket `i` and hands each frame to `decide` as a mutable
-    /// byte slice with its ingress ifindex. Returns how many frames were received.
+    /// Receives up to one batch from socket `i` and hands each frame to `decide` with its
+    /// ingress ifindex, as the frame's whole data buffer and the received length (the frame
+    /// is the buffer's first `len` bytes; the rest is room to grow). Returns how many frames
+    /// were received.
     pub fn receive(
         &mut self,
         i: usize,
-        mut decide: impl FnMut(u32, &mut [u8]) -> Disposition,
+        mut decide: impl FnMut(u32, &mut [u8], usize) -> Disposition,
     ) -> usize {
         let ingress = self.ports[i].ifindex;
         // SAFETY: the descriptors written into `rx_batch` come from this socket's RX ring and
@@ -239,7 +241,8 @@ impl WorkerSockets {
             // SAFETY: `desc` was just received: the kernel is done with the frame and no other
             // descriptor refers to it (see the module invariant).
             let mut data = unsafe { self.umem.data_mut(&mut desc) };
-            let disposition = decide(ingress, data.contents_mut());
+            let len = whole_buffer(&mut data);
+            let disposition = decide(ingress, data.contents_mut(), len);
             self.dispose(desc, disposition);
         }
         if n > 0 {
@@ -255,7 +258,7 @@ impl WorkerSockets {
         &mut self,
         parts: [&[u8]; 2],
         ingress: u32,
-        decide: impl FnOnce(u32, &mut [u8]) -> Disposition,
+        decide: impl FnOnce(u32, &mut [u8], usize) -> Disposition,
     ) -> bool {
         if parts[0].len() + parts[1].len() > FRAME_SIZE as usize {
             return false;
@@ -272,25 +275,21 @@ impl WorkerSockets {
             self.free.push(desc);
             return false;
         }
-        let disposition = decide(ingress, data.contents_mut());
+        let len = whole_buffer(&mut data);
+        let disposition = decide(ingress, data.contents_mut(), len);
         self.dispose(desc, disposition);
         true
     }
 
-    /// Queues a decided frame for TX (trimmed first if asked) or returns it to the pool.
+    /// Queues a decided frame for TX at its decided length, or returns it to the pool.
     fn dispose(&mut self, mut desc: FrameDesc, disposition: Disposition) {
         match disposition {
-            Disposition::Transmit(out) if out < self.ports.len() => {
-                self.ports[out].pending_tx.push(desc)
-            }
-            Disposition::TransmitFirst(out, len) if out < self.ports.len() => {
+            Disposition::Transmit(out, len) if out < self.ports.len() => {
                 // SAFETY: the frame was received or filled by this worker and is referenced
                 // by no ring; the view ends before the descriptor is queued.
                 let mut data = unsafe { self.umem.data_mut(&mut desc) };
-                let mut cursor = data.cursor();
-                if len <= cursor.pos() {
-                    cursor.set_pos(len);
-                }
+                // Capped at the buffer by the cursor.
+                data.cursor().set_pos(len);
                 self.ports[out].pending_tx.push(desc)
             }
             _ => self.free.push(desc),
@@ -435,4 +434,14 @@ impl WorkerSockets {
     pub fn free_frames(&self) -> usize {
         self.free.len()
     }
+}
+
+/// Extends the frame's data segment to its whole buffer, so a rewrite may make the frame
+/// longer; returns the length it had (the frame's own bytes).
+fn whole_buffer(data: &mut xsk_rs::umem::frame::DataMut<'_>) -> usize {
+    let mut cursor = data.cursor();
+    let len = cursor.pos();
+    let room = cursor.buf_len();
+    cursor.set_pos(room);
+    len
 }

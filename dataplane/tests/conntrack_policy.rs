@@ -11,7 +11,7 @@ use oxlb_dataplane::snapshot::{
     Endpoint, NatMode, NextHop, PortRange, Proto, Service, ServiceKey, Snapshot,
 };
 use oxlb_dataplane::stats::DropReason;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 mod common;
@@ -78,6 +78,7 @@ impl Lb {
     fn new(capacity: usize, mode: NatMode, proto: Proto) -> Lb {
         let engine = Engine::with_config(EngineConfig {
             conntrack_capacity: capacity,
+            conntrack_capacity_v6: capacity,
             worker: 0,
             workers: 1,
             snat_ports: PortRange::default(),
@@ -89,12 +90,12 @@ impl Lb {
             now: 1,
         };
         let key = ServiceKey {
-            vip: VIP,
+            vip: IpAddr::from(VIP),
             port: VIP_PORT,
             proto,
         };
         let endpoints = vec![Endpoint {
-            addr: ENDPOINT,
+            addr: IpAddr::from(ENDPOINT),
             port: 8080,
             weight: 1,
         }];
@@ -108,9 +109,9 @@ impl Lb {
         )
         .expect("a valid service");
         lb.snap.services.insert(key, service);
-        lb.snap.vips.insert(VIP);
+        lb.snap.vips.insert(IpAddr::from(VIP));
         lb.snap.next_hops.insert(
-            ENDPOINT,
+            IpAddr::from(ENDPOINT),
             NextHop {
                 ifindex: ENDPOINT_IF,
                 src_mac: [2, 0, 0, 0, 1, 0xfe],
@@ -124,6 +125,7 @@ impl Lb {
     fn snat_ports(mut self, ports: u16) -> Lb {
         self.engine = Engine::with_config(EngineConfig {
             conntrack_capacity: self.engine.conntrack().capacity(),
+            conntrack_capacity_v6: 16,
             worker: 0,
             workers: 1,
             snat_ports: PortRange {
@@ -144,8 +146,8 @@ impl Lb {
         let reply = self.flow(port).expect("a tracked flow").reply;
         let mut f = frame(
             self.proto,
-            (reply.src, reply.src_port),
-            (reply.dst, reply.dst_port),
+            (v4(reply.src), reply.src_port),
+            (v4(reply.dst), reply.dst_port),
             flags,
         );
         self.engine
@@ -285,7 +287,7 @@ fn a_table_full_of_established_flows_refuses_new_flows_and_counts_them() {
 fn evicted_flows_give_their_snat_ports_back() {
     let mut lb = Lb::new(16, NatMode::FullNat, Proto::Tcp).snat_ports(64);
     lb.handshake(CLIENT, 40_000);
-    assert_eq!(lb.engine.free_snat_ports(VIP, Proto::Tcp), 63);
+    assert_eq!(lb.engine.free_snat_ports(IpAddr::from(VIP), Proto::Tcp), 63);
     let mut rng = Rng(11);
     for _ in 0..5000 {
         let (client, port) = spoofed(&mut rng);
@@ -300,10 +302,13 @@ fn evicted_flows_give_their_snat_ports_back() {
     let c = &lb.engine.counters;
     assert_eq!(c.dropped(DropReason::SnatPortsExhausted), 0);
     assert_eq!(c.flows_evicted, 5000 - 15);
-    assert_eq!(lb.engine.free_snat_ports(VIP, Proto::Tcp), 64 - 16);
+    assert_eq!(
+        lb.engine.free_snat_ports(IpAddr::from(VIP), Proto::Tcp),
+        64 - 16
+    );
     assert_eq!(lb.state(40_000), Some(FlowState::Established));
     lb.wait(NEW_FLOW_TIMEOUT_MS + 1);
-    assert_eq!(lb.engine.free_snat_ports(VIP, Proto::Tcp), 63);
+    assert_eq!(lb.engine.free_snat_ports(IpAddr::from(VIP), Proto::Tcp), 63);
 }
 
 #[test]
@@ -435,4 +440,76 @@ fn a_clients_ack_before_the_endpoint_answered_does_not_establish_a_connection() 
     lb.client_sends(CLIENT, 40_000, SYN);
     lb.client_sends(CLIENT, 40_000, ACK);
     assert_eq!(lb.state(40_000), Some(FlowState::New));
+}
+
+#[test]
+fn least_connections_stops_counting_a_connection_as_soon_as_it_is_closed() {
+    let mut lb = Lb::new(64, NatMode::Dnat, Proto::Tcp);
+    let second = Ipv4Addr::new(198, 18, 31, 2);
+    let svc = lb.snap.services.values_mut().next().expect("the service");
+    let endpoints = [ENDPOINT, second]
+        .into_iter()
+        .map(|a| Endpoint {
+            addr: a.into(),
+            port: 8080,
+            weight: 1,
+        })
+        .collect();
+    *svc = Service::new(
+        svc.key,
+        "web".into(),
+        NatMode::Dnat,
+        Algorithm::LeastConnections,
+        endpoints,
+        Duration::from_millis(SERVICE_TIMEOUT_MS),
+    )
+    .expect("a valid service");
+    let hop = lb.snap.next_hops[&IpAddr::from(ENDPOINT)];
+    lb.snap.next_hops.insert(second.into(), hop);
+    for port in [1000, 1001, 1002] {
+        lb.handshake(CLIENT, port);
+    }
+    let on = |lb: &Lb, port| lb.flow(port).expect("a live flow").endpoint.addr;
+    // Three connections over two endpoints: one endpoint carries two of them.
+    let (busy, other) = if on(&lb, 1000) == on(&lb, 1002) {
+        (on(&lb, 1000), on(&lb, 1001))
+    } else {
+        (on(&lb, 1001), on(&lb, 1000))
+    };
+    let busy_ports: Vec<u16> = [1000, 1001, 1002]
+        .into_iter()
+        .filter(|&p| on(&lb, p) == busy)
+        .collect();
+    assert_eq!(busy_ports.len(), 2);
+    // Both connections of the busy endpoint are reset: they linger for their last packets,
+    // but no longer load it, so it is the least loaded now (0 against 1).
+    for &port in &busy_ports {
+        lb.client_sends(CLIENT, port, RST);
+        assert_eq!(lb.state(port), Some(FlowState::Closing));
+    }
+    lb.client_sends(CLIENT, 2000, SYN);
+    assert_eq!(
+        on(&lb, 2000),
+        busy,
+        "the endpoint whose connections closed is least loaded"
+    );
+    // When the lingering flows finally go, nothing is released twice: both endpoints carry
+    // one connection, so the next two go one to each.
+    lb.wait(CLOSING_TIMEOUT_MS + 1);
+    assert_eq!(lb.state(busy_ports[0]), None);
+    lb.client_sends(CLIENT, 2001, SYN);
+    lb.client_sends(CLIENT, 2002, SYN);
+    let mut last_two = [on(&lb, 2001), on(&lb, 2002)];
+    last_two.sort();
+    let mut both = [busy, other];
+    both.sort();
+    assert_eq!(last_two, both);
+}
+
+/// An address of these tests' flows, all IPv4.
+fn v4(ip: IpAddr) -> Ipv4Addr {
+    match ip {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(a) => panic!("an IPv4 flow has IPv6 address {a}"),
+    }
 }

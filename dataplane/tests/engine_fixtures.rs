@@ -10,7 +10,7 @@ use oxlb_dataplane::snapshot::{
     Endpoint, NatMode, NextHop, PortRange, Proto, Service, ServiceKey, Snapshot,
 };
 use oxlb_dataplane::stats::DropReason;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 const LB0_IF: u32 = 2;
@@ -75,6 +75,7 @@ impl Fixture {
     fn snat_ports(mut self, first: u16, last: u16) -> Self {
         self.engine = Engine::with_config(EngineConfig {
             conntrack_capacity: 1024,
+            conntrack_capacity_v6: 1024,
             worker: 0,
             workers: 1,
             snat_ports: PortRange { first, last },
@@ -92,21 +93,21 @@ impl Fixture {
 
     /// Our own address toward backend `n`, as the route lookup reports it.
     fn source(mut self, n: u8, addr: Ipv4Addr) -> Self {
-        self.snap.sources.insert(backend(n), addr);
-        self.snap.own_addrs.insert(addr);
+        self.snap.sources.insert(backend(n).into(), addr.into());
+        self.snap.own_addrs.insert(IpAddr::from(addr));
         self
     }
 
     fn service(mut self, proto: Proto, backends: &[u8]) -> Self {
         let key = ServiceKey {
-            vip: VIP,
+            vip: IpAddr::from(VIP),
             port: 2020,
             proto,
         };
         let endpoints = backends
             .iter()
             .map(|&n| Endpoint {
-                addr: backend(n),
+                addr: IpAddr::from(backend(n)),
                 port: 8080,
                 weight: 1,
             })
@@ -128,7 +129,7 @@ impl Fixture {
 
     fn next_hop(mut self, n: u8) -> Self {
         self.snap.next_hops.insert(
-            backend(n),
+            IpAddr::from(backend(n)),
             NextHop {
                 ifindex: LB1_IF,
                 src_mac: LB1_MAC,
@@ -292,14 +293,6 @@ fn a_truncated_frame_is_dropped_as_truncated() {
     let mut f = hex(SYN_IN);
     f.truncate(40);
     assert_eq!(fx.run(&mut f, LB0_IF), Verdict::Drop(DropReason::Truncated));
-}
-
-#[test]
-fn a_fragment_is_dropped_as_fragment() {
-    let mut fx = Fixture::new().service(Proto::Tcp, &[1]);
-    let mut f = hex(SYN_IN);
-    f[14 + 6] = 0x20; // more fragments
-    assert_eq!(fx.run(&mut f, LB0_IF), Verdict::Drop(DropReason::Fragment));
 }
 
 #[test]
@@ -492,7 +485,7 @@ fn snat_ports_run_out_cleanly_and_come_back_when_flows_end() {
     assert_eq!(fx.engine.conntrack().len(), 2);
     fx.now += 1800 * 1000 + 1;
     fx.engine.sweep(fx.now, 1024, &fx.snap);
-    assert_eq!(fx.engine.free_snat_ports(VIP, Proto::Tcp), 2);
+    assert_eq!(fx.engine.free_snat_ports(IpAddr::from(VIP), Proto::Tcp), 2);
     let mut f = hex(SYN_IN);
     assert_eq!(
         fx.run(&mut f, LB0_IF),
@@ -587,7 +580,7 @@ fn an_echo_request_to_the_vip_is_answered_from_the_vip_byte_for_byte() {
     const ECHO_IN: &str = "020000000001020000000002080045000028000940003f014ba4c6120002c61264010800bc23004d000170696e672d7061796c6f6164";
     const ECHO_OUT: &str = "0200000000020200000000010800450000280009400040014aa4c6126401c61200020000c423004d000170696e672d7061796c6f6164";
     let mut fx = Fixture::new().service(Proto::Tcp, &[1]);
-    fx.snap.vips.insert(VIP);
+    fx.snap.vips.insert(IpAddr::from(VIP));
     let mut f = hex(ECHO_IN);
     assert_eq!(
         fx.run(&mut f, LB0_IF),
@@ -600,7 +593,7 @@ fn an_echo_request_to_the_vip_is_answered_from_the_vip_byte_for_byte() {
 #[test]
 fn other_icmp_to_the_vip_is_dropped_and_counted() {
     let mut fx = Fixture::new().service(Proto::Tcp, &[1]);
-    fx.snap.vips.insert(VIP);
+    fx.snap.vips.insert(IpAddr::from(VIP));
     let mut f = hex("020000000001020000000002080045000028000940003f014ba4c6120002c61264010800bc23004d000170696e672d7061796c6f6164");
     f[14 + 20] = 13; // timestamp request
     assert_eq!(
@@ -719,10 +712,13 @@ fn a_copied_flow_shows_its_tuples_state_and_counters_per_direction() {
     let (flows, _) = fx.engine.flows(fx.now, 16);
     let f = flows[0];
     assert_eq!(f.original.src, Ipv4Addr::new(198, 18, 0, 2));
-    assert_eq!((f.original.src_port, f.original.dst), (40000, VIP));
+    assert_eq!((f.original.src_port, f.original.dst), (40000, VIP.into()));
     assert_eq!((f.original.dst_port, f.original.proto), (2020, Proto::Tcp));
-    assert_eq!((f.reply.src, f.reply.src_port), (backend(1), 8080));
-    assert_eq!((f.endpoint.addr, f.endpoint.port), (backend(1), 8080));
+    assert_eq!((f.reply.src, f.reply.src_port), (backend(1).into(), 8080));
+    assert_eq!(
+        (f.endpoint.addr, f.endpoint.port),
+        (backend(1).into(), 8080)
+    );
     assert_eq!(f.service.vip, VIP);
     assert_eq!((f.mode, f.snat), (NatMode::Dnat, None));
     assert_eq!(f.state, FlowState::Established);
@@ -792,7 +788,7 @@ fn a_packet_too_big_for_the_endpoints_link_earns_its_sender_a_fragmentation_need
     let mut big = hex(BIG_HEAD);
     big.resize(14 + 1500, b'z');
     let verdict = fx.run(&mut big, LB0_IF);
-    let Verdict::TransmitShort { ifindex, len } = verdict else {
+    let Verdict::TransmitFirst { ifindex, len } = verdict else {
         panic!("expected a short reply, got {verdict:?}");
     };
     assert_eq!(ifindex, LB0_IF);
@@ -963,7 +959,7 @@ fn deleting_a_ranged_service_ends_its_flows_on_every_port() {
     fx.run(&mut b, LB0_IF);
     assert_eq!(fx.engine.conntrack().len(), 2);
     let key = ServiceKey {
-        vip: VIP,
+        vip: IpAddr::from(VIP),
         port: 2020,
         proto: Proto::Tcp,
     };
@@ -971,4 +967,101 @@ fn deleting_a_ranged_service_ends_its_flows_on_every_port() {
     fx.engine.forget_service(&key, &fx.snap);
     assert_eq!(fx.engine.conntrack().len(), 0);
     assert!(fx.engine.endpoint_counters().is_empty());
+}
+
+/// A 2008-byte UDP datagram (client 198.18.0.2:50000 to the VIP) cut in three fragments, and
+/// the same fragments as DNAT and full NAT must send them to backend 1; produced by scapy
+/// (`fragment()` of a datagram whose checksum it computed whole).
+fn fragment_fixture(name: &str) -> Vec<u8> {
+    let table = include_str!("fixtures/ipv4_fragments.txt");
+    let line = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("fixture {name} missing"));
+    hex(line.split_whitespace().nth(1).unwrap())
+}
+
+#[test]
+fn the_fragments_of_a_datagram_follow_their_first_fragment_in_dnat() {
+    let mut fx = Fixture::new().service(Proto::Udp, &[1]).next_hop(1);
+    for i in 0..3 {
+        let mut f = fragment_fixture(&format!("FRAG{i}_IN"));
+        assert_eq!(
+            fx.run(&mut f, LB0_IF),
+            Verdict::Transmit { ifindex: LB1_IF },
+            "fragment {i}"
+        );
+        assert_eq!(
+            f,
+            fragment_fixture(&format!("FRAG{i}_DNAT_OUT")),
+            "fragment {i}"
+        );
+    }
+    assert_eq!(fx.engine.counters.fragments_followed, 2);
+}
+
+#[test]
+fn the_fragments_of_a_datagram_follow_their_first_fragment_in_full_nat() {
+    let mut fx = Fixture::new()
+        .snat_ports(SNAT_FIRST, SNAT_FIRST + 99)
+        .service(Proto::Udp, &[1])
+        .next_hop(1)
+        .mode(NatMode::FullNat);
+    for i in 0..3 {
+        let mut f = fragment_fixture(&format!("FRAG{i}_IN"));
+        assert_eq!(
+            fx.run(&mut f, LB0_IF),
+            Verdict::Transmit { ifindex: LB1_IF },
+            "fragment {i}"
+        );
+        assert_eq!(
+            f,
+            fragment_fixture(&format!("FRAG{i}_FULLNAT_OUT")),
+            "fragment {i}"
+        );
+    }
+}
+
+#[test]
+fn a_later_fragment_without_its_first_is_dropped_and_counted() {
+    let mut fx = Fixture::new().service(Proto::Udp, &[1]).next_hop(1);
+    let mut f = fragment_fixture("FRAG1_IN");
+    assert_eq!(fx.run(&mut f, LB0_IF), Verdict::Drop(DropReason::Fragment));
+    assert_eq!(fx.engine.counters.dropped(DropReason::Fragment), 1);
+}
+
+#[test]
+fn an_endpoint_with_port_zero_receives_the_port_the_client_came_to() {
+    // SYN_IN to the VIP's port 2020, rewritten to backend 1 keeping port 2020 (scapy).
+    const KEPT_PORT_OUT: &str = "0200000001010200000001fe0800450000280001400040068fa7c6120002c6121f019c4007e4000003e8000000005002faf061bd0000";
+    let mut fx = Fixture::new().service(Proto::Tcp, &[1]).next_hop(1);
+    for s in fx.snap.services.values_mut() {
+        let mut eps = s.endpoints.clone();
+        eps[0].port = 0;
+        *s = Service::new(
+            s.key,
+            s.name.clone(),
+            s.mode,
+            Algorithm::LeastConnections,
+            eps,
+            s.inactive_timeout,
+        )
+        .unwrap();
+    }
+    let mut f = hex(SYN_IN);
+    assert_eq!(
+        fx.run(&mut f, LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
+    assert_eq!(f, hex(KEPT_PORT_OUT));
+    // Its counters stay with the endpoint as configured, and closing the flow releases its
+    // least-connections count there (the flow is found again by its port-0 endpoint).
+    let counters = fx.engine.endpoint_counters();
+    assert_eq!(counters.len(), 1);
+    assert_eq!((counters[0].1.port, counters[0].2.flows_active), (0, 1));
+    let snap = fx.snap.clone();
+    fx.engine.sweep(fx.now + 3_600_000, 4096, &snap);
+    assert_eq!(fx.engine.conntrack().len(), 0);
+    let counters = fx.engine.endpoint_counters();
+    assert_eq!((counters[0].1.port, counters[0].2.flows_active), (0, 0));
 }

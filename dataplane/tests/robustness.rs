@@ -21,13 +21,13 @@ fn snapshot(mode: NatMode) -> Snapshot {
     let mut s = Snapshot::default();
     for proto in [Proto::Tcp, Proto::Udp] {
         let key = ServiceKey {
-            vip: VIP,
+            vip: VIP.into(),
             port: 2020,
             proto,
         };
         let eps: Vec<Endpoint> = (1..=3)
             .map(|n| Endpoint {
-                addr: Ipv4Addr::new(198, 18, 31, n),
+                addr: Ipv4Addr::new(198, 18, 31, n).into(),
                 port: 8080,
                 weight: 1,
             })
@@ -54,14 +54,15 @@ fn snapshot(mode: NatMode) -> Snapshot {
     for n in 1..=3 {
         let a = Ipv4Addr::new(198, 18, 31, n);
         s.next_hops.insert(
-            a,
+            a.into(),
             NextHop {
                 ifindex: 3,
                 src_mac: [2; 6],
                 dst_mac: [4; 6],
             },
         );
-        s.sources.insert(a, Ipv4Addr::new(198, 18, 31, 254));
+        s.sources
+            .insert(a.into(), Ipv4Addr::new(198, 18, 31, 254).into());
     }
     s
 }
@@ -138,11 +139,11 @@ fn damage(rng: &mut Rng, mut f: Vec<u8>) -> Vec<u8> {
 
 fn check_verdict(v: Verdict, frame: &[u8], mode: NatMode) {
     let frame = match v {
-        Verdict::TransmitShort { len, .. } => &frame[..len],
+        Verdict::TransmitFirst { len, .. } => &frame[..len],
         _ => frame,
     };
     match v {
-        Verdict::Transmit { .. } | Verdict::TransmitShort { .. } | Verdict::Kernel => {
+        Verdict::Transmit { .. } | Verdict::TransmitFirst { .. } | Verdict::Kernel => {
             let ip = &frame[14..];
             let ihl = usize::from(ip[0] & 0x0f) * 4;
             assert_eq!(

@@ -5,7 +5,7 @@ use oxlb_dataplane::checksum;
 use oxlb_dataplane::engine::{Engine, Verdict};
 use oxlb_dataplane::select::Algorithm;
 use oxlb_dataplane::snapshot::{Endpoint, NatMode, NextHop, Proto, Service, ServiceKey, Snapshot};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use crate::summary::Summary;
@@ -19,13 +19,13 @@ const HEADERS: usize = 14 + 20 + 20;
 fn snapshot() -> Snapshot {
     let mut s = Snapshot::default();
     let key = ServiceKey {
-        vip: VIP,
+        vip: IpAddr::from(VIP),
         port: 2020,
         proto: Proto::Tcp,
     };
     let endpoints: Vec<Endpoint> = (1..=3)
         .map(|n| Endpoint {
-            addr: Ipv4Addr::new(198, 18, 31, n),
+            addr: IpAddr::from(Ipv4Addr::new(198, 18, 31, n)),
             port: 8080,
             weight: 1,
         })

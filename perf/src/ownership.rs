@@ -27,7 +27,7 @@ use oxlb_dataplane::snapshot::{
 };
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -74,7 +74,7 @@ fn key_of(f: &[u8]) -> Key {
 
 fn snapshot() -> Snapshot {
     let key = ServiceKey {
-        vip: VIP,
+        vip: IpAddr::from(VIP),
         port: VIP_PORT,
         proto: Proto::Udp,
     };
@@ -84,7 +84,7 @@ fn snapshot() -> Snapshot {
         NatMode::Dnat,
         Algorithm::RoundRobin,
         vec![Endpoint {
-            addr: BACKEND,
+            addr: IpAddr::from(BACKEND),
             port: BACKEND_PORT,
             weight: 1,
         }],
@@ -93,7 +93,7 @@ fn snapshot() -> Snapshot {
     .expect("a valid service");
     let mut snap = Snapshot::default();
     snap.services.insert(key, svc);
-    snap.vips.insert(VIP);
+    snap.vips.insert(IpAddr::from(VIP));
     snap
 }
 

@@ -17,7 +17,7 @@ use oxlb_dataplane::engine::{Engine, Verdict};
 use oxlb_dataplane::select::{Algorithm, EndpointKey, ServiceSelector};
 use oxlb_dataplane::snapshot::{Endpoint, NatMode, NextHop, Proto, Service, ServiceKey, Snapshot};
 use std::hint::black_box;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -104,7 +104,7 @@ fn client(i: usize) -> (Ipv4Addr, u16) {
 
 fn service_key(i: usize) -> ServiceKey {
     ServiceKey {
-        vip: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + (i / 100) as u32),
+        vip: IpAddr::from(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + (i / 100) as u32)),
         port: 2000 + (i % 100) as u16,
         proto: Proto::Tcp,
     }
@@ -122,7 +122,7 @@ fn snapshot(count: usize, algorithm: Algorithm) -> Snapshot {
             .map(|i| {
                 let endpoints = (0..ENDPOINTS)
                     .map(|k| Endpoint {
-                        addr: backend((i * ENDPOINTS + k) as u32 % BACKENDS),
+                        addr: IpAddr::from(backend((i * ENDPOINTS + k) as u32 % BACKENDS)),
                         port: 8080,
                         weight: 1,
                     })
@@ -148,7 +148,7 @@ fn snapshot(count: usize, algorithm: Algorithm) -> Snapshot {
     let mut snap = Snapshot::default();
     for b in 0..BACKENDS {
         snap.next_hops.insert(
-            backend(b),
+            IpAddr::from(backend(b)),
             NextHop {
                 ifindex: BACKEND_IF,
                 src_mac: [2, 0, 0, 0, 1, 0xfe],
@@ -199,7 +199,7 @@ fn establish(engine: &mut Engine, snap: &Snapshot, service_of: &[usize]) -> Vec<
     for (i, &s) in service_of.iter().enumerate() {
         let (caddr, cport) = client(i);
         let key = service_key(s);
-        let mut syn = frame(caddr, cport, key.vip, key.port, TCP_SYN);
+        let mut syn = frame(caddr, cport, v4(key.vip), key.port, TCP_SYN);
         let v = engine.process(&mut syn, CLIENT_IF, snap, 1);
         assert!(matches!(v, Verdict::Transmit { .. }), "SYN {i}: {v:?}");
         // The engine rewrote the SYN's destination to the endpoint it chose.
@@ -208,7 +208,7 @@ fn establish(engine: &mut Engine, snap: &Snapshot, service_of: &[usize]) -> Vec<
         let mut syn_ack = frame(ep, ep_port, caddr, cport, TCP_SYN | TCP_ACK);
         let v = engine.process(&mut syn_ack, BACKEND_IF, snap, 1);
         assert!(matches!(v, Verdict::Transmit { .. }), "SYN-ACK {i}: {v:?}");
-        let ack = frame(caddr, cport, key.vip, key.port, TCP_ACK);
+        let ack = frame(caddr, cport, v4(key.vip), key.port, TCP_ACK);
         let mut f = ack;
         let v = engine.process(&mut f, CLIENT_IF, snap, 1);
         assert!(matches!(v, Verdict::Transmit { .. }), "ACK {i}: {v:?}");
@@ -280,7 +280,7 @@ fn syns(service_of: &[usize]) -> Vec<Packet> {
         .map(|(i, &s)| {
             let (caddr, cport) = client(i);
             let key = service_key(s);
-            packet(&frame(caddr, cport, key.vip, key.port, TCP_SYN))
+            packet(&frame(caddr, cport, v4(key.vip), key.port, TCP_SYN))
         })
         .collect()
 }
@@ -317,7 +317,7 @@ fn memory_of_flows(flows: usize) -> usize {
     for i in 0..flows {
         let (caddr, cport) = client(i);
         let key = service_key(0);
-        let mut syn = frame(caddr, cport, key.vip, key.port, TCP_SYN);
+        let mut syn = frame(caddr, cport, v4(key.vip), key.port, TCP_SYN);
         engine.process(&mut syn, CLIENT_IF, &snap, 1);
         let ep = Ipv4Addr::new(syn[30], syn[31], syn[32], syn[33]);
         let ep_port = u16::from_be_bytes([syn[36], syn[37]]);
@@ -328,7 +328,7 @@ fn memory_of_flows(flows: usize) -> usize {
             1,
         );
         engine.process(
-            &mut frame(caddr, cport, key.vip, key.port, TCP_ACK),
+            &mut frame(caddr, cport, v4(key.vip), key.port, TCP_ACK),
             CLIENT_IF,
             &snap,
             1,
@@ -571,5 +571,13 @@ fn services(runs: usize) {
             hash_rss[0] / n,
             rr_rss[1] / n,
         );
+    }
+}
+
+/// A service address of this benchmark, all of which are IPv4.
+fn v4(ip: IpAddr) -> Ipv4Addr {
+    match ip {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(a) => panic!("the scale benchmark builds IPv4 services only, not {a}"),
     }
 }

@@ -40,6 +40,20 @@ pub const VIP_PORT: u16 = 2020;
 /// oxlb's API address inside the LB namespace.
 pub const API_ADDR: &str = "127.0.0.1:11111";
 
+/// With [`Topology::build_dual_stack`]: the client's IPv6 address (`c0`).
+pub const CLIENT_IP6: &str = "fd00::2";
+/// With [`Topology::build_dual_stack`]: the LB's IPv6 address on the client side, the client's
+/// default gateway.
+pub const LB_CLIENT_SIDE_IP6: &str = "fd00::1";
+/// With [`Topology::build_dual_stack`]: the LB's IPv6 address on the backend side, the backends'
+/// default gateway.
+pub const LB_BACKEND_SIDE_IP6: &str = "fd00:31::fe";
+/// With [`Topology::build_dual_stack`]: the backends' IPv6 addresses, index-aligned with
+/// [`BACKEND_IPS`].
+pub const BACKEND_IP6S: [&str; 3] = ["fd00:31::1", "fd00:31::2", "fd00:31::3"];
+/// An IPv6 service address (outside every subnet of the topology, like [`VIP`]).
+pub const VIP6: &str = "fd00:100::1";
+
 /// How long oxlb may take from start to a 200 on `GET /netlox/v1/`. Generous: attaching XDP and
 /// re-binding AF_XDP queues right after a previous instance closed them can take ~2 s of EBUSY.
 const OXLB_READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -439,11 +453,24 @@ pub struct Topology {
     lb: Netns,
     sw: Netns,
     backends: [Netns; 3],
+    ipv6: bool,
 }
 
 impl Topology {
     /// Builds the topology; panics (after cleaning up what it made) if any step fails.
     pub fn build(prefix: &str, opts: TopologyOptions) -> Topology {
+        Topology::build_inner(prefix, opts, false)
+    }
+
+    /// [`Topology::build`] with IPv6 on the same links too: the client fd00::2/64 via fd00::1,
+    /// the backends fd00:31::1..3/64 via fd00:31::fe, without duplicate address detection so
+    /// the addresses work at once. IPv6 forwarding stays off in the LB namespace, and the
+    /// backends' test peers listen on both families.
+    pub fn build_dual_stack(prefix: &str, opts: TopologyOptions) -> Topology {
+        Topology::build_inner(prefix, opts, true)
+    }
+
+    fn build_inner(prefix: &str, opts: TopologyOptions, ipv6: bool) -> Topology {
         require_root();
         remove_leftover_namespaces(prefix);
         let logs = std::env::temp_dir().join(format!("{prefix}-logs"));
@@ -459,12 +486,26 @@ impl Topology {
             lb: ns("lb"),
             sw: ns("sw"),
             backends: [ns("b1"), ns("b2"), ns("b3")],
+            ipv6,
         };
         topo.wire(opts);
         topo
     }
 
     fn wire(&self, opts: TopologyOptions) {
+        if self.ipv6 {
+            // Before any link exists: links take the namespace's defaults when created, so
+            // their link-local addresses (the source of neighbour discovery) are usable at once.
+            for ns in self.all() {
+                ns.exec_ok(&[
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0",
+                ]);
+            }
+        }
         let queues = opts.queues.max(1).to_string();
         let veth = |a: &Netns, a_if: &str, b: &Netns, b_if: &str| {
             run_ok(Command::new("ip").args([
@@ -529,6 +570,53 @@ impl Topology {
             b.exec_ok(&["ip", "link", "set", "eth0", "up"]);
             b.exec_ok(&["ip", "route", "add", "default", "via", LB_BACKEND_SIDE_IP]);
         }
+        if self.ipv6 {
+            self.wire_ipv6();
+        }
+    }
+
+    /// The IPv6 addresses and routes of [`Topology::build_dual_stack`].
+    fn wire_ipv6(&self) {
+        let addr6 = |ns: &Netns, addr: &str, dev: &str| {
+            ns.exec_ok(&["ip", "-6", "addr", "add", addr, "dev", dev, "nodad"]);
+        };
+        addr6(&self.client, &format!("{CLIENT_IP6}/64"), "c0");
+        self.client.exec_ok(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            LB_CLIENT_SIDE_IP6,
+        ]);
+        addr6(&self.lb, &format!("{LB_CLIENT_SIDE_IP6}/64"), "lb0");
+        addr6(&self.lb, &format!("{LB_BACKEND_SIDE_IP6}/64"), "lb1");
+        self.lb.exec_ok(&[
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv6.conf.all.forwarding=0",
+            "net.ipv6.conf.default.forwarding=0",
+        ]);
+        for (b, ip) in self.backends.iter().zip(BACKEND_IP6S) {
+            addr6(b, &format!("{ip}/64"), "eth0");
+            b.exec_ok(&[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                LB_BACKEND_SIDE_IP6,
+            ]);
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Netns> {
+        [&self.client, &self.lb, &self.sw]
+            .into_iter()
+            .chain(self.backends.iter())
     }
 
     pub fn prefix(&self) -> &str {
@@ -578,18 +666,19 @@ impl Topology {
     ) -> ChildGuard {
         let peer = testpeer_binary();
         let port_s = port.to_string();
-        let mut guard = self.spawn(
-            node,
-            &[
-                peer.to_str().expect("utf-8 path"),
-                "serve",
-                "--name",
-                name,
-                "--port",
-                &port_s,
-            ],
-            &format!("testpeer-{name}"),
-        );
+        let mut args = vec![
+            peer.to_str().expect("utf-8 path"),
+            "serve",
+            "--name",
+            name,
+            "--port",
+            &port_s,
+        ];
+        if self.ipv6 {
+            // One socket for both families; IPv4 peers are still shown as IPv4.
+            args.extend_from_slice(&["--bind", "::"]);
+        }
+        let mut guard = self.spawn(node, &args, &format!("testpeer-{name}"));
         let url = format!("http://{probe_ip}:{port}/");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -889,6 +978,11 @@ pub fn parse_answer(text: &str) -> Answer {
     let (ip, port) = peer
         .rsplit_once(':')
         .unwrap_or_else(|| panic!("not a test peer answer: {text:?}"));
+    // An IPv6 peer is written `[addr]:port`.
+    let ip = ip
+        .strip_prefix('[')
+        .and_then(|i| i.strip_suffix(']'))
+        .unwrap_or(ip);
     Answer {
         backend: backend.to_string(),
         peer_ip: ip.to_string(),
@@ -940,6 +1034,12 @@ mod tests {
         assert_eq!(a.peer_ip, "198.18.0.2");
         assert_eq!(a.peer_port, 40000);
         assert_eq!(a.rest, "hello world");
+    }
+
+    #[test]
+    fn an_answer_to_an_ipv6_peer_gives_its_address_without_brackets() {
+        let a = parse_answer("b1 [fd00::2]:40000\n");
+        assert_eq!((a.peer_ip.as_str(), a.peer_port), ("fd00::2", 40000));
     }
 
     #[test]

@@ -7,9 +7,12 @@
 // VIP in lb_dst, or its destination is one of our own addresses in lb_snat with
 // a port in that entry's range (replies in one-arm and full-NAT modes), or its
 // (src addr, src port, proto) is a known endpoint in lb_src (replies in DNAT
-// mode). A packet to one of our own addresses outside the range is the host's
-// own connection (a health probe's answer, an operator's session with a
-// backend) and goes to the kernel even when it comes from an endpoint's port.
+// mode), or it is an ICMPv6 echo request to a VIP (key: VIP, port 0, proto
+// 58); every other ICMPv6 message (neighbour discovery, router advertisements,
+// errors) is the kernel's. A packet to one of our own addresses outside the
+// range is the host's own connection (a health probe's answer, an operator's
+// session with a backend) and goes to the kernel even when it comes from an
+// endpoint's port.
 // The userspace loader (src/lib.rs) writes the maps and mirrors struct lb_key
 // byte for byte; change them together.
 
@@ -31,6 +34,8 @@
 
 // Fragment offset and "more fragments" bits of iphdr.frag_off.
 #define IP_OFFSET_MASK 0x1fff
+// linux/icmpv6.h would pull in more than this one value.
+#define ICMPV6_ECHO_REQUEST_TYPE 128
 
 struct lb_key {
 	__u8 addr[16]; // IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d)
@@ -216,6 +221,27 @@ static __always_inline int quotes_our_request(struct icmphdr *icmp, void *data_e
 	return bpf_map_lookup_elem(&lb_src, &key) != 0;
 }
 
+// True for a later IPv4 fragment (no ports) of a datagram that is the
+// balancer's: to a VIP (its ICMP key, port 0), to one of our own addresses
+// (replies of one-arm and full NAT, and the host's own traffic, which the
+// workers hand back to the kernel), or from an endpoint address (DNAT replies;
+// the loader writes each endpoint with port 0 for this).
+static __always_inline int later_fragment_is_ours(struct iphdr *ip)
+{
+	struct lb_key key = {};
+
+	key.family = KEY_FAMILY_V4;
+	key.proto = IPPROTO_ICMP;
+	set_v4(key.addr, ip->daddr);
+	if (bpf_map_lookup_elem(&lb_dst, &key))
+		return 1;
+	key.proto = ip->protocol;
+	if (bpf_map_lookup_elem(&lb_snat, &key))
+		return 1;
+	set_v4(key.addr, ip->saddr);
+	return bpf_map_lookup_elem(&lb_src, &key) != 0;
+}
+
 SEC("xdp")
 int oxlb_redirect(struct xdp_md *ctx)
 {
@@ -237,10 +263,14 @@ int oxlb_redirect(struct xdp_md *ctx)
 
 		if ((void *)(ip + 1) > data_end)
 			return pass(STAT_NOT_PARSED);
-		// Only the first fragment carries ports; later ones go to the kernel,
-		// which reassembles. A first fragment with MF set is still matched.
-		if (ip->frag_off & bpf_htons(IP_OFFSET_MASK))
-			return pass(STAT_PASSED);
+		// Only the first fragment carries ports (it is matched like any
+		// packet); the later ones follow it to the workers when their
+		// datagram is the balancer's (see later_fragment_is_ours).
+		if (ip->frag_off & bpf_htons(IP_OFFSET_MASK)) {
+			if (!later_fragment_is_ours(ip))
+				return pass(STAT_PASSED);
+			goto redirect;
+		}
 		ihl_bytes = ip->ihl * 4;
 		if (ihl_bytes < sizeof(*ip))
 			return pass(STAT_NOT_PARSED);
@@ -260,8 +290,19 @@ int oxlb_redirect(struct xdp_md *ctx)
 		// Extension headers are not walked: such packets go to the kernel.
 		proto = ip6->nexthdr;
 		l4 = ip6 + 1;
-		if (read_ports(l4, data_end, proto, &sport, &dport))
+		if (proto == IPPROTO_ICMPV6) {
+			__u8 *type = l4;
+
+			// Only an echo request can be the load balancer's (to a VIP,
+			// checked below); neighbour discovery to a VIP's address
+			// included, every other ICMPv6 message is the kernel's.
+			if ((void *)(type + 1) > data_end || *type != ICMPV6_ECHO_REQUEST_TYPE)
+				return pass(STAT_PASSED);
+			sport = 0;
+			dport = 0;
+		} else if (read_ports(l4, data_end, proto, &sport, &dport)) {
 			return pass(STAT_PASSED);
+		}
 		__builtin_memcpy(dst.addr, &ip6->daddr, 16);
 		__builtin_memcpy(src.addr, &ip6->saddr, 16);
 		dst.family = KEY_FAMILY_V6;
@@ -275,8 +316,10 @@ int oxlb_redirect(struct xdp_md *ctx)
 	src.port = sport;
 	src.proto = proto;
 
-	if (proto == IPPROTO_ICMP && dst.family == KEY_FAMILY_V4 &&
-	    !bpf_map_lookup_elem(&lb_dst, &dst)) {
+	if (proto == IPPROTO_ICMPV6 && !bpf_map_lookup_elem(&lb_dst, &dst)) {
+		return pass(STAT_PASSED);
+	} else if (proto == IPPROTO_ICMP && dst.family == KEY_FAMILY_V4 &&
+		   !bpf_map_lookup_elem(&lb_dst, &dst)) {
 		if (!quotes_our_request(l4, data_end))
 			return pass(STAT_PASSED);
 	} else if (!bpf_map_lookup_elem(&lb_dst, &dst)) {
@@ -288,6 +331,7 @@ int oxlb_redirect(struct xdp_md *ctx)
 			return pass(STAT_PASSED);
 	}
 
+redirect:;
 	__u32 ifindex = ctx->ingress_ifindex;
 	__u32 *slot = bpf_map_lookup_elem(&iface_slot, &ifindex);
 

@@ -2,8 +2,9 @@
 //!
 //! Each test builds its own pair of namespaces joined by a veth: `a` holds `vxa`
 //! (198.18.0.1/24), where the program is attached, and `b` holds `vxb` (198.18.0.2/24), which
-//! sends the traffic. Interface names and addresses are the same in every test; the namespaces
-//! keep them apart, and their names carry the pid and a counter.
+//! sends the traffic (IPv6 tests add fd00::1/64 and fd00::2/64). Interface names and addresses
+//! are the same in every test; the namespaces keep them apart, and their names carry the pid
+//! and a counter.
 
 use std::{
     collections::BTreeSet,
@@ -430,4 +431,80 @@ fn registering_a_socket_for_an_interface_that_is_not_attached_is_refused() {
         matches!(error, XdpError::Map { map: "xsks", .. }),
         "{error}"
     );
+}
+
+const ADDR6_A: &str = "fd00::1";
+const ICMPV6: u8 = 58;
+
+impl NetnsPair {
+    /// Gives a fd00::1/64 and b fd00::2/64, usable at once (no duplicate address detection).
+    fn add_ipv6(&self) {
+        for (ns, dev, addr) in [
+            (&self.a, IFACE_A, "fd00::1/64"),
+            (&self.b, "vxb", "fd00::2/64"),
+        ] {
+            ip(&["-n", ns, "-6", "addr", "add", addr, "dev", dev, "nodad"]);
+        }
+    }
+
+    fn ping6_from_b(&self, count: u32) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.b, "ping", "-6", "-q", "-c"])
+            .arg(count.to_string())
+            .args(["-i", "0.2", "-W", "2", ADDR6_A])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run ping -6")
+            .success()
+    }
+
+    /// The kernel's neighbour entry in b for a's IPv6 address, as `ip -j neigh` shows it.
+    fn neighbour6_in_b(&self) -> Option<serde_json::Value> {
+        let out = ip(&["-n", &self.b, "-j", "-6", "neigh", "show", ADDR6_A]);
+        let entries: serde_json::Value = serde_json::from_str(&out).expect("ip -j prints JSON");
+        entries.as_array().and_then(|e| e.first()).cloned()
+    }
+}
+
+#[test]
+fn icmpv6_echo_requests_to_a_vip_are_steered_while_neighbour_discovery_reaches_the_kernel() {
+    let pair = NetnsPair::new();
+    pair.add_ipv6();
+    let mut xdp = in_netns(&pair.a, || {
+        XdpRedirect::attach(&names(&[IFACE_A])).expect("attach")
+    });
+    let vip: std::net::Ipv6Addr = ADDR6_A.parse().unwrap();
+    xdp.sync_keys(
+        &BTreeSet::from([LbKey::v6(vip, 0, ICMPV6)]),
+        &BTreeSet::new(),
+    )
+    .expect("sync keys");
+    assert!(pair.neighbour6_in_b().is_none(), "b knows nothing of a yet");
+
+    // b must first solicit a's MAC: that solicitation, and a's own one for b, must reach the
+    // kernels. The echo requests then match the VIP's key; with no AF_XDP socket registered
+    // they are counted as such and handed to the kernel, which answers them.
+    let before = xdp.stats().expect("stats");
+    assert!(
+        pair.ping6_from_b(3),
+        "ping -6 fd00::1 from b failed with XDP attached"
+    );
+    let after = wait_for_stats(&xdp, |s| s.no_socket >= before.no_socket + 3);
+    assert_eq!(
+        after.no_socket - before.no_socket,
+        3,
+        "exactly the three echo requests were steered: {after:?}"
+    );
+    assert!(after.passed > before.passed, "ND was passed: {after:?}");
+    let neighbour = pair.neighbour6_in_b().expect("b resolved a by ND");
+    assert!(neighbour["lladdr"].is_string(), "{neighbour}");
+
+    // Without the key an echo request is the kernel's like any other ICMPv6 message.
+    xdp.sync_keys(&BTreeSet::new(), &BTreeSet::new())
+        .expect("sync keys");
+    let before = xdp.stats().expect("stats");
+    assert!(pair.ping6_from_b(2));
+    let after = wait_for_stats(&xdp, |s| s.passed >= before.passed + 2);
+    assert_eq!(after.no_socket, before.no_socket, "{after:?}");
+    assert!(after.passed >= before.passed + 2, "{after:?}");
 }

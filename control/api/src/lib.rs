@@ -1,6 +1,7 @@
 //! loxilb-compatible REST API types (`/netlox/v1`) and their validation into typed service specs.
 #![forbid(unsafe_code)]
 
+pub mod bgp;
 pub mod cistate;
 pub mod conntrack;
 pub mod endpoint;
@@ -9,6 +10,11 @@ pub mod spec;
 pub mod status;
 pub mod validate;
 
+pub use bgp::{
+    neighbor_address, to_bgp_global_entry, to_bgp_neigh_entry, validate_bgp_global,
+    validate_bgp_neighbor, validate_remote_as, BgpConfig, BgpError, BgpGlobal, BgpGlobalEntry,
+    BgpNeighEntry, BgpNeighGetEntry, BgpNeighList, BgpNeighbor,
+};
 pub use cistate::{
     to_cistatus, to_cistatus_entry, validate_cistate, CiState, CiStateError, CiStateList,
     CiStatusEntry, CiStatusGetEntry, HaRole,

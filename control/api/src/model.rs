@@ -35,9 +35,10 @@ pub struct LoadBalancerEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceArguments {
-    /// The service address; oxlb implements IPv4 only (IPv6 is refused with 400).
+    /// The service address, IPv4 or IPv6. An IPv6 address may front IPv4 endpoints (NAT64)
+    /// in mode 1 (onearm) or 2 (fullnat); an IPv4 address takes IPv4 endpoints only.
     #[serde(rename = "externalIP")]
-    #[schema(format = Ipv4)]
+    #[schema(example = "198.18.100.1")]
     pub external_ip: String,
     #[serde(rename = "privateIP", default, skip_serializing_if = "is_default")]
     pub private_ip: String,
@@ -107,9 +108,9 @@ pub struct ServiceArguments {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
-    /// IPv4 only in oxlb.
+    /// IPv4 or IPv6 (see `externalIP` for which mixes are served).
     #[serde(rename = "endpointIP")]
-    #[schema(format = Ipv4)]
+    #[schema(example = "198.18.31.1")]
     pub endpoint_ip: String,
     #[serde(rename = "targetPort")]
     #[schema(minimum = 1, maximum = 65535)]
@@ -134,6 +135,7 @@ pub struct SecondaryIp {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AllowedSource {
+    /// An IPv4 or IPv6 prefix (`198.18.0.0/24`, `fd00::/8`) or a bare address.
     #[serde(default)]
     pub prefix: String,
 }

@@ -1,7 +1,7 @@
 //! Typed, validated service specifications: what the API accepted, independent of its JSON shape.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// The transport protocol of a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -31,14 +31,18 @@ impl fmt::Display for Protocol {
 /// What identifies a service: loxilb keys rules by external IP, port and protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
-    pub external_ip: Ipv4Addr,
+    /// IPv4 or IPv6; an IPv6 address may front IPv4 endpoints (NAT64).
+    pub external_ip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
 }
 
 impl fmt::Display for ServiceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.external_ip, self.port, self.protocol)
+        match self.external_ip {
+            IpAddr::V4(a) => write!(f, "{a}:{}/{}", self.port, self.protocol),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}/{}", self.port, self.protocol),
+        }
     }
 }
 
@@ -98,7 +102,8 @@ impl Selection {
 /// One backend of a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EndpointSpec {
-    pub ip: Ipv4Addr,
+    /// The service's family, or IPv4 behind an IPv6 service (NAT64).
+    pub ip: IpAddr,
     pub target_port: u16,
     pub weight: u8,
 }
@@ -122,12 +127,15 @@ pub struct ServiceSpec {
     /// `inactiveTimeOut`; 0 in the request means the default).
     pub inactive_timeout_secs: u32,
     /// Sources allowed to open flows (loxilb's `allowedSources`); empty allows every source.
-    pub allowed_sources: Vec<Ipv4Prefix>,
+    pub allowed_sources: Vec<IpPrefix>,
     /// loxilb's `block` (non-zero): no new flows; established ones continue.
     pub block_new_flows: bool,
     /// loxilb's `monitor` and probe settings: endpoints are probed and skipped for new flows
     /// while down. `None` when `monitor` is off.
     pub monitor: Option<ProbeSpec>,
+    /// loxilb's `bgp`: the external address is advertised to the BGP neighbours as a host
+    /// route while the rule exists.
+    pub bgp: bool,
 }
 
 impl ServiceSpec {
@@ -202,28 +210,44 @@ impl ProbeSpec {
     }
 }
 
-/// An IPv4 prefix such as `198.18.0.0/24`.
+/// An IPv4 or IPv6 prefix such as `198.18.0.0/24` or `fd00::/8`; host bits are zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Ipv4Prefix {
-    pub addr: Ipv4Addr,
+pub struct IpPrefix {
+    pub addr: IpAddr,
     pub len: u8,
 }
 
-impl Ipv4Prefix {
-    pub fn mask(self) -> u32 {
-        if self.len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(self.len))
-        }
+impl IpPrefix {
+    /// The network and mask of an IPv4 prefix.
+    pub fn v4(self) -> Option<(u32, u32)> {
+        let IpAddr::V4(a) = self.addr else {
+            return None;
+        };
+        let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+        Some((u32::from(a) & mask, mask))
     }
 
-    pub fn contains(self, ip: Ipv4Addr) -> bool {
-        (u32::from(ip) ^ u32::from(self.addr)) & self.mask() == 0
+    /// The network and mask of an IPv6 prefix.
+    pub fn v6(self) -> Option<(u128, u128)> {
+        let IpAddr::V6(a) = self.addr else {
+            return None;
+        };
+        let mask = u128::MAX
+            .checked_shl(128 - u32::from(self.len))
+            .unwrap_or(0);
+        Some((u128::from(a) & mask, mask))
+    }
+
+    pub fn contains(self, ip: IpAddr) -> bool {
+        match (ip, self.v4(), self.v6()) {
+            (IpAddr::V4(ip), Some((net, mask)), _) => u32::from(ip) & mask == net,
+            (IpAddr::V6(ip), _, Some((net, mask))) => u128::from(ip) & mask == net,
+            _ => false,
+        }
     }
 }
 
-impl fmt::Display for Ipv4Prefix {
+impl fmt::Display for IpPrefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.len)
     }

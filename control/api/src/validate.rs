@@ -3,28 +3,50 @@
 
 use crate::model::{AllowedSource, Endpoint, LoadBalancerEntry, ServiceArguments};
 use crate::spec::{
-    EndpointSpec, Ipv4Prefix, NatMode, ProbeKind, ProbeSpec, Protocol, Selection, ServiceKey,
+    EndpointSpec, IpPrefix, NatMode, ProbeKind, ProbeSpec, Protocol, Selection, ServiceKey,
     ServiceSpec, DEFAULT_INACTIVE_TIMEOUT_SECS, DEFAULT_PROBE_RETRIES, DEFAULT_PROBE_TIMEOUT_SECS,
     MAX_PORT_RANGE,
 };
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 /// Why a request body was refused. Every message names the field and what to send instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
     /// The value is not an IP address at all.
-    #[error("{field} {value:?} is not an IPv4 address")]
+    #[error("{field} {value:?} is not an IPv4 address, nor an IPv6 one")]
     BadAddress { field: String, value: String },
-    /// IPv6 is valid for loxilb but not implemented here.
-    #[error("{field} {value} is an IPv6 address; only IPv4 is implemented yet")]
-    Ipv6NotImplemented { field: String, value: String },
     /// An address that cannot be a service or endpoint address.
     #[error("{field} {addr} is {kind} address and cannot be used here")]
     UnusableAddress {
         field: String,
-        addr: Ipv4Addr,
+        addr: IpAddr,
         kind: &'static str,
+    },
+    /// An IPv6 endpoint behind an IPv4 service address.
+    #[error(
+        "endpoints[{index}].endpointIP {endpoint} is an IPv6 address behind the IPv4 service \
+         address {vip}: NAT46 (IPv4 clients to IPv6 endpoints) is not supported; use IPv4 \
+         endpoints, or an IPv6 externalIP"
+    )]
+    Nat46NotSupported {
+        index: usize,
+        vip: IpAddr,
+        endpoint: IpAddr,
+    },
+    /// An IPv4 endpoint behind an IPv6 service address in a mode that keeps the source.
+    #[error(
+        "mode {mode} ({name}) cannot serve the IPv6 service address {vip} from the IPv4 endpoint \
+         endpoints[{index}] {endpoint}: NAT64 needs source translation{why}; use mode 2 \
+         (fullnat) or 1 (onearm), or IPv6 endpoints"
+    )]
+    Nat64NeedsSourceTranslation {
+        mode: i64,
+        name: &'static str,
+        vip: IpAddr,
+        index: usize,
+        endpoint: IpAddr,
+        why: &'static str,
     },
     /// A number outside the range the field allows.
     #[error("{field} {value} is out of range: use {min} to {max}")]
@@ -69,7 +91,7 @@ pub enum ValidationError {
          endpoints' answers: use ports outside {snat_first}-{snat_last}"
     )]
     SnatRangeOverlap {
-        vip: Ipv4Addr,
+        vip: IpAddr,
         protocol: Protocol,
         port: u16,
         port_max: u16,
@@ -125,7 +147,7 @@ pub enum ValidationError {
     DuplicateEndpoint {
         index: usize,
         first: usize,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         port: u16,
     },
 }
@@ -137,13 +159,14 @@ impl ValidationError {
         use ValidationError::*;
         let fixed = match self {
             BadAddress { field, .. }
-            | Ipv6NotImplemented { field, .. }
             | UnusableAddress { field, .. }
             | OutOfRange { field, .. }
             | NotANumber { field, .. }
             | BadPrefix { field, .. } => return field.clone(),
             NotImplemented { field, .. } => field,
             DuplicateEndpoint { index, .. } => return format!("endpoints[{index}]"),
+            Nat46NotSupported { index, .. } => return format!("endpoints[{index}].endpointIP"),
+            Nat64NeedsSourceTranslation { .. } => "serviceArguments.mode",
             UnknownProtocol(_) | ProtocolNotImplemented(_) => "serviceArguments.protocol",
             PortMaxBelowPort { .. }
             | PortRangeTooBig { .. }
@@ -193,6 +216,7 @@ pub fn validate(entry: &LoadBalancerEntry) -> Result<ServiceSpec, ValidationErro
         .map(|(i, s)| prefix(&format!("allowedSources[{i}].prefix"), &s.prefix))
         .collect::<Result<Vec<_>, _>>()?;
     let endpoints = endpoints(&entry.endpoints)?;
+    families(external_ip, mode, &endpoints)?;
     if mode == NatMode::Dsr {
         if let Some((index, e)) = endpoints
             .iter()
@@ -221,6 +245,43 @@ pub fn validate(entry: &LoadBalancerEntry) -> Result<ServiceSpec, ValidationErro
         allowed_sources,
         block_new_flows: sa.block != 0,
         monitor,
+        bgp: sa.bgp,
+    })
+}
+
+/// Refuses endpoints of the other family where oxlb cannot translate between the families:
+/// IPv4 clients to IPv6 endpoints (NAT46) never, IPv6 clients to IPv4 endpoints (NAT64) only
+/// when the source is rewritten too, since an IPv4 endpoint cannot answer an IPv6 client.
+fn families(vip: IpAddr, mode: NatMode, endpoints: &[EndpointSpec]) -> Result<(), ValidationError> {
+    let Some((index, e)) = endpoints
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.ip.is_ipv4() != vip.is_ipv4())
+    else {
+        return Ok(());
+    };
+    if vip.is_ipv4() {
+        return Err(ValidationError::Nat46NotSupported {
+            index,
+            vip,
+            endpoint: e.ip,
+        });
+    }
+    let (name, why) = match mode {
+        NatMode::OneArm | NatMode::FullNat => return Ok(()),
+        NatMode::Dnat => ("dnat", ""),
+        NatMode::Dsr => (
+            "dsr",
+            " (dsr rewrites only the MAC, so an endpoint must have the service's family)",
+        ),
+    };
+    Err(ValidationError::Nat64NeedsSourceTranslation {
+        mode: mode.number(),
+        name,
+        vip,
+        index,
+        endpoint: e.ip,
+        why,
     })
 }
 
@@ -261,8 +322,9 @@ fn probe(sa: &ServiceArguments) -> Result<ProbeSpec, ValidationError> {
     })
 }
 
-/// Parses `a.b.c.d/len` (or a bare address, meaning /32); host bits must be zero.
-fn prefix(field: &str, text: &str) -> Result<Ipv4Prefix, ValidationError> {
+/// Parses `a.b.c.d/len` or `x:y::/len` (or a bare address, meaning one host); host bits must
+/// be zero.
+fn prefix(field: &str, text: &str) -> Result<IpPrefix, ValidationError> {
     let bad = |why: &str| ValidationError::BadPrefix {
         field: field.to_owned(),
         value: text.to_owned(),
@@ -271,20 +333,32 @@ fn prefix(field: &str, text: &str) -> Result<Ipv4Prefix, ValidationError> {
     let (addr, len) = match text.split_once('/') {
         Some((a, l)) => (
             a,
-            l.parse::<u8>()
-                .map_err(|_| bad("the length is not a number"))?,
+            Some(
+                l.parse::<u8>()
+                    .map_err(|_| bad("the length is not a number"))?,
+            ),
         ),
-        None => (text, 32),
+        None => (text, None),
     };
-    let addr: Ipv4Addr = addr
+    let addr: IpAddr = addr
         .trim()
         .parse()
-        .map_err(|_| bad("not an IPv4 address (IPv6 sources are not implemented yet)"))?;
-    if len > 32 {
-        return Err(bad("the length is more than 32"));
+        .map_err(|_| bad("not an IPv4 or IPv6 address"))?;
+    let bits = if addr.is_ipv4() { 32 } else { 128 };
+    let len = len.unwrap_or(bits);
+    if len > bits {
+        return Err(bad(if addr.is_ipv4() {
+            "the length is more than 32"
+        } else {
+            "the length is more than 128"
+        }));
     }
-    let p = Ipv4Prefix { addr, len };
-    if u32::from(addr) & !p.mask() != 0 {
+    let p = IpPrefix { addr, len };
+    let host_bits_set = match addr {
+        IpAddr::V4(a) => p.v4().is_some_and(|(net, _)| u32::from(a) != net),
+        IpAddr::V6(a) => p.v6().is_some_and(|(net, _)| u128::from(a) != net),
+    };
+    if host_bits_set {
         return Err(bad("host bits are set; write the network address"));
     }
     Ok(p)
@@ -323,7 +397,7 @@ pub fn to_entry(spec: &ServiceSpec) -> LoadBalancerEntry {
             protocol: spec.key.protocol.as_str().to_owned(),
             sel: spec.selection.number(),
             mode: spec.mode.number(),
-            bgp: false,
+            bgp: spec.bgp,
             monitor: spec.monitor.is_some(),
             probetype: probe.map_or("", |p| p.kind.as_str()).to_owned(),
             probeport: probe.map_or(0, |p| p.port),
@@ -364,32 +438,24 @@ pub fn to_entry(spec: &ServiceSpec) -> LoadBalancerEntry {
     }
 }
 
-fn address(field: &str, value: &str) -> Result<Ipv4Addr, ValidationError> {
-    let addr = match value.parse::<IpAddr>() {
-        Ok(IpAddr::V4(a)) => a,
-        Ok(IpAddr::V6(_)) => {
-            return Err(ValidationError::Ipv6NotImplemented {
-                field: field.to_owned(),
-                value: value.to_owned(),
-            })
-        }
-        Err(_) => {
-            return Err(ValidationError::BadAddress {
-                field: field.to_owned(),
-                value: value.to_owned(),
-            })
-        }
+fn address(field: &str, value: &str) -> Result<IpAddr, ValidationError> {
+    let Ok(addr) = value.parse::<IpAddr>() else {
+        return Err(ValidationError::BadAddress {
+            field: field.to_owned(),
+            value: value.to_owned(),
+        });
     };
-    let kind = if addr.is_unspecified() {
-        "the unspecified"
-    } else if addr.is_loopback() {
-        "a loopback"
-    } else if addr.is_multicast() {
-        "a multicast"
-    } else if addr.is_broadcast() {
-        "the broadcast"
-    } else {
-        return Ok(addr);
+    let kind = match addr {
+        _ if addr.is_unspecified() => "the unspecified",
+        _ if addr.is_loopback() => "a loopback",
+        _ if addr.is_multicast() => "a multicast",
+        IpAddr::V4(a) if a.is_broadcast() => "the broadcast",
+        // A link-local address means nothing without its interface, which loxilb's bodies
+        // cannot name.
+        IpAddr::V6(a) if a.is_unicast_link_local() => "a link-local",
+        // The engine would see an IPv6 packet to it; the address means an IPv4 host.
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => "an IPv4-mapped IPv6",
+        _ => return Ok(addr),
     };
     Err(ValidationError::UnusableAddress {
         field: field.to_owned(),
@@ -566,12 +632,7 @@ fn check_unimplemented(sa: &ServiceArguments) -> Result<(), ValidationError> {
         }
         s => return Err(ValidationError::UnknownSecurity(s)),
     }
-    let refusals: [(bool, &'static str, &'static str); 6] = [
-        (
-            sa.bgp,
-            "serviceArguments.bgp",
-            "advertising the service address by BGP is not implemented yet: send false",
-        ),
+    let refusals: [(bool, &'static str, &'static str); 5] = [
         (
             !sa.private_ip.is_empty(),
             "serviceArguments.privateIP",
@@ -609,7 +670,7 @@ fn endpoints(eps: &[Endpoint]) -> Result<Vec<EndpointSpec>, ValidationError> {
         return Err(ValidationError::NoEndpoints);
     }
     let mut out: Vec<EndpointSpec> = Vec::with_capacity(eps.len());
-    let mut seen: HashMap<(Ipv4Addr, u16), usize> = HashMap::with_capacity(eps.len());
+    let mut seen: HashMap<(IpAddr, u16), usize> = HashMap::with_capacity(eps.len());
     for (index, ep) in eps.iter().enumerate() {
         let ip = address(&format!("endpoints[{index}].endpointIP"), &ep.endpoint_ip)?;
         let target_port = port(&format!("endpoints[{index}].targetPort"), ep.target_port)?;

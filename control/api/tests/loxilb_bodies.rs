@@ -7,7 +7,7 @@ use oxlb_api::{
     ValidationError, DEFAULT_INACTIVE_TIMEOUT_SECS,
 };
 use serde_json::{json, Value};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 const ISSUE_EXAMPLE: &str = r#"{"serviceArguments":{"externalIP":"198.18.100.1","port":2020,"protocol":"tcp","sel":0,"mode":0,"name":"web"},"endpoints":[{"endpointIP":"198.18.31.1","targetPort":8080,"weight":1}]}"#;
 
@@ -46,7 +46,7 @@ fn the_issue_example_becomes_a_dnat_round_robin_service() {
     assert_eq!(
         spec.key,
         ServiceKey {
-            external_ip: Ipv4Addr::new(198, 18, 100, 1),
+            external_ip: Ipv4Addr::new(198, 18, 100, 1).into(),
             port: 2020,
             protocol: Protocol::Tcp,
         }
@@ -57,7 +57,7 @@ fn the_issue_example_becomes_a_dnat_round_robin_service() {
     assert_eq!(
         spec.endpoints,
         vec![EndpointSpec {
-            ip: Ipv4Addr::new(198, 18, 31, 1),
+            ip: Ipv4Addr::new(198, 18, 31, 1).into(),
             target_port: 8080,
             weight: 1,
         }]
@@ -254,7 +254,7 @@ fn a_delete_path_parses_into_a_service_key() {
     assert_eq!(
         service_key("198.18.100.1", "2020", "udp").unwrap(),
         ServiceKey {
-            external_ip: Ipv4Addr::new(198, 18, 100, 1),
+            external_ip: Ipv4Addr::new(198, 18, 100, 1).into(),
             port: 2020,
             protocol: Protocol::Udp,
         }
@@ -316,11 +316,112 @@ fn an_external_ip_that_is_not_an_address_is_refused() {
         .contains("\"198.18.100\" is not an IPv4 address"));
 }
 
+/// The issue example moved to IPv6: VIP fd00:100::1, endpoints `eps` on the service port (as
+/// dsr needs).
+fn ipv6_service<'a>(mode: i64, eps: &'a [&'a str]) -> impl FnOnce(&mut Value) + 'a {
+    move |v| {
+        v["serviceArguments"]["externalIP"] = json!("fd00:100::1");
+        v["serviceArguments"]["mode"] = json!(mode);
+        v["endpoints"] = eps
+            .iter()
+            .map(|ip| json!({"endpointIP": ip, "targetPort": 2020, "weight": 1}))
+            .collect();
+    }
+}
+
 #[test]
-fn an_ipv6_external_ip_is_refused_as_not_implemented() {
-    let e = refused(set_arg("externalIP", json!("2001:db8::1")));
-    assert!(matches!(e, ValidationError::Ipv6NotImplemented { .. }));
-    assert!(e.to_string().contains("only IPv4"));
+fn an_ipv6_service_with_ipv6_endpoints_is_accepted_in_every_mode_and_listed_back() {
+    for mode in 0..=3 {
+        let spec = validate_modified(ipv6_service(mode, &["fd00:31::1", "fd00:31::2"]))
+            .unwrap_or_else(|e| panic!("mode {mode}: {e}"));
+        assert_eq!(
+            spec.key.external_ip,
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1))
+        );
+        assert_eq!(spec.key.to_string(), "[fd00:100::1]:2020/tcp");
+        let listed = to_entry(&spec);
+        assert_eq!(listed.service_arguments.external_ip, "fd00:100::1");
+        assert_eq!(listed.endpoints[1].endpoint_ip, "fd00:31::2");
+        assert_eq!(validate(&listed), Ok(spec));
+    }
+}
+
+#[test]
+fn an_ipv6_service_with_ipv4_endpoints_is_accepted_in_full_nat_and_one_arm() {
+    for mode in [1, 2] {
+        let spec = validate_modified(ipv6_service(mode, &["198.18.31.1", "fd00:31::2"]))
+            .unwrap_or_else(|e| panic!("mode {mode}: {e}"));
+        assert_eq!(
+            spec.endpoints[0].ip,
+            IpAddr::V4(Ipv4Addr::new(198, 18, 31, 1))
+        );
+    }
+}
+
+#[test]
+fn an_ipv6_service_with_an_ipv4_endpoint_in_dnat_or_dsr_is_refused_naming_mode() {
+    for (mode, name) in [(0, "dnat"), (3, "dsr")] {
+        let e = refused(ipv6_service(mode, &["fd00:31::1", "198.18.31.2"]));
+        assert_eq!(e.field(), "serviceArguments.mode", "{e}");
+        let text = e.to_string();
+        assert!(text.contains("NAT64 needs source translation"), "{text}");
+        assert!(text.contains(&format!("mode {mode} ({name})")), "{text}");
+        assert!(text.contains("endpoints[1] 198.18.31.2"), "{text}");
+        assert!(
+            text.contains("use mode 2 (fullnat) or 1 (onearm)"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn an_ipv4_service_with_an_ipv6_endpoint_is_refused_as_nat46_in_every_mode() {
+    for mode in 0..=3 {
+        let e = refused(|v| {
+            v["serviceArguments"]["mode"] = json!(mode);
+            v["endpoints"][0]["endpointIP"] = json!("fd00:31::1");
+        });
+        assert_eq!(e.field(), "endpoints[0].endpointIP", "{e}");
+        assert!(e.to_string().contains("NAT46"), "{e}");
+        assert!(e.to_string().contains("not supported"), "{e}");
+    }
+}
+
+#[test]
+fn ipv6_link_local_mapped_unspecified_loopback_and_multicast_addresses_are_refused() {
+    for ip in ["fe80::1", "::ffff:198.18.100.1", "::", "::1", "ff02::1"] {
+        let e = refused(set_arg("externalIP", json!(ip)));
+        assert!(
+            matches!(e, ValidationError::UnusableAddress { .. }),
+            "{ip}: {e}"
+        );
+        assert_eq!(e.field(), "serviceArguments.externalIP");
+    }
+}
+
+#[test]
+fn an_ipv6_delete_path_parses_into_a_service_key() {
+    let key = service_key("fd00:100::1", "2020", "udp").expect("a valid key");
+    assert_eq!(key.to_string(), "[fd00:100::1]:2020/udp");
+}
+
+#[test]
+fn ipv6_allowed_sources_are_parsed_and_listed_back_beside_ipv4_ones() {
+    let spec = validate_modified(|v| {
+        v["allowedSources"] = json!([{"prefix": "fd00::/8"}, {"prefix": "fd00:0::2"},
+                                     {"prefix": "198.18.0.0/24"}]);
+    })
+    .expect("accepted");
+    let listed: Vec<String> = to_entry(&spec)
+        .allowed_sources
+        .iter()
+        .map(|s| s.prefix.clone())
+        .collect();
+    assert_eq!(listed, ["fd00::/8", "fd00::2/128", "198.18.0.0/24"]);
+    let p = spec.allowed_sources[0];
+    assert!(p.contains("fd00:0::2".parse().unwrap()));
+    assert!(!p.contains("fe00::2".parse().unwrap()));
+    assert!(!p.contains("198.18.0.2".parse().unwrap()));
 }
 
 #[test]
@@ -541,8 +642,7 @@ fn tls_security_modes_are_refused_as_not_implemented_yet() {
 
 #[test]
 fn features_oxlb_lacks_are_refused_naming_their_field() {
-    let cases: [(&str, Value, &str); 6] = [
-        ("BGP", json!(true), "bgp"),
+    let cases: [(&str, Value, &str); 5] = [
         ("privateIP", json!("10.0.0.1"), "privateIP"),
         ("snat", json!(true), "snat"),
         ("host", json!("example.com"), "host"),
@@ -554,6 +654,13 @@ fn features_oxlb_lacks_are_refused_naming_their_field() {
         assert_eq!(e.field(), format!("serviceArguments.{field}"), "{e}");
         assert!(e.to_string().contains("not implemented yet"), "{e}");
     }
+}
+
+#[test]
+fn bgp_as_kube_loxilb_spells_it_is_kept_and_listed_back() {
+    let spec = validate_modified(|v| v["serviceArguments"]["BGP"] = json!(true)).unwrap();
+    assert!(spec.bgp);
+    assert!(to_entry(&spec).service_arguments.bgp);
 }
 
 #[test]
@@ -690,7 +797,13 @@ fn allowed_sources_are_parsed_and_listed_back() {
 
 #[test]
 fn a_bad_allowed_source_is_refused_naming_its_position() {
-    for bad in ["198.18.0.1/24", "198.18.0.0/33", "fd00::/8", "nonsense"] {
+    for bad in [
+        "198.18.0.1/24",
+        "198.18.0.0/33",
+        "fd00::1/8",
+        "fd00::/129",
+        "nonsense",
+    ] {
         let e = refused(|v| {
             v["allowedSources"] = json!([{"prefix": "198.18.0.0/24"}, {"prefix": bad}]);
         });

@@ -12,7 +12,7 @@ use oxlb_dataplane::stats::Counters;
 use oxlb_dataplane::{Command, Dataplane};
 use oxlb_xdp::{XdpRedirect, XdpStats};
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ struct Inner {
     down: Down,
     snat_ports: PortRange,
     /// Endpoints whose route or neighbour is not known yet, checked more often.
-    unresolved: BTreeSet<Ipv4Addr>,
+    unresolved: BTreeSet<IpAddr>,
     resolver: NextHopResolver,
     store: StateStore,
     // Field order is drop order: workers stop before the XDP program is detached.
@@ -37,6 +37,8 @@ struct Inner {
 
 pub struct ApplianceCore {
     inner: Mutex<Inner>,
+    /// Told every state that takes effect; runs on the control runtime (`bgp().run()`).
+    bgp: oxlb_bgp::Speaker,
 }
 
 impl ApplianceCore {
@@ -59,7 +61,13 @@ impl ApplianceCore {
                 dataplane,
                 xdp,
             }),
+            bgp: oxlb_bgp::Speaker::new(),
         }
+    }
+
+    /// The BGP speaker advertising the rules' addresses; its driver is for the caller to run.
+    pub fn bgp(&self) -> &oxlb_bgp::Speaker {
+        &self.bgp
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -122,7 +130,7 @@ impl ApplianceCore {
 impl Inner {
     /// Resolves `addrs`, forgetting next hops no longer needed; returns whether the table
     /// changed.
-    fn resolve(&mut self, addrs: &BTreeSet<Ipv4Addr>) -> bool {
+    fn resolve(&mut self, addrs: &BTreeSet<IpAddr>) -> bool {
         let mut reach = Reachability::default();
         match self.resolver.links() {
             Ok(links) => reach.link_mtus = links.iter().map(|(&i, l)| (i, l.mtu)).collect(),
@@ -225,14 +233,20 @@ impl Appliance for ApplianceCore {
                 })
             })
             .collect();
-        Some(crate::metrics::render(&crate::metrics::Sample {
+        let mut page = crate::metrics::render(&crate::metrics::Sample {
             workers: &workers,
             xdp,
             services: inner.state.len(),
             endpoints: &endpoints,
             probes: &probes,
             conntrack_capacity: inner.dataplane.conntrack_capacity(),
-        }))
+        });
+        self.bgp.render_metrics(&mut page);
+        Some(page)
+    }
+
+    fn bgp_peers(&self) -> Vec<oxlb_bgp::PeerStatus> {
+        self.bgp.peers()
     }
 
     fn conntrack(&self) -> Result<Vec<oxlb_api::ConntrackEntry>, ApplyError> {
@@ -297,6 +311,7 @@ impl Appliance for ApplianceCore {
             }
         }
         inner.state = next;
+        self.bgp.set(crate::bgp::desired(&inner.state));
         Ok(())
     }
 }

@@ -7,16 +7,17 @@ use oxlb_dataplane::select::Algorithm;
 use oxlb_dataplane::snapshot::{self, Endpoint, NextHop, Proto, Service, Snapshot};
 use oxlb_xdp::LbKey;
 use std::collections::{BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// What the kernel told us about reaching the endpoints.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reachability {
     /// Endpoints whose neighbour MAC is known.
-    pub next_hops: HashMap<Ipv4Addr, NextHop>,
-    /// Our own address on the route toward each endpoint (known before the MAC is).
-    pub sources: HashMap<Ipv4Addr, Ipv4Addr>,
+    pub next_hops: HashMap<IpAddr, NextHop>,
+    /// Our own address on the route toward each endpoint (known before the MAC is), of the
+    /// endpoint's family.
+    pub sources: HashMap<IpAddr, IpAddr>,
     /// The IP MTU of every Ethernet interface, by ifindex.
     pub link_mtus: HashMap<u32, u16>,
 }
@@ -37,7 +38,7 @@ pub struct XdpKeys {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HealthKey {
     pub service: oxlb_api::ServiceKey,
-    pub endpoint: Ipv4Addr,
+    pub endpoint: IpAddr,
     pub target_port: u16,
 }
 
@@ -46,6 +47,8 @@ pub type Down = BTreeSet<HealthKey>;
 
 /// IP protocol number of ICMPv4.
 const ICMP: u8 = 1;
+/// IP protocol number of ICMPv6.
+const ICMPV6: u8 = 58;
 
 pub fn proto(p: Protocol) -> Proto {
     match p {
@@ -104,11 +107,8 @@ fn service(spec: &ServiceSpec, down: &Down) -> Result<Service, String> {
     )
     .map(|mut svc| {
         svc.port_max = spec.port_max;
-        svc.allowed_sources = spec
-            .allowed_sources
-            .iter()
-            .map(|p| (u32::from(p.addr) & p.mask(), p.mask()))
-            .collect();
+        svc.allowed_sources = spec.allowed_sources.iter().filter_map(|p| p.v4()).collect();
+        svc.allowed_sources_v6 = spec.allowed_sources.iter().filter_map(|p| p.v6()).collect();
         svc.block_new_flows = spec.block_new_flows;
         if spec.monitor.is_some() {
             svc.live = spec
@@ -129,7 +129,7 @@ fn service(spec: &ServiceSpec, down: &Down) -> Result<Service, String> {
 }
 
 /// Every endpoint address of the state (the next hops to resolve).
-pub fn endpoint_addrs(state: &DesiredState) -> BTreeSet<Ipv4Addr> {
+pub fn endpoint_addrs(state: &DesiredState) -> BTreeSet<IpAddr> {
     state
         .services()
         .flat_map(|s| s.endpoints.iter().map(|e| e.ip))
@@ -179,35 +179,48 @@ pub fn xdp_keys(state: &DesiredState, reach: &Reachability) -> XdpKeys {
     let mut keys = XdpKeys::default();
     for spec in state.services() {
         let p = proto(spec.key.protocol) as u8;
+        let vip = spec.key.external_ip;
         // A range is steered with one key per port rather than a range-aware lookup in the
         // XDP program: the per-packet path stays one hash lookup, the C program unchanged, and
         // the API caps a rule at MAX_PORT_RANGE (1024) ports of the map's 65 536 keys.
         for port in spec.ports() {
-            keys.dst.insert(LbKey::v4(spec.key.external_ip, port, p));
+            keys.dst.insert(LbKey::new(vip, port, p));
         }
-        // ICMP to the VIP (echo) comes to us too; port 0 is how the XDP program keys it.
-        keys.dst.insert(LbKey::v4(spec.key.external_ip, 0, ICMP));
+        // ICMP to the VIP (echo) comes to us too; port 0 is how the XDP program keys it. For
+        // ICMPv6 the program steers only echo requests with that key: neighbour discovery
+        // to the VIP's address stays with the kernel.
+        let icmp = if vip.is_ipv4() { ICMP } else { ICMPV6 };
+        keys.dst.insert(LbKey::new(vip, 0, icmp));
         match mode(spec.mode) {
             // Endpoints answer from their own address and port, straight to the client.
             // Their answers to our own address are the host's connections (health probes):
             // listing that address lets the XDP program pass those to the kernel.
             snapshot::NatMode::Dnat => {
                 for e in &spec.endpoints {
-                    keys.src.insert(LbKey::v4(e.ip, e.target_port, p));
+                    keys.src.insert(LbKey::new(e.ip, e.target_port, p));
+                    // Port 0: the later fragments of an endpoint's datagrams (no ports).
+                    keys.src.insert(LbKey::new(e.ip, 0, p));
                     if let Some(src) = reach.sources.get(&e.ip) {
-                        keys.snat.insert(LbKey::v4(*src, 0, p));
+                        keys.snat.insert(LbKey::new(*src, 0, p));
                     }
                 }
             }
-            // Endpoints answer to the VIP, on a port of the SNAT range.
+            // Endpoints answer to the VIP, on a port of the SNAT range; an IPv4 endpoint of an
+            // IPv6 VIP (NAT64) answers our own IPv4 address toward it instead.
             snapshot::NatMode::FullNat => {
-                keys.snat.insert(LbKey::v4(spec.key.external_ip, 0, p));
+                for e in &spec.endpoints {
+                    if e.ip.is_ipv4() == vip.is_ipv4() {
+                        keys.snat.insert(LbKey::new(vip, 0, p));
+                    } else if let Some(src) = reach.sources.get(&e.ip) {
+                        keys.snat.insert(LbKey::new(*src, 0, p));
+                    }
+                }
             }
             // Endpoints answer to our address on their side, on a port of the SNAT range.
             snapshot::NatMode::OneArm => {
                 for e in &spec.endpoints {
                     if let Some(src) = reach.sources.get(&e.ip) {
-                        keys.snat.insert(LbKey::v4(*src, 0, p));
+                        keys.snat.insert(LbKey::new(*src, 0, p));
                     }
                 }
             }
@@ -222,6 +235,7 @@ pub fn xdp_keys(state: &DesiredState, reach: &Reachability) -> XdpKeys {
 mod tests {
     use super::*;
     use oxlb_api::NatMode;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn state(mode: NatMode) -> DesiredState {
         let mut s = DesiredState::default();
@@ -235,8 +249,8 @@ mod tests {
     fn reach() -> Reachability {
         let mut r = Reachability::default();
         r.sources.insert(
-            Ipv4Addr::new(198, 18, 31, 1),
-            Ipv4Addr::new(198, 18, 31, 254),
+            Ipv4Addr::new(198, 18, 31, 1).into(),
+            Ipv4Addr::new(198, 18, 31, 254).into(),
         );
         r
     }
@@ -245,7 +259,7 @@ mod tests {
         let spec = state.services().next().unwrap();
         [HealthKey {
             service: spec.key,
-            endpoint: Ipv4Addr::new(198, 18, 31, 1),
+            endpoint: Ipv4Addr::new(198, 18, 31, 1).into(),
             target_port: 8080,
         }]
         .into()
@@ -348,5 +362,110 @@ mod tests {
         s.upsert(crate::state::test_spec(2022, &[2]));
         let e = snapshot(&s, &reach(), &Down::new()).expect_err("port 2022 is in both");
         assert!(e.contains("port 2022"), "{e}");
+    }
+
+    const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
+    const EP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x31, 0, 0, 0, 0, 0, 1);
+    const OWN6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x31, 0, 0, 0, 0, 0, 0xfe);
+
+    /// VIP fd00:100::1 port 2020/tcp in `mode` over fd00:31::1 and 198.18.31.1 (port 8080).
+    fn ipv6_state(mode: NatMode) -> DesiredState {
+        let mut spec = crate::state::test_spec(2020, &[1]);
+        spec.key.external_ip = VIP6.into();
+        spec.mode = mode;
+        let mut ep6 = spec.endpoints[0];
+        ep6.ip = EP6.into();
+        spec.endpoints.insert(0, ep6);
+        let mut s = DesiredState::default();
+        s.upsert(spec);
+        s
+    }
+
+    fn ipv6_reach() -> Reachability {
+        let mut r = reach();
+        r.sources.insert(EP6.into(), OWN6.into());
+        r
+    }
+
+    #[test]
+    fn an_ipv6_vip_is_steered_with_ipv6_keys_and_its_echo_requests_with_icmpv6s_key() {
+        let k = xdp_keys(&ipv6_state(NatMode::FullNat), &ipv6_reach());
+        assert_eq!(
+            k.dst.into_iter().collect::<Vec<_>>(),
+            [LbKey::v6(VIP6, 0, 58), LbKey::v6(VIP6, 2020, 6)]
+        );
+    }
+
+    #[test]
+    fn nat64_full_nat_steers_the_snat_range_on_the_vip_and_on_our_ipv4_address() {
+        let k = xdp_keys(&ipv6_state(NatMode::FullNat), &ipv6_reach());
+        assert_eq!(
+            k.snat,
+            [
+                LbKey::v6(VIP6, 0, 6),
+                LbKey::v4(Ipv4Addr::new(198, 18, 31, 254), 0, 6)
+            ]
+            .into()
+        );
+    }
+
+    #[test]
+    fn one_arm_steers_our_own_address_of_each_family() {
+        let k = xdp_keys(&ipv6_state(NatMode::OneArm), &ipv6_reach());
+        assert_eq!(
+            k.snat,
+            [
+                LbKey::v6(OWN6, 0, 6),
+                LbKey::v4(Ipv4Addr::new(198, 18, 31, 254), 0, 6)
+            ]
+            .into()
+        );
+    }
+
+    #[test]
+    fn ipv6_dnat_steers_the_endpoints_answers_by_their_ipv6_source() {
+        let mut s = ipv6_state(NatMode::Dnat);
+        let mut spec = s.services().next().unwrap().clone();
+        spec.endpoints.truncate(1);
+        s.upsert(spec);
+        let k = xdp_keys(&s, &ipv6_reach());
+        assert_eq!(k.src, [LbKey::v6(EP6, 8080, 6)].into());
+        assert_eq!(k.snat, [LbKey::v6(OWN6, 0, 6)].into());
+    }
+
+    #[test]
+    fn the_snapshot_knows_sources_and_own_addresses_of_both_families() {
+        let snap = snapshot(&ipv6_state(NatMode::FullNat), &ipv6_reach(), &Down::new()).unwrap();
+        assert_eq!(snap.sources.get(&IpAddr::from(EP6)), Some(&OWN6.into()));
+        assert_eq!(
+            snap.sources
+                .get(&IpAddr::from(Ipv4Addr::new(198, 18, 31, 1))),
+            Some(&Ipv4Addr::new(198, 18, 31, 254).into())
+        );
+        assert!(snap.own_addrs.contains(&IpAddr::from(OWN6)));
+        assert!(snap.vips.contains(&IpAddr::from(VIP6)));
+    }
+
+    #[test]
+    fn allowed_sources_of_both_families_reach_the_service() {
+        let mut s = ipv6_state(NatMode::FullNat);
+        let mut spec = s.services().next().unwrap().clone();
+        spec.allowed_sources = vec![
+            oxlb_api::IpPrefix {
+                addr: "fd00::".parse().unwrap(),
+                len: 16,
+            },
+            oxlb_api::IpPrefix {
+                addr: "198.18.0.0".parse().unwrap(),
+                len: 24,
+            },
+        ];
+        s.upsert(spec);
+        let snap = snapshot(&s, &ipv6_reach(), &Down::new()).unwrap();
+        let svc = snap.services.values().next().unwrap();
+        assert!(svc.allows("fd00::2".parse().unwrap()));
+        assert!(!svc.allows("fd01::2".parse().unwrap()));
+        assert!(svc.allows("198.18.0.2".parse().unwrap()));
+        assert!(!svc.allows("198.18.1.2".parse().unwrap()));
     }
 }

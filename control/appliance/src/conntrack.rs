@@ -62,7 +62,7 @@ pub fn entries(dumps: &[FlowDump], snap: &Snapshot) -> Vec<ConntrackEntry> {
 }
 
 fn entry(
-    key: &FlowKey,
+    key: &FlowKey<std::net::IpAddr>,
     state: &str,
     act: String,
     packets: u64,
@@ -120,12 +120,12 @@ mod tests {
 
     fn setup(mode: NatMode, snat: Option<(Ipv4Addr, u16)>) -> (Vec<FlowDump>, Snapshot) {
         let service = ServiceKey {
-            vip: VIP,
+            vip: VIP.into(),
             port: 2020,
             proto: Proto::Tcp,
         };
         let endpoint = Endpoint {
-            addr: EP,
+            addr: EP.into(),
             port: 8080,
             weight: 1,
         };
@@ -143,15 +143,15 @@ mod tests {
         let reply_dst = snat.unwrap_or((CLIENT, 40000));
         let flow = FlowInfo {
             original: FlowKey {
-                src: CLIENT,
-                dst: VIP,
+                src: CLIENT.into(),
+                dst: VIP.into(),
                 src_port: 40000,
                 dst_port: 2020,
                 proto: Proto::Tcp,
             },
             reply: FlowKey {
-                src: EP,
-                dst: reply_dst.0,
+                src: EP.into(),
+                dst: reply_dst.0.into(),
                 src_port: 8080,
                 dst_port: reply_dst.1,
                 proto: Proto::Tcp,
@@ -159,7 +159,7 @@ mod tests {
             service,
             mode,
             endpoint,
-            snat,
+            snat: snat.map(|(a, p)| (a.into(), p)),
             state: FlowState::Established,
             packets: [3, 2],
             bytes: [180, 120],

@@ -6,14 +6,14 @@ use crate::state::DesiredState;
 use oxlb_api::endpoint::{STATE_NOK, STATE_OK};
 use oxlb_api::{EndpointEntry, ProbeKind};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// One entry per (endpoint address, probe type, probe port), as loxilb lists endpoint hosts:
 /// rules sharing an endpoint and its probe share an entry, which is `nok` when the probe of any
 /// of them reports the endpoint down. Endpoints of rules without a probe are listed with probe
 /// type `none`, always `ok`. Ordered by address, then probe type and port.
 pub fn list(state: &DesiredState, down: &Down) -> Vec<EndpointEntry> {
-    let mut out: BTreeMap<(Ipv4Addr, &'static str, u16), EndpointEntry> = BTreeMap::new();
+    let mut out: BTreeMap<(IpAddr, &'static str, u16), EndpointEntry> = BTreeMap::new();
     for spec in state.services() {
         let probe = spec.monitor.as_ref().filter(|p| p.kind != ProbeKind::None);
         for e in &spec.endpoints {
@@ -73,7 +73,7 @@ mod tests {
         let spec = state.services().find(|s| s.key.port == port).unwrap();
         HealthKey {
             service: spec.key,
-            endpoint: Ipv4Addr::new(198, 18, 31, last),
+            endpoint: std::net::Ipv4Addr::new(198, 18, 31, last).into(),
             target_port: 8080,
         }
     }
@@ -127,6 +127,18 @@ mod tests {
         let list = list(&state, &down);
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].curr_state, "nok");
+    }
+
+    #[test]
+    fn an_ipv6_endpoint_is_listed_as_written() {
+        let mut state = DesiredState::default();
+        let mut spec = test_spec(80, &[1]);
+        spec.key.external_ip = "fd00:100::1".parse().unwrap();
+        spec.endpoints[0].ip = "fd00:31::1".parse().unwrap();
+        state.upsert(spec);
+        let list = list(&state, &Down::new());
+        assert_eq!(list[0].host_name, "fd00:31::1");
+        assert_eq!(list[0].name, "fd00:31::1_none_0");
     }
 
     #[test]

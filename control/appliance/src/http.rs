@@ -61,6 +61,10 @@ pub trait Appliance: Send + Sync + 'static {
     fn snat_ports(&self) -> Option<(u16, u16)> {
         None
     }
+    /// The BGP neighbours' sessions (see [`crate::bgp`]); none where nothing speaks BGP.
+    fn bgp_peers(&self) -> Vec<oxlb_bgp::PeerStatus> {
+        Vec::new()
+    }
 }
 
 /// What the status call reports about the running appliance beyond its rules.
@@ -116,8 +120,8 @@ pub enum ApplyError {
 }
 
 #[derive(Clone)]
-struct Api {
-    app: Arc<dyn Appliance>,
+pub(crate) struct Api {
+    pub(crate) app: Arc<dyn Appliance>,
     about: Arc<About>,
     /// The OpenAPI document, serialized once.
     openapi: Arc<String>,
@@ -146,6 +150,10 @@ fn routes() -> OpenApiRouter<Api> {
         .routes(routes!(endpoints))
         .routes(routes!(cistate_list))
         .routes(routes!(cistate_set))
+        .routes(routes!(crate::bgp::bgp_global))
+        .routes(routes!(crate::bgp::bgp_neigh_add))
+        .routes(routes!(crate::bgp::bgp_neigh_delete))
+        .routes(routes!(crate::bgp::bgp_neigh_list))
         .routes(routes!(status))
         .routes(routes!(openapi_json))
         .routes(routes!(metrics))
@@ -215,14 +223,14 @@ pub async fn serve_with(
 }
 
 /// An error answer: loxilb's `Error` body with its code as the HTTP status.
-struct Failure(ErrorResponse);
+pub(crate) struct Failure(pub(crate) ErrorResponse);
 
 impl Failure {
-    fn new(status: StatusCode, message: impl Into<String>) -> Failure {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Failure {
         Failure(ErrorResponse::new(status.as_u16(), message))
     }
 
-    fn bad_request(message: impl Into<String>) -> Failure {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Failure {
         Failure::new(StatusCode::BAD_REQUEST, message)
     }
 }
@@ -234,7 +242,7 @@ impl IntoResponse for Failure {
     }
 }
 
-fn success() -> Json<ResultResponse> {
+pub(crate) fn success() -> Json<ResultResponse> {
     Json(ResultResponse::success())
 }
 
@@ -400,7 +408,7 @@ fn endpoints_changed(
 }
 
 /// The running state, read off the async threads (the appliance's lock may be held by a change).
-async fn current(api: &Api) -> Result<DesiredState, Failure> {
+pub(crate) async fn current(api: &Api) -> Result<DesiredState, Failure> {
     let app = api.app.clone();
     tokio::task::spawn_blocking(move || app.current())
         .await
@@ -667,7 +675,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Failure {
 /// Says what is wrong with a body that is not `expected` (e.g. "a loxilb load-balancer
 /// entry"); serde_json's message names the unknown or missing field, or the line and column of
 /// a syntax error.
-fn body_error(e: serde_json::Error, expected: &str) -> Failure {
+pub(crate) fn body_error(e: serde_json::Error, expected: &str) -> Failure {
     use serde_json::error::Category;
     match e.classify() {
         Category::Syntax | Category::Eof | Category::Io => {
@@ -680,7 +688,7 @@ fn body_error(e: serde_json::Error, expected: &str) -> Failure {
 /// Runs `edit` on a copy of the current state and applies the result if it differs, holding
 /// the change lock throughout. `edit` returns the log line describing the change, or the
 /// answer to give instead (then nothing is applied).
-async fn change<F>(api: &Api, edit: F) -> Result<(), Failure>
+pub(crate) async fn change<F>(api: &Api, edit: F) -> Result<(), Failure>
 where
     F: FnOnce(&mut DesiredState) -> Result<String, Failure> + Send + 'static,
 {
@@ -955,7 +963,7 @@ mod tests {
         let fake = Fake {
             down: [HealthKey {
                 service: key,
-                endpoint: Ipv4Addr::new(198, 18, 31, 2),
+                endpoint: Ipv4Addr::new(198, 18, 31, 2).into(),
                 target_port: 8080,
             }]
             .into(),

@@ -1,6 +1,7 @@
 //! The appliance control plane: REST server, desired state, snapshot compilation, next hops, the state file.
 pub mod appliance;
 pub mod auth;
+pub mod bgp;
 pub mod compile;
 pub mod conntrack;
 pub mod endpoints;

@@ -20,7 +20,8 @@ pub struct Sample<'a> {
     pub conntrack_capacity: usize,
 }
 
-/// `service="VIP:PORT/PROTO",endpoint="IP:PORT"`.
+/// `service="VIP:PORT/PROTO",endpoint="IP:PORT"`; an IPv6 address in brackets
+/// (`[fd00::1]:8080`).
 fn endpoint_labels(s: &ServiceKey, e: &EndpointId) -> String {
     let proto = match s.proto {
         Proto::Tcp => "tcp",
@@ -28,8 +29,9 @@ fn endpoint_labels(s: &ServiceKey, e: &EndpointId) -> String {
         Proto::Sctp => "sctp",
     };
     format!(
-        "service=\"{}:{}/{proto}\",endpoint=\"{}:{}\"",
-        s.vip, s.port, e.addr, e.port
+        "service=\"{}/{proto}\",endpoint=\"{}\"",
+        std::net::SocketAddr::new(s.vip, s.port),
+        std::net::SocketAddr::new(e.addr, e.port)
     )
 }
 
@@ -134,6 +136,13 @@ pub fn render(s: &Sample<'_>) -> String {
         "counter",
         "ICMP fragmentation-needed sent to senders of packets too big for their egress link.",
         &per_worker(w, |c| c.frag_needed_sent),
+    );
+    family(
+        &mut out,
+        "oxlb_fragments_followed_total",
+        "counter",
+        "Later IPv4 fragments sent the way the first fragment of their datagram went.",
+        &per_worker(w, |c| c.fragments_followed),
     );
     let drops: Vec<(String, u64)> = w
         .iter()
@@ -325,12 +334,12 @@ mod tests {
             services: 2,
             endpoints: &[(
                 ServiceKey {
-                    vip: std::net::Ipv4Addr::new(198, 18, 100, 1),
+                    vip: std::net::Ipv4Addr::new(198, 18, 100, 1).into(),
                     port: 2020,
                     proto: Proto::Tcp,
                 },
                 EndpointId {
-                    addr: std::net::Ipv4Addr::new(198, 18, 31, 1),
+                    addr: std::net::Ipv4Addr::new(198, 18, 31, 1).into(),
                     port: 8080,
                 },
                 EndpointCounters {

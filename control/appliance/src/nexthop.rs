@@ -1,6 +1,6 @@
-//! Finds, for a backend's IPv4 address, the output interface and the two MAC addresses the
-//! AF_XDP workers write into the Ethernet header, by asking the kernel's routing and neighbour
-//! tables over rtnetlink; asks the kernel to resolve a neighbour it does not know yet.
+//! Finds, for a backend's IPv4 or IPv6 address, the output interface and the two MAC addresses
+//! the AF_XDP workers write into the Ethernet header, by asking the kernel's routing and
+//! neighbour tables over rtnetlink; asks the kernel to resolve a neighbour it does not know yet.
 //!
 //! One synchronous NETLINK_ROUTE socket, one request in flight at a time. The socket belongs to
 //! the network namespace of the thread that opened it, so every answer is about that namespace.
@@ -21,11 +21,16 @@
 //! first packet to the neighbour would. Because that administrative update also rewrites
 //! NTF_EXT_LEARNED and the NDA_FLAGS_EXT flags (managed), entries carrying those belong to
 //! someone else and are left alone.
+//!
+//! IPv6 goes the same way, with neighbour solicitations instead of ARP. With no packet waiting
+//! to copy a source address from, the kernel solicits from the interface's link-local address,
+//! so nothing is sent while that address is still tentative (duplicate address detection, about
+//! a second after the link comes up); the kernel's retry a second later is sent.
 
 use std::{
     collections::HashMap,
     fmt, io,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd, AsRawFd},
     time::{Duration, Instant},
 };
@@ -35,6 +40,7 @@ use netlink_packet_core::{
     NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use netlink_packet_route::{
+    address::{AddressMessage, AddressMessageBuffer},
     link::{LinkMessage, LinkMessageBuffer},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage},
     neighbour::{NeighbourMessageBuffer, NeighbourState},
@@ -62,6 +68,13 @@ const NLMSGERR_ATTR_MSG: u16 = 1;
 const RTM_NEWLINK: u16 = 16;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_NEWNEIGH: u16 = 28;
+const RTM_NEWADDR: u16 = 20;
+const IFA_ADDRESS: u16 = 1;
+const IFA_FLAGS: u16 = 8;
+const RT_SCOPE_UNIVERSE: u8 = 0;
+/// Address flags that make an address unusable as a source (linux/if_addr.h): DAD failed,
+/// deprecated, tentative (DAD still running).
+const IFA_F_UNUSABLE: u32 = 0x08 | 0x20 | 0x40;
 const RTN_UNICAST: u8 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
@@ -93,9 +106,10 @@ pub struct Resolved {
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
     /// The gateway if the route has one
-    pub gateway: Option<Ipv4Addr>,
-    /// Our own address the kernel would send from (the route's preferred source).
-    pub source: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
+    /// Our own address the kernel would send from (the route's preferred source; for IPv6
+    /// without one, the interface's first global address).
+    pub source: Option<IpAddr>,
 }
 
 /// What the kernel knows about reaching one backend.
@@ -105,9 +119,9 @@ pub enum Resolution {
     /// Route known, neighbour not (yet) reachable: resolution was asked of the kernel.
     Pending {
         ifindex: u32,
-        next_hop: Ipv4Addr,
+        next_hop: IpAddr,
         /// Our own address toward it, already known from the route.
-        source: Option<Ipv4Addr>,
+        source: Option<IpAddr>,
     },
     /// No route to the address. Also a blackhole, prohibit or unreachable route, and a route
     /// that does not forward (local, broadcast, multicast): nothing the workers can send to.
@@ -119,11 +133,13 @@ pub enum Resolution {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetlinkRequest {
     /// RTM_GETROUTE for one address.
-    Route(Ipv4Addr),
+    Route(IpAddr),
     /// RTM_GETNEIGH for one neighbour.
-    Neighbour { ifindex: u32, addr: Ipv4Addr },
+    Neighbour { ifindex: u32, addr: IpAddr },
     /// RTM_NEWNEIGH with NTF_USE: "resolve this neighbour".
-    ResolveNeighbour { ifindex: u32, addr: Ipv4Addr },
+    ResolveNeighbour { ifindex: u32, addr: IpAddr },
+    /// RTM_GETADDR dump of the IPv6 addresses of one interface.
+    Ipv6Addresses(u32),
     /// RTM_GETLINK for one interface.
     Link(u32),
     /// RTM_GETLINK dump of all interfaces.
@@ -150,6 +166,11 @@ impl fmt::Display for NetlinkRequest {
                 "RTM_GETLINK for interface index {ifindex} (like `ip link show`)"
             ),
             NetlinkRequest::LinkDump => write!(f, "RTM_GETLINK dump (like `ip link show`)"),
+            NetlinkRequest::Ipv6Addresses(ifindex) => write!(
+                f,
+                "RTM_GETADDR dump of IPv6 addresses for interface index {ifindex} (like `ip -6 \
+                 addr show`)"
+            ),
         }
     }
 }
@@ -230,14 +251,14 @@ pub enum NextHopError {
          interface (no MAC address); oxlb only reaches backends over Ethernet: check \
          `ip route get {dst}` and `ip link show`"
     )]
-    NotEthernet { dst: Ipv4Addr, ifindex: u32 },
+    NotEthernet { dst: IpAddr, ifindex: u32 },
 
     /// The route's next hop is an IPv6 address (an IPv4 route `via inet6 ...`).
     #[error(
         "the route to {dst} has an IPv6 next hop (`via inet6`), which oxlb does not support; \
          add an IPv4 route for it (check `ip route get {dst}`)"
     )]
-    Ipv6NextHop { dst: Ipv4Addr },
+    Ipv6NextHop { dst: IpAddr },
 
     /// A neighbour entry in a usable state carries no Ethernet address.
     #[error(
@@ -246,7 +267,7 @@ pub enum NextHopError {
          with one that has a MAC (`ip neigh replace {next_hop} lladdr <mac> dev <interface>`)"
     )]
     NeighbourWithoutMac {
-        next_hop: Ipv4Addr,
+        next_hop: IpAddr,
         ifindex: u32,
         state: &'static str,
     },
@@ -303,10 +324,13 @@ impl NextHopResolver {
     /// it (RTM_NEWNEIGH with NTF_USE, see the module docs) and Pending is returned. An entry
     /// owned by someone else (externally learned or managed) is not asked about: its owner
     /// resolves it, and the answer stays Pending until it does.
-    pub fn resolve(&mut self, dst: Ipv4Addr) -> Result<Resolution, NextHopError> {
-        let Some(route) = self.route(dst)? else {
+    pub fn resolve(&mut self, dst: IpAddr) -> Result<Resolution, NextHopError> {
+        let Some(mut route) = self.route(dst)? else {
             return Ok(Resolution::NoRoute);
         };
+        if route.source.is_none() && dst.is_ipv6() {
+            route.source = self.global_ipv6(route.ifindex)?.map(IpAddr::V6);
+        }
         let ifindex = route.ifindex;
         let next_hop = route.gateway.unwrap_or(dst);
         let src_mac = self
@@ -388,14 +412,16 @@ impl NextHopResolver {
     }
 
     /// The route the kernel would use for `dst`; None if there is none it forwards on.
-    fn route(&mut self, dst: Ipv4Addr) -> Result<Option<Route>, NextHopError> {
+    fn route(&mut self, dst: IpAddr) -> Result<Option<Route>, NextHopError> {
         let request = NetlinkRequest::Route(dst);
         let mut message = RouteMessage::default();
-        message.header.address_family = AddressFamily::Inet;
-        message.header.destination_prefix_length = 32;
-        message
-            .attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        let (family, len, addr) = match dst {
+            IpAddr::V4(a) => (AddressFamily::Inet, 32, RouteAddress::Inet(a)),
+            IpAddr::V6(a) => (AddressFamily::Inet6, 128, RouteAddress::Inet6(a)),
+        };
+        message.header.address_family = family;
+        message.header.destination_prefix_length = len;
+        message.attributes.push(RouteAttribute::Destination(addr));
         let mut answer = None;
         let ending = self.exchange(
             request,
@@ -422,6 +448,32 @@ impl NextHopResolver {
             request,
             detail: "the kernel acknowledged the request without sending a route".to_owned(),
         })
+    }
+
+    /// The first global, usable (neither tentative nor deprecated) IPv6 address of
+    /// `ifindex`, in the kernel's order: our source toward an IPv6 endpoint when the route
+    /// names none.
+    fn global_ipv6(&mut self, ifindex: u32) -> Result<Option<Ipv6Addr>, NextHopError> {
+        let request = NetlinkRequest::Ipv6Addresses(ifindex);
+        let mut message = AddressMessage::default();
+        message.header.family = AddressFamily::Inet6;
+        message.header.index = ifindex;
+        let mut found = None;
+        let ending = self.exchange(
+            request,
+            RouteNetlinkMessage::GetAddress(message),
+            NLM_F_REQUEST | NLM_F_DUMP,
+            |kind, payload| {
+                if kind == RTM_NEWADDR && found.is_none() {
+                    found = parse_global_ipv6(request, ifindex, payload)?;
+                }
+                Ok(())
+            },
+        )?;
+        match ending {
+            Ending::Complete { .. } => Ok(found),
+            Ending::Refused(refusal) => Err(refusal.into_error(request)),
+        }
     }
 
     /// The MAC of interface `ifindex`, or None if it is not an Ethernet interface.
@@ -451,11 +503,7 @@ impl NextHopResolver {
     }
 
     /// The kernel's neighbour entry for `addr` on `ifindex`, if there is one.
-    fn neighbour(
-        &mut self,
-        ifindex: u32,
-        addr: Ipv4Addr,
-    ) -> Result<Option<Neighbour>, NextHopError> {
+    fn neighbour(&mut self, ifindex: u32, addr: IpAddr) -> Result<Option<Neighbour>, NextHopError> {
         let request = NetlinkRequest::Neighbour { ifindex, addr };
         let mut answer = None;
         let ending = self.exchange(
@@ -480,8 +528,9 @@ impl NextHopResolver {
         }
     }
 
-    /// Makes the kernel start ARP resolution of `addr` on `ifindex` (see the module docs).
-    fn ask_to_resolve(&mut self, ifindex: u32, addr: Ipv4Addr) -> Result<(), NextHopError> {
+    /// Makes the kernel start ARP (IPv4) or neighbour discovery (IPv6) for `addr` on
+    /// `ifindex` (see the module docs).
+    fn ask_to_resolve(&mut self, ifindex: u32, addr: IpAddr) -> Result<(), NextHopError> {
         let request = NetlinkRequest::ResolveNeighbour { ifindex, addr };
         let ending = self.exchange(
             request,
@@ -582,8 +631,8 @@ impl NextHopResolver {
 #[derive(Debug, Clone, Copy)]
 struct Route {
     ifindex: u32,
-    gateway: Option<Ipv4Addr>,
-    source: Option<Ipv4Addr>,
+    gateway: Option<IpAddr>,
+    source: Option<IpAddr>,
 }
 
 /// The part of a neighbour entry that matters here.
@@ -681,7 +730,7 @@ fn ext_ack_message(flags: u16, payload: &[u8]) -> Option<String> {
 
 fn parse_route(
     request: NetlinkRequest,
-    dst: Ipv4Addr,
+    dst: IpAddr,
     payload: &[u8],
 ) -> Result<Option<Route>, NextHopError> {
     let malformed = |detail: String| NextHopError::Malformed { request, detail };
@@ -702,18 +751,17 @@ fn parse_route(
                 })?)
             }
             RTA_GATEWAY => {
-                let octets = <[u8; 4]>::try_from(attribute.value()).map_err(|_| {
+                gateway = Some(read_addr(dst, attribute.value()).ok_or_else(|| {
                     malformed(format!("RTA_GATEWAY of {} bytes", attribute.value().len()))
-                })?;
-                gateway = Some(Ipv4Addr::from(octets));
+                })?);
             }
             RTA_PREFSRC => {
-                let octets = <[u8; 4]>::try_from(attribute.value()).map_err(|_| {
+                source = Some(read_addr(dst, attribute.value()).ok_or_else(|| {
                     malformed(format!("RTA_PREFSRC of {} bytes", attribute.value().len()))
-                })?;
-                source = Some(Ipv4Addr::from(octets));
+                })?);
             }
-            RTA_VIA => return Err(NextHopError::Ipv6NextHop { dst }),
+            // An IPv4 route through an IPv6 next hop (`via inet6`).
+            RTA_VIA if dst.is_ipv4() => return Err(NextHopError::Ipv6NextHop { dst }),
             _ => {}
         }
     }
@@ -784,17 +832,63 @@ fn parse_neighbour(request: NetlinkRequest, payload: &[u8]) -> Result<Neighbour,
     Ok(neighbour)
 }
 
-fn neighbour_message(ifindex: u32, addr: Ipv4Addr, flags: NeighbourFlags) -> NeighbourMessage {
+/// An address of `like`'s family from its bytes in a netlink attribute.
+fn read_addr(like: IpAddr, bytes: &[u8]) -> Option<IpAddr> {
+    match like {
+        IpAddr::V4(_) => <[u8; 4]>::try_from(bytes)
+            .ok()
+            .map(Ipv4Addr::from)
+            .map(IpAddr::V4),
+        IpAddr::V6(_) => <[u8; 16]>::try_from(bytes)
+            .ok()
+            .map(Ipv6Addr::from)
+            .map(IpAddr::V6),
+    }
+}
+
+/// The address of an RTM_NEWADDR answer if it is a global, usable IPv6 address of `ifindex`.
+fn parse_global_ipv6(
+    request: NetlinkRequest,
+    ifindex: u32,
+    payload: &[u8],
+) -> Result<Option<Ipv6Addr>, NextHopError> {
+    let malformed = |detail: String| NextHopError::Malformed { request, detail };
+    let entry = AddressMessageBuffer::new_checked(payload)
+        .map_err(|e| malformed(format!("bad address message: {e}")))?;
+    // The kernel filters a dump by interface only when strict checking is on: filter here.
+    if entry.index() != ifindex || entry.scope() != RT_SCOPE_UNIVERSE {
+        return Ok(None);
+    }
+    let mut flags = u32::from(entry.flags());
+    let mut addr = None;
+    for attribute in entry.attributes() {
+        let attribute = attribute.map_err(|e| malformed(format!("bad address attribute: {e}")))?;
+        match attribute.kind() {
+            IFA_ADDRESS => {
+                addr = <[u8; 16]>::try_from(attribute.value())
+                    .ok()
+                    .map(Ipv6Addr::from)
+            }
+            IFA_FLAGS => flags = read_u32(attribute.value()).unwrap_or(flags),
+            _ => {}
+        }
+    }
+    Ok(addr.filter(|_| flags & IFA_F_UNUSABLE == 0))
+}
+
+fn neighbour_message(ifindex: u32, addr: IpAddr, flags: NeighbourFlags) -> NeighbourMessage {
     let mut message = NeighbourMessage::default();
-    message.header.family = AddressFamily::Inet;
     message.header.ifindex = ifindex;
     message.header.state = NeighbourState::None;
     message.header.flags = flags;
+    let (family, addr) = match addr {
+        IpAddr::V4(a) => (AddressFamily::Inet, NeighbourAddress::Inet(a)),
+        IpAddr::V6(a) => (AddressFamily::Inet6, NeighbourAddress::Inet6(a)),
+    };
+    message.header.family = family;
     message
         .attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-            addr,
-        )));
+        .push(NeighbourAttribute::Destination(addr));
     message
 }
 
@@ -903,7 +997,7 @@ mod tests {
         let mut resolver = NextHopResolver::new().expect("open a NETLINK_ROUTE socket");
         // Interface index 0 names no device: neigh_get() refuses with an extended ACK.
         let error = resolver
-            .neighbour(0, Ipv4Addr::new(198, 18, 0, 1))
+            .neighbour(0, Ipv4Addr::new(198, 18, 0, 1).into())
             .expect_err("a neighbour lookup without a device is refused");
         assert_eq!(error.label(), "refused");
         let NextHopError::Refused { ref detail, .. } = error else {

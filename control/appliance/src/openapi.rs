@@ -25,8 +25,8 @@ empty array is accepted for `endpoints`, `secondaryIPs` and `allowedSources`. Un
 refused with 400, naming the field.
 
 A value the schema allows can still be refused with 400 when oxlb does not implement it \
-(IPv6, port ranges, some `sel`/`mode` values, ...); the `Error` body's `message` says what to \
-send instead and `fields` names the offending JSON path.
+(IPv6 endpoints behind an IPv4 address, some `sel`/`mode` values, ...); the `Error` body's \
+`message` says what to send instead and `fields` names the offending JSON path.
 
 Authentication: when the appliance is started with `--api-token-file`, every path (this \
 document and the liveness probe included) needs `Authorization: Bearer <token>` and answers \
@@ -34,7 +34,12 @@ document and the liveness probe included) needs `Authorization: Bearer <token>` 
 only). Hence both an empty security requirement and the bearer scheme are listed.
 
 HA state (`/config/cistate`) records the role an external controller assigns (kube-loxilb's \
-`--setRoles`); it is persisted and listed but does not change forwarding yet.";
+`--setRoles`); it is persisted and listed, and does not change forwarding; while the default \
+instance `llb-inst0` is BACKUP, BGP offers the VIPs less preferred (LOCAL_PREF 10, MED 70 \
+instead of 5000 and 10), as loxilb does.
+
+BGP (`/config/bgp/...`): the address of every rule with `bgp` set is advertised to the \
+configured neighbours as a host route; routes received are checked, not installed.";
 
 /// The document of `doc`'s operations: the fixed parts and the [`crate::ops`] routes added,
 /// and to every operation the answer the layer around the handlers gives (401 from the token

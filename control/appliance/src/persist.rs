@@ -6,7 +6,9 @@
 //! lists it, and each item of `cistate` a loxilb `CIStatusEntry`, so an operator can read it,
 //! and any item can be replayed with `POST /config/loadbalancer` or `POST /config/cistate`.
 //! `cistate` is left out while there is no HA state, so such a file is the same as before
-//! HA state existed and an older oxlb still reads it.
+//! HA state existed and an older oxlb still reads it. Likewise `bgp`, `{"global": ...,
+//! "neighbors": [...]}` with loxilb's `BGPGlobalConfig` and `BGPNeigh` bodies, is left out
+//! while there is no BGP configuration.
 //!
 //! A save replaces the file atomically: the new content goes to a temporary file in the same
 //! directory, which is flushed to disk, renamed over the old file, and the directory is flushed
@@ -41,6 +43,9 @@ struct StateFile {
     loadbalancers: Vec<LoadBalancerEntry>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     cistate: Vec<CiStatusEntry>,
+    /// Left out while there is no BGP configuration (see `crate::bgp::FileSection`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bgp: Option<crate::bgp::FileSection>,
 }
 
 /// Read first, so a file of another version is refused for its version, not for a field this
@@ -178,6 +183,7 @@ pub fn encode(state: &DesiredState) -> Vec<u8> {
         version: VERSION,
         loadbalancers: state.services().map(to_entry).collect(),
         cistate: state.ha().map(to_cistatus_entry).collect(),
+        bgp: crate::bgp::to_file(state.bgp()),
     };
     let mut bytes =
         serde_json::to_vec_pretty(&file).expect("a state file always serializes to JSON");
@@ -218,6 +224,9 @@ pub fn decode(bytes: &[u8]) -> Result<DesiredState, String> {
                 first.instance
             ));
         }
+    }
+    if let Some(section) = &file.bgp {
+        *state.bgp_mut() = crate::bgp::from_file(section)?;
     }
     Ok(state)
 }
@@ -288,6 +297,21 @@ mod tests {
         store.save(&s).unwrap();
         assert_eq!(store.load().unwrap(), Some(s));
         assert!(!tmp.0.join(TEMP_NAME).exists(), "the temp file was left");
+    }
+
+    #[test]
+    fn a_file_written_before_ipv6_loads_as_before_and_ipv6_rules_load_back_too() {
+        let old = br#"{"version":1,"loadbalancers":[{"serviceArguments":{"externalIP":"198.18.100.1","port":80,"protocol":"tcp","inactiveTimeOut":1800,"name":"svc80"},"endpoints":[{"endpointIP":"198.18.31.1","targetPort":8080,"weight":1}]}]}"#;
+        assert_eq!(decode(old).unwrap(), state(&[spec(80, &[1])]));
+
+        let mut v6 = spec(81, &[1]);
+        v6.key.external_ip = "fd00:100::1".parse().unwrap();
+        v6.mode = oxlb_api::NatMode::FullNat;
+        let mut ep6 = v6.endpoints[0];
+        ep6.ip = "fd00:31::1".parse().unwrap();
+        v6.endpoints.push(ep6);
+        let s = state(&[spec(80, &[1]), v6]);
+        assert_eq!(decode(&encode(&s)).unwrap(), s);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use oxlb_api::{ProbeKind, ProbeSpec};
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -60,7 +60,7 @@ pub fn interval(probe: &ProbeSpec) -> Duration {
 }
 
 /// Probes `addr` once as `probe` says; `Ok` means healthy.
-pub async fn probe_once(probe: &ProbeSpec, addr: SocketAddrV4) -> Result<(), ProbeError> {
+pub async fn probe_once(probe: &ProbeSpec, addr: SocketAddr) -> Result<(), ProbeError> {
     let timeout = Duration::from_secs(u64::from(probe.timeout_secs.max(1)));
     let work = async {
         match probe.kind {
@@ -69,7 +69,7 @@ pub async fn probe_once(probe: &ProbeSpec, addr: SocketAddrV4) -> Result<(), Pro
             ProbeKind::Http => http(addr, &probe.request, &probe.response).await,
             ProbeKind::Https => https(addr, &probe.request, &probe.response).await,
             // ICMP has no ports: the probe port is ignored, as loxilb does.
-            ProbeKind::Ping => icmp::ping(*addr.ip()).await,
+            ProbeKind::Ping => icmp::ping(addr.ip()).await,
             ProbeKind::None => Ok(()),
         }
     };
@@ -79,15 +79,20 @@ pub async fn probe_once(probe: &ProbeSpec, addr: SocketAddrV4) -> Result<(), Pro
 }
 
 /// A TCP connection opens.
-async fn tcp(addr: SocketAddrV4) -> Result<(), ProbeError> {
+async fn tcp(addr: SocketAddr) -> Result<(), ProbeError> {
     TcpStream::connect(addr).await?;
     Ok(())
 }
 
 /// A datagram (`request`, or one zero byte) is answered, with `expect` in the answer if set. A
 /// connected socket turns an ICMP port unreachable into an error of `recv`.
-async fn udp(addr: SocketAddrV4, request: &str, expect: &str) -> Result<(), ProbeError> {
-    let socket = UdpSocket::bind("0.0.0.0:0").await?;
+async fn udp(addr: SocketAddr, request: &str, expect: &str) -> Result<(), ProbeError> {
+    let any = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let socket = UdpSocket::bind(any).await?;
     socket.connect(addr).await?;
     let payload: &[u8] = if request.is_empty() {
         &[0]
@@ -101,16 +106,16 @@ async fn udp(addr: SocketAddrV4, request: &str, expect: &str) -> Result<(), Prob
 }
 
 /// `GET path` (empty: `/`) over HTTP/1.1 answers 2xx or 3xx, with `expect` in the body if set.
-async fn http(addr: SocketAddrV4, path: &str, expect: &str) -> Result<(), ProbeError> {
+async fn http(addr: SocketAddr, path: &str, expect: &str) -> Result<(), ProbeError> {
     let stream = TcpStream::connect(addr).await?;
     http_exchange(stream, addr, path, expect).await
 }
 
 /// The `http` probe over TLS, whatever certificate the endpoint presents (see [`tls`]).
-async fn https(addr: SocketAddrV4, path: &str, expect: &str) -> Result<(), ProbeError> {
+async fn https(addr: SocketAddr, path: &str, expect: &str) -> Result<(), ProbeError> {
     let tcp = TcpStream::connect(addr).await?;
     let stream = tls::connector()
-        .connect(tls::server_name(*addr.ip()), tcp)
+        .connect(tls::server_name(addr.ip()), tcp)
         .await?;
     http_exchange(stream, addr, path, expect).await
 }
@@ -118,7 +123,7 @@ async fn https(addr: SocketAddrV4, path: &str, expect: &str) -> Result<(), Probe
 /// Sends `GET path` to `addr` on `stream` and checks the answer (see [`http`]).
 async fn http_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     path: &str,
     expect: &str,
 ) -> Result<(), ProbeError> {
@@ -225,7 +230,7 @@ impl Health {
 /// What one probe task probes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Target {
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     probe: ProbeSpec,
 }
 
@@ -261,7 +266,7 @@ fn desired(core: &ApplianceCore) -> HashMap<HealthKey, Target> {
                 endpoint: e.ip,
                 target_port: e.target_port,
             };
-            let addr = SocketAddrV4::new(e.ip, probe.port_of(e));
+            let addr = SocketAddr::new(e.ip, probe.port_of(e));
             out.insert(
                 key,
                 Target {
@@ -309,7 +314,6 @@ pub async fn supervise(core: Arc<ApplianceCore>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
     use tokio::net::TcpListener;
 
     fn spec(kind: ProbeKind, request: &str, response: &str) -> ProbeSpec {
@@ -323,23 +327,20 @@ mod tests {
         }
     }
 
-    fn v4(addr: SocketAddr) -> SocketAddrV4 {
-        match addr {
-            SocketAddr::V4(a) => a,
-            SocketAddr::V6(_) => unreachable!("bound to 127.0.0.1"),
-        }
-    }
-
     /// A port nothing listens on (bound, then closed).
-    async fn closed_tcp_port() -> SocketAddrV4 {
+    async fn closed_tcp_port() -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        v4(l.local_addr().unwrap())
+        l.local_addr().unwrap()
     }
 
     /// An HTTP server answering every connection with `answer`.
-    async fn http_server(answer: &'static str) -> SocketAddrV4 {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = v4(l.local_addr().unwrap());
+    async fn http_server(answer: &'static str) -> SocketAddr {
+        http_server_on("127.0.0.1:0", answer).await
+    }
+
+    async fn http_server_on(bind: &str, answer: &'static str) -> SocketAddr {
+        let l = TcpListener::bind(bind).await.unwrap();
+        let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((mut s, _)) = l.accept().await {
                 let mut buf = [0u8; 1024];
@@ -353,7 +354,7 @@ mod tests {
     #[tokio::test]
     async fn tcp_probe_succeeds_on_a_listener_and_fails_on_a_closed_port() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let open = v4(l.local_addr().unwrap());
+        let open = l.local_addr().unwrap();
         assert!(probe_once(&spec(ProbeKind::Tcp, "", ""), open)
             .await
             .is_ok());
@@ -388,7 +389,7 @@ mod tests {
     #[tokio::test]
     async fn udp_probe_needs_an_answer_containing_the_expected_text() {
         let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = v4(server.local_addr().unwrap());
+        let addr = server.local_addr().unwrap();
         tokio::spawn(async move {
             let mut buf = [0u8; 512];
             while let Ok((n, from)) = server.recv_from(&mut buf).await {
@@ -409,7 +410,7 @@ mod tests {
     async fn udp_probe_fails_without_an_answer() {
         // Bound but silent: no ICMP error either, so the probe times out.
         let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = v4(silent.local_addr().unwrap());
+        let addr = silent.local_addr().unwrap();
         let started = std::time::Instant::now();
         assert!(matches!(
             probe_once(&spec(ProbeKind::Udp, "", ""), addr).await,
@@ -426,7 +427,11 @@ mod tests {
 
     /// An HTTPS server with a fresh self-signed certificate, answering every connection with
     /// `answer` and then closing the TCP connection without a TLS close_notify.
-    async fn https_server(answer: &'static str) -> SocketAddrV4 {
+    async fn https_server(answer: &'static str) -> SocketAddr {
+        https_server_on("127.0.0.1:0", answer).await
+    }
+
+    async fn https_server_on(bind: &str, answer: &'static str) -> SocketAddr {
         let cert = rcgen::generate_simple_self_signed(vec!["backend.invalid".to_owned()])
             .expect("a self-signed certificate");
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
@@ -439,8 +444,8 @@ mod tests {
         .with_single_cert(vec![cert.cert.der().clone()], key)
         .expect("a server config");
         let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = v4(l.local_addr().unwrap());
+        let l = TcpListener::bind(bind).await.unwrap();
+        let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
                 let Ok(mut tls) = acceptor.accept(s).await else {
@@ -496,10 +501,47 @@ mod tests {
     async fn ping_probe_is_answered_by_the_loopback_address_whatever_the_port() {
         let mut p = spec(ProbeKind::Ping, "", "");
         p.port = 9;
-        let addr = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9);
+        let addr = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 9));
         if let Err(e) = probe_once(&p, addr).await {
             panic!("ping 127.0.0.1: {e}");
         }
+    }
+
+    #[tokio::test]
+    async fn every_probe_type_reaches_an_ipv6_endpoint() {
+        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nhealthy";
+        let http = http_server_on("[::1]:0", ok).await;
+        let https = https_server_on("[::1]:0", ok).await;
+        let udp = UdpSocket::bind("[::1]:0").await.unwrap();
+        let udp_addr = udp.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+                let _ = udp.send_to(&buf[..n], from).await;
+            }
+        });
+        let cases = [
+            (ProbeKind::Tcp, http),
+            (ProbeKind::Http, http),
+            (ProbeKind::Https, https),
+            (ProbeKind::Udp, udp_addr),
+            (
+                ProbeKind::Ping,
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)),
+            ),
+        ];
+        for (kind, addr) in cases {
+            let p = spec(kind, "", "");
+            if let Err(e) = probe_once(&p, addr).await {
+                panic!("{} probe of {addr}: {e}", kind.as_str());
+            }
+        }
+        let closed = TcpListener::bind("[::1]:0").await.unwrap();
+        let closed_addr = closed.local_addr().unwrap();
+        drop(closed);
+        assert!(probe_once(&spec(ProbeKind::Tcp, "", ""), closed_addr)
+            .await
+            .is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -507,7 +549,7 @@ mod tests {
         // Every raw socket sees all 32 replies (and, on loopback, all 32 requests): each
         // probe must skip the 63 messages that are not its own and still finish in time.
         let p = spec(ProbeKind::Ping, "", "");
-        let addr = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0);
+        let addr = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
         let mut set = JoinSet::new();
         for _ in 0..32 {
             let p = p.clone();

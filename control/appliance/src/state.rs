@@ -1,7 +1,7 @@
 //! The desired state: every load-balancer rule the API accepted, keyed as loxilb keys them,
 //! and the HA role assigned to each cluster instance.
 
-use oxlb_api::{CiState, ServiceKey, ServiceSpec};
+use oxlb_api::{BgpConfig, CiState, ServiceKey, ServiceSpec};
 use std::collections::BTreeMap;
 
 /// The rules the appliance should run and the HA roles it was told. Ordered by key so
@@ -12,6 +12,8 @@ pub struct DesiredState {
     /// HA state by instance name (`POST /config/cistate`). Recorded, persisted and listed;
     /// it does not change forwarding yet.
     ha: BTreeMap<String, CiState>,
+    /// BGP identity and neighbours (`/config/bgp/...`); see `crate::bgp`.
+    bgp: BgpConfig,
 }
 
 impl DesiredState {
@@ -48,7 +50,15 @@ impl DesiredState {
     /// No rule and no HA state: nothing to restore or run. (A state holding only HA roles is
     /// not empty, so that a restart restores it.)
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && self.ha.is_empty()
+        self.services.is_empty() && self.ha.is_empty() && self.bgp.is_empty()
+    }
+
+    pub fn bgp(&self) -> &BgpConfig {
+        &self.bgp
+    }
+
+    pub fn bgp_mut(&mut self) -> &mut BgpConfig {
+        &mut self.bgp
     }
 
     /// Records `state` for its instance; returns the state it replaced.
@@ -70,7 +80,7 @@ pub(crate) fn test_spec(port: u16, endpoints: &[u8]) -> ServiceSpec {
     use std::net::Ipv4Addr;
     ServiceSpec {
         key: ServiceKey {
-            external_ip: Ipv4Addr::new(198, 18, 100, 1),
+            external_ip: Ipv4Addr::new(198, 18, 100, 1).into(),
             port,
             protocol: Protocol::Tcp,
         },
@@ -81,7 +91,7 @@ pub(crate) fn test_spec(port: u16, endpoints: &[u8]) -> ServiceSpec {
         endpoints: endpoints
             .iter()
             .map(|&last| EndpointSpec {
-                ip: Ipv4Addr::new(198, 18, 31, last),
+                ip: Ipv4Addr::new(198, 18, 31, last).into(),
                 target_port: 8080,
                 weight: 1,
             })
@@ -90,6 +100,7 @@ pub(crate) fn test_spec(port: u16, endpoints: &[u8]) -> ServiceSpec {
         allowed_sources: Vec::new(),
         block_new_flows: false,
         monitor: None,
+        bgp: false,
     }
 }
 

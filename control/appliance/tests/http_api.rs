@@ -513,3 +513,35 @@ async fn deleting_by_name_removes_every_rule_of_that_name_and_an_unknown_name_is
     let (status, _) = s.delete("name/web").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn an_ipv6_rule_is_created_listed_refused_where_it_cannot_be_translated_and_deleted() {
+    let s = start().await;
+    // NAT64 in dnat mode: the endpoint could not answer an IPv6 client.
+    let (status, body) = s.post(&rule("fd00:100::1", 2020, &["198.18.31.1"])).await;
+    assert_refused(status, &body, "NAT64 needs source translation");
+    assert_eq!(body["fields"], json!(["serviceArguments.mode"]));
+    // NAT46 in any mode.
+    let (status, body) = s.post(&rule("198.18.100.1", 2020, &["fd00:31::1"])).await;
+    assert_refused(status, &body, "NAT46");
+    assert_eq!(body["fields"], json!(["endpoints[0].endpointIP"]));
+    assert_eq!(s.applied(), 0);
+
+    let mut nat64 = rule("fd00:100::1", 2020, &["198.18.31.1", "fd00:31::2"]);
+    nat64["serviceArguments"]["mode"] = 2.into();
+    let (status, body) = s.post(&nat64).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        listed_rules(&s.list().await),
+        [(
+            "fd00:100::1".into(),
+            2020,
+            vec!["198.18.31.1".into(), "fd00:31::2".into()]
+        )]
+    );
+    let (status, body) = s
+        .delete("externalipaddress/fd00:100::1/port/2020/protocol/tcp")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(listed_rules(&s.list().await), []);
+}

@@ -5,11 +5,15 @@
 //!
 //! ```text
 //!   a: va0 198.18.0.1/24 ── b: vb0 198.18.0.2/24      vb1 198.18.1.1/24 ── c: vc0 198.18.1.2/24
-//!      route 198.18.1.0/24 via 198.18.0.2
+//!          fd00::1/64             fd00::2/64            fd00:1::1/64            fd00:1::2/64
+//!      route 198.18.1.0/24 via 198.18.0.2, fd00:1::/64 via fd00::2
 //! ```
+//!
+//! IPv6 addresses skip duplicate address detection (`nodad`, `accept_dad=0`), so they are
+//! usable at once.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
@@ -26,6 +30,11 @@ const C_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 const SILENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 99);
 /// Covered by no route in a (a has no default route).
 const UNROUTED_ADDR: Ipv4Addr = Ipv4Addr::new(198, 19, 200, 1);
+const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+const C6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);
+const SILENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x99);
+const UNROUTED6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 1);
 
 /// Namespaces a, b and c wired as in the module docs; deleted on drop, also when a test panics.
 struct Lab {
@@ -48,14 +57,23 @@ impl Lab {
         for ns in [&lab.a, &lab.b, &lab.c] {
             ip(&["netns", "add", ns]);
             ip(&["-n", ns, "link", "set", "lo", "up"]);
+            // Link-local addresses too: a solicitation the resolver asks for (no packet
+            // waiting, so no source to copy) goes out only from a usable link-local address.
+            let status = Command::new("ip")
+                .args(["netns", "exec", ns, "sysctl", "-qw"])
+                .args(["net.ipv6.conf.all.accept_dad=0"])
+                .args(["net.ipv6.conf.default.accept_dad=0"])
+                .status()
+                .expect("run sysctl");
+            assert!(status.success(), "sysctl accept_dad in {ns}");
         }
         lab.veth(
-            (&lab.a, "va0", "198.18.0.1/24"),
-            (&lab.b, "vb0", "198.18.0.2/24"),
+            (&lab.a, "va0", "198.18.0.1/24", "fd00::1/64"),
+            (&lab.b, "vb0", "198.18.0.2/24", "fd00::2/64"),
         );
         lab.veth(
-            (&lab.b, "vb1", "198.18.1.1/24"),
-            (&lab.c, "vc0", "198.18.1.2/24"),
+            (&lab.b, "vb1", "198.18.1.1/24", "fd00:1::1/64"),
+            (&lab.c, "vc0", "198.18.1.2/24", "fd00:1::2/64"),
         );
         ip(&[
             "-n",
@@ -66,15 +84,30 @@ impl Lab {
             "via",
             "198.18.0.2",
         ]);
+        ip(&[
+            "-n",
+            &lab.a,
+            "-6",
+            "route",
+            "add",
+            "fd00:1::/64",
+            "via",
+            "fd00::2",
+        ]);
         lab
     }
 
-    fn veth(&self, (ns1, dev1, addr1): (&str, &str, &str), (ns2, dev2, addr2): (&str, &str, &str)) {
+    fn veth(
+        &self,
+        (ns1, dev1, addr1, addr6_1): (&str, &str, &str, &str),
+        (ns2, dev2, addr2, addr6_2): (&str, &str, &str, &str),
+    ) {
         ip(&[
             "link", "add", dev1, "netns", ns1, "type", "veth", "peer", "name", dev2, "netns", ns2,
         ]);
-        for (ns, dev, addr) in [(ns1, dev1, addr1), (ns2, dev2, addr2)] {
+        for (ns, dev, addr, addr6) in [(ns1, dev1, addr1, addr6_1), (ns2, dev2, addr2, addr6_2)] {
             ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
+            ip(&["-n", ns, "-6", "addr", "add", addr6, "dev", dev, "nodad"]);
             ip(&["-n", ns, "link", "set", dev, "up"]);
         }
     }
@@ -99,7 +132,8 @@ impl Lab {
     }
 
     /// a's neighbour entry for `addr` (`ip -s -j neigh show`), if any.
-    fn neighbour_in_a(&self, addr: Ipv4Addr) -> Option<serde_json::Value> {
+    fn neighbour_in_a(&self, addr: impl Into<IpAddr>) -> Option<serde_json::Value> {
+        let addr: IpAddr = addr.into();
         let entries = ip_json(&[
             "-n",
             &self.a,
@@ -112,12 +146,14 @@ impl Lab {
         entries.as_array().and_then(|e| e.first()).cloned()
     }
 
-    /// Resolves `dst` in a, up to 20 times 50 ms apart, until it is Ready; returns every answer.
-    fn resolve_in_a_until_ready(&self, dst: Ipv4Addr) -> Vec<Resolution> {
+    /// Resolves `dst` in a, up to 60 times 50 ms apart, until it is Ready; returns every answer.
+    /// (A fresh link may ignore the first neighbour solicitation; the second comes 1 s later.)
+    fn resolve_in_a_until_ready(&self, dst: impl Into<IpAddr>) -> Vec<Resolution> {
+        let dst: IpAddr = dst.into();
         in_netns(&self.a, move || {
             let mut resolver = NextHopResolver::new().expect("open the resolver");
             let mut answers = Vec::new();
-            for _ in 0..20 {
+            for _ in 0..60 {
                 let answer = resolver.resolve(dst).expect("resolve");
                 answers.push(answer);
                 if matches!(answer, Resolution::Ready(_)) {
@@ -154,8 +190,19 @@ fn parse_mac(text: &str) -> [u8; 6] {
     bytes.try_into().expect("six MAC bytes")
 }
 
-/// Every answer but the last is Pending for `next_hop` on `ifindex`; the last is returned.
-fn last_after_pending(answers: &[Resolution], ifindex: u32, next_hop: Ipv4Addr) -> Resolution {
+/// Every answer but the last is Pending for `next_hop` on `ifindex` from a's address of its
+/// family; the last is returned.
+fn last_after_pending(
+    answers: &[Resolution],
+    ifindex: u32,
+    next_hop: impl Into<IpAddr>,
+) -> Resolution {
+    let next_hop: IpAddr = next_hop.into();
+    let source = if next_hop.is_ipv4() {
+        IpAddr::from(A_ADDR)
+    } else {
+        IpAddr::from(A6)
+    };
     let (last, before) = answers.split_last().expect("at least one answer");
     for answer in before {
         assert_eq!(
@@ -163,7 +210,7 @@ fn last_after_pending(answers: &[Resolution], ifindex: u32, next_hop: Ipv4Addr) 
             Resolution::Pending {
                 ifindex,
                 next_hop,
-                source: Some(A_ADDR)
+                source: Some(source)
             }
         );
     }
@@ -182,7 +229,7 @@ fn a_connected_neighbour_that_answers_arp_resolves_to_ready_with_its_mac() {
         src_mac: lab.mac(&lab.a, "va0"),
         dst_mac: lab.mac(&lab.b, "vb0"),
         gateway: None,
-        source: Some(A_ADDR),
+        source: Some(A_ADDR.into()),
     });
     assert_eq!(
         last_after_pending(&answers, va0, B_ADDR),
@@ -202,8 +249,8 @@ fn an_address_behind_a_gateway_resolves_to_the_gateways_mac_with_the_gateway_set
         ifindex: va0,
         src_mac: lab.mac(&lab.a, "va0"),
         dst_mac: lab.mac(&lab.b, "vb0"),
-        gateway: Some(B_ADDR),
-        source: Some(A_ADDR),
+        gateway: Some(B_ADDR.into()),
+        source: Some(A_ADDR.into()),
     });
     assert_eq!(
         last_after_pending(&answers, va0, B_ADDR),
@@ -223,7 +270,7 @@ fn an_address_with_no_route_is_no_route() {
     let answer = in_netns(&lab.a, || {
         NextHopResolver::new()
             .expect("open the resolver")
-            .resolve(UNROUTED_ADDR)
+            .resolve(UNROUTED_ADDR.into())
             .expect("resolve")
     });
 
@@ -243,8 +290,11 @@ fn addresses_on_blackhole_prohibit_and_unreachable_routes_are_no_route() {
 
     let answers = in_netns(&lab.a, || {
         let mut resolver = NextHopResolver::new().expect("open the resolver");
-        [[198, 19, 1, 1], [198, 19, 2, 1], [198, 19, 3, 1]]
-            .map(|octets| resolver.resolve(Ipv4Addr::from(octets)).expect("resolve"))
+        [[198, 19, 1, 1], [198, 19, 2, 1], [198, 19, 3, 1]].map(|octets| {
+            resolver
+                .resolve(Ipv4Addr::from(octets).into())
+                .expect("resolve")
+        })
     });
 
     assert_eq!(answers, [Resolution::NoRoute; 3]);
@@ -258,16 +308,16 @@ fn a_silent_address_on_a_connected_subnet_stays_pending_and_the_kernel_is_asked_
 
     let answers = in_netns(&lab.a, || {
         let mut resolver = NextHopResolver::new().expect("open the resolver");
-        let first = resolver.resolve(SILENT_ADDR).expect("resolve");
+        let first = resolver.resolve(SILENT_ADDR.into()).expect("resolve");
         thread::sleep(Duration::from_millis(300));
-        let second = resolver.resolve(SILENT_ADDR).expect("resolve");
+        let second = resolver.resolve(SILENT_ADDR.into()).expect("resolve");
         [first, second]
     });
 
     let pending = Resolution::Pending {
         ifindex: va0,
-        next_hop: SILENT_ADDR,
-        source: Some(A_ADDR),
+        next_hop: SILENT_ADDR.into(),
+        source: Some(A_ADDR.into()),
     };
     assert_eq!(answers, [pending; 2]);
     // The resolver created the entry and the kernel is resolving it: INCOMPLETE while it sends
@@ -301,7 +351,7 @@ fn a_failed_neighbour_is_asked_again_on_the_next_resolve() {
     in_netns(&lab.a, || {
         NextHopResolver::new()
             .expect("open the resolver")
-            .resolve(SILENT_ADDR)
+            .resolve(SILENT_ADDR.into())
             .expect("resolve")
     });
     // Three unanswered broadcast probes, one a second (the defaults), then FAILED.
@@ -314,7 +364,7 @@ fn a_failed_neighbour_is_asked_again_on_the_next_resolve() {
     let answer = in_netns(&lab.a, || {
         NextHopResolver::new()
             .expect("open the resolver")
-            .resolve(SILENT_ADDR)
+            .resolve(SILENT_ADDR.into())
             .expect("resolve")
     });
 
@@ -322,8 +372,8 @@ fn a_failed_neighbour_is_asked_again_on_the_next_resolve() {
         answer,
         Resolution::Pending {
             ifindex: va0,
-            next_hop: SILENT_ADDR,
-            source: Some(A_ADDR),
+            next_hop: SILENT_ADDR.into(),
+            source: Some(A_ADDR.into()),
         }
     );
     assert_eq!(state(&lab), "INCOMPLETE", "resolution restarted");
@@ -382,7 +432,7 @@ fn a_stale_neighbour_is_still_ready_and_the_kernel_is_asked_to_confirm_it() {
     let answer = in_netns(&lab.a, move || {
         NextHopResolver::new()
             .expect("open the resolver")
-            .resolve(B_ADDR)
+            .resolve(B_ADDR.into())
             .expect("resolve")
     });
 
@@ -392,4 +442,86 @@ fn a_stale_neighbour_is_still_ready_and_the_kernel_is_asked_to_confirm_it() {
     );
     // NTF_USE moved the entry on from STALE (to DELAY, then PROBE/REACHABLE).
     assert_ne!(state(&lab), "STALE");
+}
+
+#[test]
+fn an_ipv6_neighbour_that_answers_neighbour_discovery_resolves_to_ready_with_its_mac() {
+    let lab = Lab::new();
+    let va0 = lab.ifindex(&lab.a, "va0");
+
+    let answers = lab.resolve_in_a_until_ready(B6);
+
+    let expected = Resolution::Ready(Resolved {
+        ifindex: va0,
+        src_mac: lab.mac(&lab.a, "va0"),
+        dst_mac: lab.mac(&lab.b, "vb0"),
+        gateway: None,
+        source: Some(A6.into()),
+    });
+    assert_eq!(
+        last_after_pending(&answers, va0, B6),
+        expected,
+        "{answers:?}"
+    );
+}
+
+#[test]
+fn an_ipv6_address_behind_a_gateway_resolves_to_the_gateways_mac_and_our_ipv6_source() {
+    let lab = Lab::new();
+    let va0 = lab.ifindex(&lab.a, "va0");
+
+    let answers = lab.resolve_in_a_until_ready(C6);
+
+    let expected = Resolution::Ready(Resolved {
+        ifindex: va0,
+        src_mac: lab.mac(&lab.a, "va0"),
+        dst_mac: lab.mac(&lab.b, "vb0"),
+        gateway: Some(B6.into()),
+        source: Some(A6.into()),
+    });
+    assert_eq!(
+        last_after_pending(&answers, va0, B6),
+        expected,
+        "{answers:?}"
+    );
+}
+
+#[test]
+fn a_silent_ipv6_address_stays_pending_while_the_kernel_sends_neighbour_solicitations() {
+    let lab = Lab::new();
+    let va0 = lab.ifindex(&lab.a, "va0");
+
+    let answers = in_netns(&lab.a, || {
+        let mut resolver = NextHopResolver::new().expect("open the resolver");
+        [
+            resolver.resolve(SILENT6.into()).expect("resolve"),
+            resolver.resolve(UNROUTED6.into()).expect("resolve"),
+        ]
+    });
+
+    assert_eq!(
+        answers,
+        [
+            Resolution::Pending {
+                ifindex: va0,
+                next_hop: SILENT6.into(),
+                source: Some(A6.into()),
+            },
+            Resolution::NoRoute
+        ]
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let entry = lab
+            .neighbour_in_a(SILENT6)
+            .expect("the kernel has a neighbour entry for the silent address");
+        if entry["probes"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no neighbour solicitation: {entry}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
 }

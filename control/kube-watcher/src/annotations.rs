@@ -66,6 +66,17 @@ impl EpSelect {
     }
 }
 
+/// `loxilb.io/ipam`: the family of the Service's address and of its endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressKind {
+    /// `ipv4`, `ip`, `ip4`: an IPv4 address, IPv4 endpoints.
+    Ipv4,
+    /// `ipv6`, `ip6`, `nat66`: an IPv6 address, IPv6 endpoints.
+    Ipv6,
+    /// `ipv6to4`, `nat64`: an IPv6 address, IPv4 endpoints (the appliance translates).
+    Ipv6To4,
+}
+
 /// Everything the annotations of one Service ask for. `None` means "not given": the
 /// operator-wide setting (a flag) applies.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -89,6 +100,8 @@ pub struct ServiceOptions {
     pub egress: bool,
     /// `zoneselect`: the rule belongs to the operator of this zone only.
     pub zone_select: Option<String>,
+    /// `ipam`: the address family asked for (None: from `spec.ipFamilies`, IPv4 by default).
+    pub ipam: Option<AddressKind>,
 }
 
 /// One annotation value looked up under both prefixes.
@@ -248,17 +261,18 @@ pub fn parse(ann: &BTreeMap<String, String>) -> Result<ServiceOptions, Annotatio
         o.zone_select = Some(v.to_owned());
     }
     if let Some((k, v)) = get(ann, "ipam")? {
-        match v {
-            "ipv4" | "ip" | "ip4" => {}
-            "ipv6" | "ip6" | "nat66" | "ipv6to4" | "nat64" => {
-                return Err(not_implemented(
+        o.ipam = Some(match v {
+            "ipv4" | "ip" | "ip4" => AddressKind::Ipv4,
+            "ipv6" | "ip6" | "nat66" => AddressKind::Ipv6,
+            "ipv6to4" | "nat64" => AddressKind::Ipv6To4,
+            _ => {
+                return Err(bad(
                     &k,
                     v,
-                    "IPv6 service addresses; use ipv4 or remove the annotation",
+                    "use ipv4 (ip, ip4), ipv6 (ip6, nat66) or ipv6to4 (nat64)",
                 ))
             }
-            _ => return Err(bad(&k, v, "use ipv4, ipv6 or ipv6to4")),
-        }
+        });
     }
     if let Some((k, v)) = get(ann, "prefLocalPod")? {
         if yes_no(&k, v)? {
@@ -402,7 +416,6 @@ mod tests {
     #[test]
     fn unimplemented_features_are_refused_by_name() {
         for (k, v) in [
-            ("loxilb.io/ipam", "ipv6"),
             ("loxilb.io/secondaryIPs", "10.0.0.1"),
             ("loxilb.io/multus-nets", "net1"),
             ("loxilb.io/prefLocalPod", "yes"),
@@ -416,7 +429,26 @@ mod tests {
             assert!(e.to_string().contains(k), "{e}");
         }
         assert!(parse(&ann(&[("loxilb.io/prefLocalPod", "no")])).is_ok());
-        assert!(parse(&ann(&[("loxilb.io/ipam", "ipv4")])).is_ok());
+    }
+
+    #[test]
+    fn ipam_takes_kube_loxilbs_values_and_aliases() {
+        for (v, want) in [
+            ("ipv4", AddressKind::Ipv4),
+            ("ip", AddressKind::Ipv4),
+            ("ip4", AddressKind::Ipv4),
+            ("ipv6", AddressKind::Ipv6),
+            ("ip6", AddressKind::Ipv6),
+            ("nat66", AddressKind::Ipv6),
+            ("ipv6to4", AddressKind::Ipv6To4),
+            ("nat64", AddressKind::Ipv6To4),
+        ] {
+            let o = parse(&ann(&[("loxilb.io/ipam", v)])).unwrap();
+            assert_eq!(o.ipam, Some(want), "{v}");
+        }
+        assert_eq!(parse(&ann(&[])).unwrap().ipam, None);
+        let e = parse(&ann(&[("oxlb.io/ipam", "ipv5")])).unwrap_err();
+        assert!(e.to_string().contains("ipv6to4"), "{e}");
     }
 
     #[test]

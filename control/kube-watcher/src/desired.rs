@@ -9,12 +9,12 @@
 //! ready endpoint; nodes labelled `node.kubernetes.io/exclude-from-external-load-balancers`
 //! are skipped; every endpoint has weight 1; `managed` is set.
 
-use crate::annotations::{self, AnnotationError, EpSelect, ServiceOptions};
+use crate::annotations::{self, AddressKind, AnnotationError, EpSelect, ServiceOptions};
 use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use oxlb_api::{AllowedSource, Endpoint, LoadBalancerEntry, ServiceArguments};
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 /// kube-loxilb's default load-balancer class (its `loxilbLoadBalancerClass`).
 pub const LOXILB_CLASS: &str = "loxilb.io/loxilb";
@@ -75,8 +75,93 @@ pub enum DesiredError {
     BadPort(i32),
     #[error("spec.externalIPs entry {0:?} is not an IP address")]
     BadExternalIp(String),
-    #[error("{0} is an IPv6 address; IPv6 services are not implemented yet by oxlb-operator")]
-    Ipv6NotImplemented(IpAddr),
+    #[error("spec.ipFamilies entry {0:?} is not IPv4 or IPv6")]
+    BadIpFamily(String),
+    #[error("{ip} is an {family} address but the Service's addresses are {wanted} (loxilb.io/ipam, spec.ipFamilies)")]
+    WrongFamily {
+        ip: IpAddr,
+        family: Family,
+        wanted: String,
+    },
+}
+
+/// An address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// The name Kubernetes uses (`spec.ipFamilies`, EndpointSlice `addressType`).
+    pub fn kube_name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kube_name())
+    }
+}
+
+/// The families of the addresses the operator gives a Service, in order, and whether all of
+/// them are required (`false`: only the first is; `PreferDualStack` makes do with one).
+///
+/// `loxilb.io/ipam` decides when given (kube-loxilb's only source: one family). Otherwise the
+/// Service's own fields: `ipFamilyPolicy` `RequireDualStack` / `PreferDualStack` give one
+/// address per family, in `spec.ipFamilies` order; a single-stack Service gets its first
+/// family; a Service that names none gets IPv4, as kube-loxilb gives every Service.
+pub fn address_families(svc: &Service) -> Result<(Vec<Family>, bool), DesiredError> {
+    let opts = options(svc)?;
+    match opts.ipam {
+        Some(AddressKind::Ipv4) => return Ok((vec![Family::V4], true)),
+        Some(AddressKind::Ipv6 | AddressKind::Ipv6To4) => return Ok((vec![Family::V6], true)),
+        None => {}
+    }
+    let spec = svc.spec.clone().unwrap_or_default();
+    let mut listed = Vec::new();
+    for f in spec.ip_families.iter().flatten() {
+        let fam = match f.as_str() {
+            "IPv4" => Family::V4,
+            "IPv6" => Family::V6,
+            other => return Err(DesiredError::BadIpFamily(other.to_owned())),
+        };
+        if !listed.contains(&fam) {
+            listed.push(fam);
+        }
+    }
+    let first = listed.first().copied().unwrap_or(Family::V4);
+    match spec.ip_family_policy.as_deref() {
+        Some(p @ ("RequireDualStack" | "PreferDualStack")) => {
+            let other = if first == Family::V4 {
+                Family::V6
+            } else {
+                Family::V4
+            };
+            Ok((vec![first, other], p == "RequireDualStack"))
+        }
+        _ => Ok((vec![first], true)),
+    }
+}
+
+/// The family of the endpoints of a rule for `vip`: the VIP's own, except IPv4 endpoints
+/// behind an IPv6 address with `loxilb.io/ipam: ipv6to4` (the appliance translates, NAT64).
+pub fn endpoint_family(vip: IpAddr, ipam: Option<AddressKind>) -> Family {
+    match (Family::of(vip), ipam) {
+        (Family::V6, Some(AddressKind::Ipv6To4)) => Family::V4,
+        (f, _) => f,
+    }
 }
 
 /// True when `svc` is a LoadBalancer Service of class `class` or `oxlb.io/oxlb`.
@@ -176,11 +261,6 @@ pub fn desired_rules(
     vips: &[IpAddr],
 ) -> Result<Vec<LoadBalancerEntry>, DesiredError> {
     let opts = options(svc)?;
-    for vip in vips {
-        if vip.is_ipv6() {
-            return Err(DesiredError::Ipv6NotImplemented(*vip));
-        }
-    }
     let spec = svc.spec.clone().unwrap_or_default();
     let namespace = svc.metadata.namespace.as_deref().unwrap_or("default");
     let name = svc.metadata.name.as_deref().unwrap_or_default();
@@ -202,26 +282,41 @@ pub fn desired_rules(
     for port in ports(svc) {
         let number = port_number(port.port)?;
         let proto = protocol(port)?;
-        let endpoints = if use_pods {
-            pod_endpoints(port, slices)
+        let node_port = if use_pods {
+            0
         } else {
-            let node_port =
-                port.node_port
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| DesiredError::NoNodePort {
-                        port: port.port,
-                        protocol: proto.clone(),
-                    })?;
-            let local: Option<BTreeSet<&str>> = local_only.then(|| ready_node_names(slices));
-            node_addresses(nodes, local.as_ref())
-                .into_iter()
-                .map(|ip| endpoint(ip, i64::from(node_port)))
-                .collect()
+            port.node_port
+                .filter(|p| *p > 0)
+                .ok_or_else(|| DesiredError::NoNodePort {
+                    port: port.port,
+                    protocol: proto.clone(),
+                })?
         };
-        if endpoints.is_empty() {
-            continue;
-        }
+        let endpoints_of = |family: Family| -> Vec<Endpoint> {
+            if use_pods {
+                pod_endpoints(port, slices, family)
+            } else {
+                let local: Option<BTreeSet<&str>> = local_only.then(|| ready_node_names(slices));
+                node_addresses(nodes, local.as_ref(), family)
+                    .into_iter()
+                    .map(|ip| endpoint(ip, i64::from(node_port)))
+                    .collect()
+            }
+        };
+        let by_family = [
+            (Family::V4, endpoints_of(Family::V4)),
+            (Family::V6, endpoints_of(Family::V6)),
+        ];
         for vip in vips {
+            let family = endpoint_family(*vip, opts.ipam);
+            let endpoints = &by_family
+                .iter()
+                .find(|(f, _)| *f == family)
+                .expect("both families listed")
+                .1;
+            if endpoints.is_empty() {
+                continue;
+            }
             rules.push(LoadBalancerEntry {
                 service_arguments: ServiceArguments {
                     external_ip: vip.to_string(),
@@ -262,13 +357,21 @@ pub fn desired_rules(
     Ok(rules)
 }
 
-/// What identifies a rule on an appliance: (externalIP, port, protocol).
+/// What identifies a rule on an appliance: (externalIP, port, protocol), the address in its
+/// canonical text form.
 pub fn rule_key(e: &LoadBalancerEntry) -> (String, i64, String) {
     let sa = &e.service_arguments;
-    (sa.external_ip.clone(), sa.port, sa.protocol.clone())
+    (canonical_ip(&sa.external_ip), sa.port, sa.protocol.clone())
 }
 
-fn endpoint(ip: Ipv4Addr, port: i64) -> Endpoint {
+/// An address as Rust writes it (RFC 5952 for IPv6), so `fd00:0::1` from an appliance's listing
+/// and `fd00::1` compare equal; anything else unchanged.
+pub fn canonical_ip(text: &str) -> String {
+    text.parse::<IpAddr>()
+        .map_or_else(|_| text.to_owned(), |ip| ip.to_string())
+}
+
+fn endpoint(ip: IpAddr, port: i64) -> Endpoint {
     Endpoint {
         endpoint_ip: ip.to_string(),
         target_port: port,
@@ -283,12 +386,16 @@ fn is_ready(ep: &k8s_openapi::api::discovery::v1::Endpoint) -> bool {
     ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
 }
 
-/// Ready pod addresses with the slice's port matching `port` by name, deduplicated, sorted.
-fn pod_endpoints(port: &ServicePort, slices: &[&EndpointSlice]) -> Vec<Endpoint> {
+/// Ready pod addresses of `family` (slices of that `addressType`) with the slice's port
+/// matching `port` by name, deduplicated, sorted.
+fn pod_endpoints(port: &ServicePort, slices: &[&EndpointSlice], family: Family) -> Vec<Endpoint> {
     let want = port.name.as_deref().unwrap_or("");
     let proto = port.protocol.as_deref().unwrap_or("TCP");
     let mut set = BTreeSet::new();
-    for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
+    for slice in slices
+        .iter()
+        .filter(|s| s.address_type == family.kube_name())
+    {
         let Some(target) = slice.ports.iter().flatten().find_map(|p| {
             (p.name.as_deref().unwrap_or("") == want
                 && p.protocol.as_deref().unwrap_or("TCP") == proto)
@@ -299,8 +406,11 @@ fn pod_endpoints(port: &ServicePort, slices: &[&EndpointSlice]) -> Vec<Endpoint>
         };
         for ep in slice.endpoints.iter().filter(|e| is_ready(e)) {
             for a in &ep.addresses {
-                if let Ok(ip) = a.parse::<Ipv4Addr>() {
-                    set.insert((ip, i64::from(target)));
+                match a.parse::<IpAddr>() {
+                    Ok(ip) if Family::of(ip) == family => {
+                        set.insert((ip, i64::from(target)));
+                    }
+                    _ => {}
                 }
             }
         }
@@ -318,9 +428,10 @@ fn ready_node_names<'a>(slices: &[&'a EndpointSlice]) -> BTreeSet<&'a str> {
         .collect()
 }
 
-/// IPv4 addresses of the Ready, not excluded nodes (InternalIP first, as kube-loxilb picks),
-/// restricted to `only` when given; sorted, deduplicated.
-fn node_addresses(nodes: &[&Node], only: Option<&BTreeSet<&str>>) -> Vec<Ipv4Addr> {
+/// Addresses of `family` of the Ready, not excluded nodes (an InternalIP of the family, else
+/// the node's first address if it is of the family, as kube-loxilb picks), restricted to
+/// `only` when given; sorted, deduplicated.
+fn node_addresses(nodes: &[&Node], only: Option<&BTreeSet<&str>>, family: Family) -> Vec<IpAddr> {
     let mut set = BTreeSet::new();
     for node in nodes {
         let excluded = node
@@ -342,12 +453,17 @@ fn node_addresses(nodes: &[&Node], only: Option<&BTreeSet<&str>>) -> Vec<Ipv4Add
             continue;
         }
         let addrs = status.addresses.as_deref().unwrap_or_default();
-        let v4 = |a: &&k8s_openapi::api::core::v1::NodeAddress| a.address.parse::<Ipv4Addr>().ok();
+        let of_family = |a: &k8s_openapi::api::core::v1::NodeAddress| {
+            a.address
+                .parse::<IpAddr>()
+                .ok()
+                .filter(|ip| Family::of(*ip) == family)
+        };
         let pick = addrs
             .iter()
             .filter(|a| a.type_ == "InternalIP")
-            .find_map(|a| v4(&a))
-            .or_else(|| addrs.first().and_then(|a| v4(&a)));
+            .find_map(of_family)
+            .or_else(|| addrs.first().and_then(of_family));
         if let Some(ip) = pick {
             set.insert(ip);
         }

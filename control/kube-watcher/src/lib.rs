@@ -6,7 +6,8 @@ pub mod annotations;
 pub mod desired;
 pub mod watch;
 
-pub use annotations::{AnnotationError, ServiceOptions};
+pub use annotations::{AddressKind, AnnotationError, ServiceOptions};
 pub use desired::{
-    desired_rules, is_ours, rule_key, rule_name, rule_prefix, DesiredError, Settings,
+    address_families, canonical_ip, desired_rules, endpoint_family, is_ours, rule_key, rule_name,
+    rule_prefix, DesiredError, Family, Settings,
 };

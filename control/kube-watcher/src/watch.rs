@@ -132,3 +132,73 @@ pub fn slices_of(
     v.sort_by_key(|s| s.name_any());
     v
 }
+
+/// kube-loxilb's name of the Service whose endpoints are the appliances, when no URL is given.
+pub const APPLIANCE_SERVICE: &str = "loxilb-lb-service";
+
+/// The ready addresses of every EndpointSlice of a Service named `service`, in any namespace,
+/// as kube-loxilb discovers its appliances (an endpoint whose `ready` is unset counts);
+/// sorted, each once.
+pub fn ready_addresses_of(
+    store: &Store<EndpointSlice>,
+    service: &str,
+) -> std::collections::BTreeSet<std::net::IpAddr> {
+    store
+        .state()
+        .iter()
+        .filter(|s| s.labels().get(SERVICE_NAME_LABEL).map(String::as_str) == Some(service))
+        .flat_map(|s| s.endpoints.clone())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        .flat_map(|e| e.addresses)
+        .filter_map(|a| a.parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(ns: &str, name: &str, service: &str, eps: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"name": name, "namespace": ns,
+                         "labels": {"kubernetes.io/service-name": service}},
+            "endpoints": eps}))
+        .unwrap()
+    }
+
+    #[test]
+    fn appliances_are_the_ready_addresses_of_loxilb_lb_service_in_any_namespace() {
+        let (reader, mut writer) = reflector::store::<EndpointSlice>();
+        for s in [
+            slice(
+                "kube-system",
+                "a",
+                APPLIANCE_SERVICE,
+                serde_json::json!([
+                    {"addresses": ["198.18.0.2"], "conditions": {"ready": true}},
+                    {"addresses": ["198.18.0.3"], "conditions": {"ready": false}},
+                    {"addresses": ["198.18.0.1"]}]),
+            ),
+            slice(
+                "other",
+                "b",
+                APPLIANCE_SERVICE,
+                serde_json::json!([{"addresses": ["fd00::1", "198.18.0.2"]}]),
+            ),
+            slice(
+                "kube-system",
+                "c",
+                "loxilb-lb-service2",
+                serde_json::json!([{"addresses": ["198.18.0.9"]}]),
+            ),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(s));
+        }
+        let got: Vec<String> = ready_addresses_of(&reader, APPLIANCE_SERVICE)
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect();
+        assert_eq!(got, vec!["198.18.0.1", "198.18.0.2", "fd00::1"]);
+    }
+}

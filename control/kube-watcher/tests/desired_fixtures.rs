@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube_watcher::{desired_rules, is_ours, DesiredError, Settings};
+use kube_watcher::{address_families, desired_rules, is_ours, DesiredError, Family, Settings};
 use oxlb_api::LoadBalancerEntry;
 use serde_json::{json, Value};
 use std::net::IpAddr;
@@ -34,10 +34,17 @@ impl World {
         self
     }
     fn rules(&self, settings: &Settings) -> Result<Vec<LoadBalancerEntry>, DesiredError> {
+        self.rules_for(settings, &["198.18.100.1"])
+    }
+    fn rules_for(
+        &self,
+        settings: &Settings,
+        vips: &[&str],
+    ) -> Result<Vec<LoadBalancerEntry>, DesiredError> {
         let s: Vec<&EndpointSlice> = self.slices.iter().collect();
         let n: Vec<&Node> = self.nodes.iter().collect();
-        let vip: IpAddr = "198.18.100.1".parse().unwrap();
-        desired_rules(&self.svc, &s, &n, settings, &[vip])
+        let vips: Vec<IpAddr> = vips.iter().map(|v| v.parse().unwrap()).collect();
+        desired_rules(&self.svc, &s, &n, settings, &vips)
     }
 }
 
@@ -174,4 +181,114 @@ fn only_load_balancers_of_our_classes_are_ours() {
     );
     let node_port = World::web().with_service(json!({"spec": {"type": "NodePort"}}));
     assert!(!is_ours(&node_port.svc, class));
+}
+
+fn tcp_rules(rules: &[LoadBalancerEntry]) -> Vec<(String, Vec<(String, i64)>)> {
+    rules
+        .iter()
+        .filter(|r| r.service_arguments.protocol == "tcp")
+        .map(|r| (r.service_arguments.external_ip.clone(), endpoints(r)))
+        .collect()
+}
+
+#[test]
+fn a_dual_stack_service_gets_one_rule_per_family_with_endpoints_of_that_family() {
+    let w = World::web()
+        .with_service(json!({"metadata": {"annotations": {"oxlb.io/usepodnetwork": "yes"}}}));
+    let rules = w
+        .rules_for(&Settings::default(), &["198.18.100.1", "3ffe:cafe::1"])
+        .unwrap();
+    assert_eq!(
+        tcp_rules(&rules),
+        vec![
+            (
+                "198.18.100.1".into(),
+                vec![("10.244.1.5".into(), 8080), ("10.244.1.6".into(), 8080)]
+            ),
+            ("3ffe:cafe::1".into(), vec![("fd00::5".into(), 8080)]),
+        ]
+    );
+    // The IPv6 slice has no dns port: the UDP port has an IPv4 rule only.
+    let udp: Vec<&str> = rules
+        .iter()
+        .filter(|r| r.service_arguments.protocol == "udp")
+        .map(|r| r.service_arguments.external_ip.as_str())
+        .collect();
+    assert_eq!(udp, vec!["198.18.100.1"]);
+}
+
+#[test]
+fn ipv6to4_puts_ipv4_endpoints_behind_the_ipv6_address() {
+    let w = World::web().with_service(json!({"metadata": {"annotations": {
+        "oxlb.io/usepodnetwork": "yes", "loxilb.io/ipam": "nat64"}}}));
+    let rules = w
+        .rules_for(&Settings::default(), &["3ffe:cafe::1"])
+        .unwrap();
+    assert_eq!(
+        tcp_rules(&rules),
+        vec![(
+            "3ffe:cafe::1".into(),
+            vec![("10.244.1.5".into(), 8080), ("10.244.1.6".into(), 8080)]
+        )]
+    );
+}
+
+#[test]
+fn node_endpoints_of_an_ipv6_rule_are_the_nodes_ipv6_addresses() {
+    let mut w = World::web();
+    let mut nodes = serde_json::to_value(&w.nodes).unwrap();
+    nodes[0]["status"]["addresses"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "InternalIP", "address": "fd00::11"}));
+    w.nodes = serde_json::from_value(nodes).unwrap();
+    let rules = w
+        .rules_for(&Settings::default(), &["3ffe:cafe::1"])
+        .unwrap();
+    assert_eq!(
+        tcp_rules(&rules),
+        vec![("3ffe:cafe::1".into(), vec![("fd00::11".into(), 30080)])]
+    );
+    // No node has an IPv6 address: no IPv6 rule (an appliance refuses empty rules).
+    let rules = World::web()
+        .rules_for(&Settings::default(), &["3ffe:cafe::1"])
+        .unwrap();
+    assert!(rules.is_empty(), "{rules:?}");
+}
+
+#[test]
+fn address_families_come_from_the_ipam_annotation_or_the_services_ip_families() {
+    use Family::{V4, V6};
+    let fams = |patch: Value| address_families(&World::web().with_service(patch).svc).unwrap();
+    assert_eq!(fams(json!({})), (vec![V4], true));
+    assert_eq!(
+        fams(json!({"spec": {"ipFamilies": ["IPv6"], "ipFamilyPolicy": "SingleStack"}})),
+        (vec![V6], true)
+    );
+    assert_eq!(
+        fams(
+            json!({"spec": {"ipFamilies": ["IPv6", "IPv4"], "ipFamilyPolicy": "RequireDualStack"}})
+        ),
+        (vec![V6, V4], true)
+    );
+    assert_eq!(
+        fams(json!({"spec": {"ipFamilies": ["IPv4"], "ipFamilyPolicy": "PreferDualStack"}})),
+        (vec![V4, V6], false)
+    );
+    assert_eq!(
+        fams(
+            json!({"metadata": {"annotations": {"loxilb.io/ipam": "ipv6"}},
+                    "spec": {"ipFamilyPolicy": "RequireDualStack"}})
+        ),
+        (vec![V6], true)
+    );
+    assert_eq!(
+        fams(json!({"metadata": {"annotations": {"loxilb.io/ipam": "ipv6to4"}}})),
+        (vec![V6], true)
+    );
+    let bad = World::web().with_service(json!({"spec": {"ipFamilies": ["IPv5"]}}));
+    assert_eq!(
+        address_families(&bad.svc).unwrap_err(),
+        DesiredError::BadIpFamily("IPv5".into())
+    );
 }

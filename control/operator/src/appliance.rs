@@ -506,6 +506,32 @@ impl Appliance {
         Ok(())
     }
 
+    /// Sets the appliance's BGP global configuration (loxilb's `POST
+    /// /netlox/v1/config/bgp/global`). 409 (already configured so) counts as success, as for
+    /// neighbours.
+    pub async fn set_bgp_global(
+        &self,
+        config: &crate::bgp_flags::GlobalConfig,
+    ) -> Result<(), ApplianceError> {
+        let url = format!("{}/netlox/v1/config/bgp/global", self.url);
+        let resp = self
+            .http
+            .post(&url)
+            .json(config)
+            .send()
+            .await
+            .map_err(self.unreachable())?;
+        if resp.status() == reqwest::StatusCode::CONFLICT {
+            return Ok(());
+        }
+        self.check(
+            format!("BGP global configuration AS {}", config.local_as),
+            resp,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Removes a BGP neighbour (loxilb's `DELETE /netlox/v1/config/bgp/neigh/{ip}?remoteAs=N`).
     /// Only called for a neighbour the appliance accepted, so 404 means it is gone already.
     pub async fn delete_bgp_neighbor(&self, peer: &BgpPeerSpec) -> Result<(), ApplianceError> {
@@ -554,6 +580,7 @@ type Settings = (
 /// timeout, `managed`, `oper`, endpoint state and counters) normalised away.
 fn settings(e: &LoadBalancerEntry) -> Settings {
     let mut sa = e.service_arguments.clone();
+    sa.external_ip = kube_watcher::canonical_ip(&sa.external_ip);
     sa.managed = false;
     sa.oper = 0;
     if sa.inactive_timeout == 0 {
@@ -571,7 +598,13 @@ fn settings(e: &LoadBalancerEntry) -> Settings {
 fn endpoint_set(e: &LoadBalancerEntry) -> BTreeSet<(String, i64, i64)> {
     e.endpoints
         .iter()
-        .map(|p| (p.endpoint_ip.clone(), p.target_port, p.weight))
+        .map(|p| {
+            (
+                kube_watcher::canonical_ip(&p.endpoint_ip),
+                p.target_port,
+                p.weight,
+            )
+        })
         .collect()
 }
 
@@ -596,17 +629,24 @@ pub fn endpoint_delta(
     let attach: Vec<Endpoint> = desired
         .endpoints
         .iter()
-        .filter(|p| !have.contains(&(p.endpoint_ip.clone(), p.target_port, p.weight)))
+        .filter(|p| {
+            !have.contains(&(
+                kube_watcher::canonical_ip(&p.endpoint_ip),
+                p.target_port,
+                p.weight,
+            ))
+        })
         .map(bare)
         .collect();
     let detach: Vec<Endpoint> = actual
         .endpoints
         .iter()
         .filter(|p| {
-            !desired
-                .endpoints
-                .iter()
-                .any(|d| d.endpoint_ip == p.endpoint_ip && d.target_port == p.target_port)
+            !desired.endpoints.iter().any(|d| {
+                kube_watcher::canonical_ip(&d.endpoint_ip)
+                    == kube_watcher::canonical_ip(&p.endpoint_ip)
+                    && d.target_port == p.target_port
+            })
         })
         .map(bare)
         .collect();
@@ -676,6 +716,19 @@ mod tests {
         let d = desired();
         let listed = oxlb_api::to_entry(&oxlb_api::validate(&d).unwrap());
         assert!(same_rule(&d, &listed), "{listed:?}");
+    }
+
+    #[test]
+    fn ipv6_addresses_written_another_way_are_the_same_rule() {
+        let mut d = desired();
+        d.service_arguments.external_ip = "fd00:198:18::1".into();
+        d.endpoints[0].endpoint_ip = "fd00::a".into();
+        let mut listed = d.clone();
+        listed.service_arguments.external_ip = "fd00:198:18:0:0:0:0:1".into();
+        listed.endpoints[0].endpoint_ip = "FD00:0::A".into();
+        assert!(same_rule(&d, &listed));
+        assert_eq!(kube_watcher::rule_key(&d), kube_watcher::rule_key(&listed));
+        assert_eq!(endpoint_delta(&d, &listed), (vec![], vec![]));
     }
 
     #[test]

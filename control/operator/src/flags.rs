@@ -22,7 +22,8 @@ pub struct Flags {
     /// `loxilbLoadBalancerClass` (config file only, as in kube-loxilb).
     #[arg(skip = kube_watcher::desired::LOXILB_CLASS.to_owned())]
     pub lb_class: String,
-    /// Comma-separated appliance API URLs, e.g. http://10.0.0.1:11111.
+    /// Comma-separated appliance API URLs, e.g. http://10.0.0.1:11111; empty: the appliances
+    /// are the ready endpoints of Service loxilb-lb-service (as kube-loxilb finds them).
     #[arg(long = "loxiURL", default_value = "")]
     pub loxi_url: String,
     /// The default pool (`defaultPool`), a CIDR or FIRST-LAST; replaces --cidrPools.
@@ -31,6 +32,7 @@ pub struct Flags {
     /// Named pools: name=CIDR|FIRST-LAST,...
     #[arg(long = "cidrPools", default_value = "")]
     pub cidr_pools: String,
+    /// IPv6 pools, same syntax as --cidrPools (kube-loxilb's default: defaultPool=3ffe:cafe::1/96).
     #[arg(long = "cidr6Pools", default_value = "")]
     pub cidr6_pools: String,
     #[arg(long = "externalSecondaryCIDRs", default_value = "")]
@@ -44,12 +46,16 @@ pub struct Flags {
     /// Probe every rule's endpoints.
     #[arg(long = "monitor", num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub monitor: bool,
+    /// The appliances' local AS: configure their BGP and advertise every service address.
     #[arg(long = "setBGP", default_value_t = 0)]
     pub set_bgp: u16,
+    /// The appliances' BGP listen port (179 when not given).
     #[arg(long = "listenBGPPort", default_value_t = 0)]
     pub listen_bgp_port: u16,
+    /// Multi-hop sessions with the --extBGPPeers.
     #[arg(long = "eBGPMultiHop", num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub ebgp_multi_hop: bool,
+    /// External BGP peers of every appliance: IP:ASN,...
     #[arg(long = "extBGPPeers", default_value = "")]
     pub ext_bgp_peers: String,
     /// Watch BGPPeerService objects and add each peer to every appliance.
@@ -64,7 +70,7 @@ pub struct Flags {
     pub zone: String,
     #[arg(long = "numZoneInstances", default_value_t = 1)]
     pub num_zone_instances: u32,
-    /// Appliance addresses (of --loxiURL) never elected MASTER, comma-separated.
+    /// Appliance addresses (--loxiURL or discovered ones) never elected MASTER, comma-separated.
     #[arg(long = "excludeRoleList", default_value = "")]
     pub exclude_role_list: String,
     /// Attach and detach endpoints of existing rules instead of posting them whole.
@@ -147,31 +153,17 @@ pub fn go_style(args: impl IntoIterator<Item = String>) -> Vec<String> {
 impl Flags {
     /// The first flag given whose feature is missing, or `Ok`.
     pub fn check_implemented(&self) -> Result<(), Refused> {
-        let checks: [(bool, &'static str, &'static str); 13] = [
+        let checks: [(bool, &'static str, &'static str); 7] = [
             (
                 !self.config.is_empty(),
                 "config",
                 "give the settings as flags",
             ),
             (
-                self.loxi_url.is_empty(),
-                "loxiURL",
-                "it is required: discovering appliance pods is not implemented",
-            ),
-            (
-                !self.cidr6_pools.is_empty(),
-                "cidr6Pools",
-                "IPv6 service addresses",
-            ),
-            (
                 !self.external_secondary_cidrs.is_empty(),
                 "externalSecondaryCIDRs",
                 "secondary addresses",
             ),
-            (self.set_bgp != 0, "setBGP", "BGP"),
-            (self.listen_bgp_port != 0, "listenBGPPort", "BGP"),
-            (self.ebgp_multi_hop, "eBGPMultiHop", "BGP"),
-            (!self.ext_bgp_peers.is_empty(), "extBGPPeers", "BGP"),
             (
                 self.num_zone_instances != 1,
                 "numZoneInstances",
@@ -199,7 +191,7 @@ impl Flags {
                 } else {
                     "loxilbGatewayClass"
                 },
-                "Gateway API",
+                "Gateway API: Gateway, GatewayClass and routes; use LoadBalancer Services",
             ),
         ];
         match checks.into_iter().find(|c| c.0) {
@@ -465,15 +457,10 @@ mod tests {
     #[test]
     fn every_unimplemented_flag_is_refused_by_name() {
         for (arg, name) in [
-            ("--cidr6Pools=p=3ffe::/96", "cidr6Pools"),
             (
                 "--externalSecondaryCIDRs=10.0.0.0/24",
                 "externalSecondaryCIDRs",
             ),
-            ("--setBGP=65001", "setBGP"),
-            ("--listenBGPPort=1179", "listenBGPPort"),
-            ("--eBGPMultiHop", "eBGPMultiHop"),
-            ("--extBGPPeers=10.0.0.1:65002", "extBGPPeers"),
             ("--numZoneInstances=2", "numZoneInstances"),
             ("--useExternalEndpoint", "useExternalEndpoint"),
             ("--privateCIDR=10.0.0.1/32", "privateCIDR"),
@@ -490,8 +477,8 @@ mod tests {
                 "{e}"
             );
         }
-        let e = parse(&[]).unwrap().check_implemented().unwrap_err();
-        assert_eq!(e.flag, "loxiURL");
+        // No --loxiURL: the appliances are discovered.
+        parse(&[]).unwrap().check_implemented().unwrap();
     }
 
     #[test]
@@ -572,6 +559,7 @@ mod tests {
         let g = f
             .with_config_text("c.yaml", "loxiURL: [http://a]\nsetBGP: 65001\n")
             .unwrap();
-        assert_eq!(g.check_implemented().unwrap_err().flag, "setBGP");
+        assert_eq!(g.set_bgp, 65001);
+        g.check_implemented().unwrap();
     }
 }

@@ -1,5 +1,6 @@
-//! The set of appliances rules and BGP peers go to: the `--loxiURL` ones, fixed, and those
-//! LoxiURL objects add at run time, published as one immutable snapshot that is swapped whole.
+//! The set of appliances rules and BGP peers go to: the `--loxiURL` ones (fixed), those
+//! discovered from the cluster when `--loxiURL` is empty, and those LoxiURL objects add at run
+//! time, published as one immutable snapshot that is swapped whole.
 
 use crate::appliance::Appliance;
 use std::sync::{Arc, RwLock};
@@ -10,21 +11,41 @@ use std::sync::{Arc, RwLock};
 #[derive(Debug)]
 pub struct Fleet {
     fixed: Vec<Appliance>,
-    current: RwLock<Arc<Vec<Appliance>>>,
+    parts: RwLock<Parts>,
+}
+
+#[derive(Debug)]
+struct Parts {
+    discovered: Vec<Appliance>,
+    added: Vec<Appliance>,
+    current: Arc<Vec<Appliance>>,
 }
 
 impl Fleet {
     /// A fleet of the `--loxiURL` appliances only.
     pub fn new(fixed: Vec<Appliance>) -> Fleet {
         Fleet {
-            current: RwLock::new(Arc::new(fixed.clone())),
+            parts: RwLock::new(Parts {
+                discovered: Vec::new(),
+                added: Vec::new(),
+                current: Arc::new(fixed.clone()),
+            }),
             fixed,
         }
     }
 
-    /// Every appliance now.
+    /// Every appliance now: fixed, then discovered, then added, each URL once.
     pub fn snapshot(&self) -> Arc<Vec<Appliance>> {
-        self.current.read().expect("fleet lock").clone()
+        self.parts.read().expect("fleet lock").current.clone()
+    }
+
+    /// The appliances that take part in `--setRoles`: the fixed and the discovered ones (the
+    /// appliances kube-loxilb's election covers when no LoxiURL object is used).
+    pub fn role_members(&self) -> Vec<Appliance> {
+        let p = self.parts.read().expect("fleet lock");
+        let mut v = self.fixed.clone();
+        v.extend(p.discovered.iter().cloned());
+        v
     }
 
     /// The `--loxiURL` appliances.
@@ -32,20 +53,30 @@ impl Fleet {
         &self.fixed
     }
 
-    /// Makes the set the `--loxiURL` appliances plus `added` (an `added` URL equal to a
-    /// `--loxiURL` one is left out). Returns true if the set of URLs changed.
+    /// Makes the LoxiURL-added part `added`. Returns true if the set of URLs changed.
     pub fn set_added(&self, added: Vec<Appliance>) -> bool {
+        self.update(|p| p.added = added)
+    }
+
+    /// Makes the discovered part `discovered`. Returns true if the set of URLs changed.
+    pub fn set_discovered(&self, discovered: Vec<Appliance>) -> bool {
+        self.update(|p| p.discovered = discovered)
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Parts)) -> bool {
+        let mut p = self.parts.write().expect("fleet lock");
+        change(&mut p);
         let mut next = self.fixed.clone();
-        for a in added {
+        for a in p.discovered.iter().chain(&p.added) {
             if !next.iter().any(|n| n.url() == a.url()) {
-                next.push(a);
+                next.push(a.clone());
             }
         }
-        let mut cur = self.current.write().expect("fleet lock");
+        let cur = &p.current;
         let same =
             cur.len() == next.len() && cur.iter().zip(&next).all(|(a, b)| a.url() == b.url());
         if !same {
-            *cur = Arc::new(next);
+            p.current = Arc::new(next);
         }
         !same
     }
@@ -60,15 +91,31 @@ mod tests {
         Appliance::new(u, &Credentials::default(), EndpointUpdates::Replace).unwrap()
     }
 
+    fn urls(f: &Fleet) -> Vec<String> {
+        f.snapshot().iter().map(|a| a.url().to_owned()).collect()
+    }
+
     #[test]
     fn added_appliances_follow_the_fixed_ones_without_duplicates() {
         let f = Fleet::new(vec![app("http://127.0.0.1:1")]);
         assert!(!f.set_added(vec![app("http://127.0.0.1:1")]));
         assert!(f.set_added(vec![app("http://127.0.0.1:2"), app("http://127.0.0.1:1")]));
-        let urls: Vec<String> = f.snapshot().iter().map(|a| a.url().to_owned()).collect();
-        assert_eq!(urls, vec!["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+        assert_eq!(urls(&f), vec!["http://127.0.0.1:1", "http://127.0.0.1:2"]);
         assert!(!f.set_added(vec![app("http://127.0.0.1:2")]));
         assert!(f.set_added(vec![]));
         assert_eq!(f.snapshot().len(), 1);
+    }
+
+    #[test]
+    fn discovered_appliances_come_and_go_beside_the_added_ones_and_join_the_roles() {
+        let f = Fleet::new(vec![]);
+        assert!(f.set_added(vec![app("http://127.0.0.1:9")]));
+        assert!(f.set_discovered(vec![app("http://127.0.0.1:3"), app("http://127.0.0.1:9")]));
+        assert_eq!(urls(&f), vec!["http://127.0.0.1:3", "http://127.0.0.1:9"]);
+        assert_eq!(f.role_members().len(), 2);
+        assert!(!f.set_discovered(vec![app("http://127.0.0.1:3"), app("http://127.0.0.1:9")]));
+        assert!(f.set_discovered(vec![]));
+        assert_eq!(urls(&f), vec!["http://127.0.0.1:9"]);
+        assert!(f.role_members().is_empty());
     }
 }

@@ -1,11 +1,13 @@
 //! oxlb-operator: programs Kubernetes LoadBalancer Services onto oxlb appliances, accepting
 //! kube-loxilb's flags, annotations and custom resources. `run` wires flags, IPAM, reflectors,
-//! the reconciler and the LoxiURL / BGPPeerService watchers.
+//! the reconciler, appliance discovery, roles, BGP and the LoxiURL / BGPPeerService watchers.
 #![forbid(unsafe_code)]
 
 pub mod appliance;
 pub mod bgp;
+pub mod bgp_flags;
 pub mod crds;
+pub mod discovery;
 pub mod flags;
 pub mod fleet;
 pub mod ipam;
@@ -29,7 +31,7 @@ pub enum StartError {
     Refused(#[from] flags::Refused),
     #[error(transparent)]
     Config(#[from] flags::ConfigError),
-    #[error("--externalCIDR / --cidrPools: {0}")]
+    #[error("--externalCIDR / --cidrPools / --cidr6Pools: {0}")]
     Pools(#[from] ipam::IpamError),
     #[error("--setLBMode {0} is unknown: use 0 (DNAT), 1 (one-arm) or 2 (full-NAT)")]
     LbMode(u16),
@@ -39,6 +41,8 @@ pub enum StartError {
     Appliance(#[from] appliance::SetupError),
     #[error("--excludeRoleList {0} is not the address of any --loxiURL appliance")]
     ExcludedUnknown(std::net::Ipv4Addr),
+    #[error(transparent)]
+    BgpPeers(#[from] bgp_flags::PeerFlagError),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 }
@@ -53,6 +57,10 @@ pub struct Prepared {
     pub roles: Option<roles::RoleSettings>,
     /// How appliances named by LoxiURL objects are set up.
     pub loxiurl: loxiurl::Settings,
+    /// Present when `--loxiURL` is empty: appliances are discovered.
+    pub discovery: Option<discovery::Settings>,
+    /// Present with `--setBGP`.
+    pub bgp: Option<bgp_flags::Settings>,
 }
 
 /// Checks the flags: every refusal happens here, before anything connects.
@@ -62,18 +70,30 @@ pub fn prepare(f: &flags::Flags) -> Result<Prepared, StartError> {
         return Err(StartError::LbMode(f.set_lb_mode));
     }
     let pools = ipam::pools_from_flags(&f.external_cidr, &f.cidr_pools)?;
-    let pools = if pools.is_empty() {
+    let mut pools = if pools.is_empty() {
         // kube-loxilb's default pool when neither flag is given.
-        ipam::pools_from_flags("123.123.123.0/24", "")?
+        ipam::pools_from_flags(ipam::DEFAULT_POOL4, "")?
     } else {
         pools
     };
+    let pools6 = ipam::pools6_from_flag(&f.cidr6_pools)?;
+    if pools6.is_empty() {
+        // kube-loxilb always has an IPv6 default pool.
+        pools.extend(ipam::pools6_from_flag(&format!(
+            "{}={}",
+            ipam::DEFAULT_POOL,
+            ipam::DEFAULT_POOL6
+        ))?);
+    } else {
+        pools.extend(pools6);
+    }
     let settings = kube_watcher::Settings {
         zone: f.zone(),
         lb_mode: i64::from(f.set_lb_mode),
         monitor: f.monitor,
         use_pod_network: f.use_pod_network,
-        bgp: false,
+        // kube-loxilb marks every rule for BGP advertisement once the appliances speak BGP.
+        bgp: f.set_bgp != 0,
         lb_class: f.lb_class.clone(),
     };
     let credentials = appliance::Credentials::from_file(&f.api_token_file)?;
@@ -88,22 +108,23 @@ pub fn prepare(f: &flags::Flags) -> Result<Prepared, StartError> {
         .map(|u| appliance::Appliance::new(u, &credentials, updates))
         .collect::<Result<Vec<_>, _>>()?;
     let excluded_hosts = f.excluded_role_hosts()?;
-    if let Some(unknown) = excluded_hosts
+    let unknown = excluded_hosts
         .iter()
-        .find(|h| !appliances.iter().any(|a| a.host() == h.to_string()))
-    {
-        // kube-loxilb applies the list to appliances it discovers; without discovery a name
-        // matching none of --loxiURL is a typo that would silently leave one eligible.
+        .find(|h| !appliances.iter().any(|a| a.host() == h.to_string()));
+    if let (Some(unknown), false) = (unknown, appliances.is_empty()) {
+        // kube-loxilb applies the list to the appliances it discovers; with fixed --loxiURL
+        // appliances, a name matching none of them is a typo that would leave one eligible.
         return Err(StartError::ExcludedUnknown(*unknown));
     }
     let roles = f.roles_vip()?.map(|vip| roles::RoleSettings {
         vip,
         instances: roles::instances(&settings.zone),
-        excluded: appliances
-            .iter()
-            .map(|a| excluded_hosts.iter().any(|h| a.host() == h.to_string()))
-            .collect(),
+        excluded: excluded_hosts.iter().map(|h| h.to_string()).collect(),
         refresh: Duration::from_secs(f.resync_period.max(1)),
+    });
+    let discovery = appliances.is_empty().then(|| discovery::Settings {
+        credentials: credentials.clone(),
+        updates,
     });
     let loxiurl = loxiurl::Settings {
         zone: settings.zone.clone(),
@@ -111,12 +132,33 @@ pub fn prepare(f: &flags::Flags) -> Result<Prepared, StartError> {
         updates,
         flag_pools: pools.iter().map(|p| p.name.clone()).collect(),
     };
+    let external = bgp_flags::parse_external(&f.ext_bgp_peers, f.set_bgp)?;
+    if f.set_bgp == 0 && (f.listen_bgp_port != 0 || f.ebgp_multi_hop) {
+        log::warn!("--listenBGPPort / --eBGPMultiHop do nothing without --setBGP");
+    }
+    let bgp = (f.set_bgp != 0).then(|| bgp_flags::Settings {
+        local_as: f.set_bgp,
+        listen_port: if f.listen_bgp_port == 0 {
+            bgp_flags::BGP_PORT
+        } else {
+            f.listen_bgp_port
+        },
+        multi_hop: f.ebgp_multi_hop,
+        external,
+        mesh: discovery.is_some(),
+        report_to: bgp_flags::own_pod(
+            std::env::var("POD_NAME").ok(),
+            std::env::var("POD_NAMESPACE").ok(),
+        ),
+    });
     Ok(Prepared {
         pools,
         settings,
         appliances,
         roles,
         loxiurl,
+        discovery,
+        bgp,
     })
 }
 
@@ -133,19 +175,26 @@ pub async fn run(f: flags::Flags) -> Result<(), StartError> {
         appliances,
         roles,
         loxiurl,
+        discovery,
+        bgp,
     } = prepare(&f)?;
     let client = Client::try_default().await?;
     let services: Api<Service> = Api::all(client.clone());
 
     let mut ipam = ipam::Ipam::new(pools, f.set_unique_ip);
     let existing = services.list(&ListParams::default()).await?;
-    reconcile::rebuild(&mut ipam, &existing.items, &settings.lb_class);
+    reconcile::rebuild(
+        &mut ipam,
+        &existing.items,
+        &settings.lb_class,
+        &settings.zone,
+    );
 
     let (slices, slice_triggers) = kube_watcher::watch::endpoint_slices(client.clone());
     let (nodes, node_triggers) = kube_watcher::watch::nodes(client.clone());
     let ctx = Arc::new(reconcile::Context {
         client: client.clone(),
-        appliances: fleet::Fleet::new(appliances.clone()),
+        appliances: fleet::Fleet::new(appliances),
         ipam: Mutex::new(ipam),
         settings,
         slices,
@@ -168,8 +217,27 @@ pub async fn run(f: flags::Flags) -> Result<(), StartError> {
         ctx.settings.zone
     );
     // Dropped (and so stopped) when the controller returns.
-    let _roles = roles.map(|r| AbortOnDrop(tokio::spawn(roles::run(appliances, r))));
+    let _roles = roles.map(|r| {
+        let c = ctx.clone();
+        AbortOnDrop(tokio::spawn(roles::run(
+            move || c.appliances.role_members(),
+            r,
+        )))
+    });
     let (resync_tx, mut resync_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let _discovery = discovery.map(|d| {
+        log::info!(
+            "no --loxiURL: appliances are the ready endpoints of Service {} (port {})",
+            kube_watcher::watch::APPLIANCE_SERVICE,
+            discovery::API_PORT
+        );
+        AbortOnDrop(tokio::spawn(discovery::run(
+            ctx.slices.clone(),
+            ctx.clone(),
+            d,
+            resync_tx.clone(),
+        )))
+    });
     let fleet_triggers = futures::stream::poll_fn(move |cx| resync_rx.poll_recv(cx));
     let _loxiurl = AbortOnDrop(tokio::spawn(loxiurl::run(
         client.clone(),
@@ -177,6 +245,20 @@ pub async fn run(f: flags::Flags) -> Result<(), StartError> {
         loxiurl,
         resync_tx,
     )));
+    let _bgp_flags = bgp.map(|b| {
+        log::info!(
+            "BGP: local AS {}, listen port {}, {} external peer(s){}",
+            b.local_as,
+            b.listen_port,
+            b.external.len(),
+            if b.mesh {
+                ", appliances peer with each other"
+            } else {
+                ""
+            }
+        );
+        AbortOnDrop(tokio::spawn(bgp_flags::run(ctx.clone(), b, ctx.resync)))
+    });
     let _bgp = f.enable_bgp_crds.then(|| {
         AbortOnDrop(tokio::spawn(bgp::run(
             client.clone(),

@@ -13,10 +13,10 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
-use kube_watcher::{desired, watch, DesiredError, Settings};
+use kube_watcher::{desired, watch, DesiredError, Family, Settings};
 use serde_json::json;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -104,51 +104,67 @@ fn key(svc: &Service) -> String {
     format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any())
 }
 
-/// The address a status ingress shows: an IP, or kube-loxilb's `<zone>-<ip>` host name.
-pub fn ingress_ip(ip: Option<&str>, hostname: Option<&str>) -> Option<Ipv4Addr> {
+/// The address a status ingress shows: an IP, or kube-loxilb's `<zone>-<ip>` host name
+/// (an IPv6 address with its colons written as dashes, `llb-3ffe-cafe--1`).
+pub fn ingress_ip(ip: Option<&str>, hostname: Option<&str>, zone: &str) -> Option<IpAddr> {
     if let Some(ip) = ip.and_then(|s| s.parse().ok()) {
         return Some(ip);
     }
     let h = hostname?;
-    h.parse()
-        .ok()
-        .or_else(|| h.rsplit_once('-').and_then(|(_, ip)| ip.parse().ok()))
+    if let Ok(ip) = h.parse() {
+        return Some(ip);
+    }
+    let rest = if zone.is_empty() {
+        h
+    } else {
+        h.strip_prefix(zone)?.strip_prefix('-')?
+    };
+    rest.parse().ok().or_else(|| {
+        rest.replace('-', ":")
+            .parse::<std::net::Ipv6Addr>()
+            .ok()
+            .map(IpAddr::V6)
+    })
 }
 
-/// The first address in the Service's status, if any.
-pub fn status_ip(svc: &Service) -> Option<Ipv4Addr> {
+/// Every address in the Service's status, in order.
+pub fn status_ips(svc: &Service, zone: &str) -> Vec<IpAddr> {
     svc.status
-        .as_ref()?
-        .load_balancer
-        .as_ref()?
-        .ingress
-        .iter()
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .into_iter()
         .flatten()
-        .find_map(|i| ingress_ip(i.ip.as_deref(), i.hostname.as_deref()))
+        .filter_map(|i| ingress_ip(i.ip.as_deref(), i.hostname.as_deref(), zone))
+        .collect()
 }
 
 fn port_keys(svc: &Service) -> Result<Vec<PortKey>, DesiredError> {
     desired::service_ports(svc)
 }
 
-/// Re-registers the addresses Services already show, so a restarted operator neither
-/// reshuffles nor hands them out twice. Conflicts are logged and left to the reconcile.
-pub fn rebuild(ipam: &mut Ipam, services: &[Service], class: &str) {
+/// Re-registers the addresses Services already show (of both families), so a restarted
+/// operator neither reshuffles nor hands them out twice. Conflicts are logged and left to
+/// the reconcile.
+pub fn rebuild(ipam: &mut Ipam, services: &[Service], class: &str, zone: &str) {
     for svc in services.iter().filter(|s| desired::is_ours(s, class)) {
-        let (Some(ip), Ok(ports)) = (status_ip(svc), port_keys(svc)) else {
-            continue;
-        };
-        if let Err(e) = ipam.claim(&key(svc), ip, &ports) {
-            log::warn!("{}: keeping its status address failed: {e}", key(svc));
+        let Ok(ports) = port_keys(svc) else { continue };
+        for ip in status_ips(svc, zone) {
+            if let Err(e) = ipam.claim(&key(svc), ip, &ports) {
+                log::warn!("{}: keeping its status address {ip} failed: {e}", key(svc));
+            }
         }
     }
 }
 
-/// The Service's address: the one it holds, its status, a static request, or a new one.
-fn address(ctx: &Context, svc: &Service) -> Result<Ipv4Addr, Error> {
+/// The Service's own addresses, one per family it gets (`address_families`), in order: for
+/// each, a static request of that family, the one it holds, its status, or a new one. With
+/// `PreferDualStack` a second family that cannot be given is logged and left out.
+fn addresses(ctx: &Context, svc: &Service) -> Result<Vec<IpAddr>, Error> {
     let k = key(svc);
     let ports = port_keys(svc)?;
     let opts = desired::options(svc).map_err(DesiredError::from)?;
+    let (families, all_required) = desired::address_families(svc)?;
     let requested = opts.static_ip.or_else(|| {
         svc.spec
             .as_ref()?
@@ -156,22 +172,44 @@ fn address(ctx: &Context, svc: &Service) -> Result<Ipv4Addr, Error> {
             .as_deref()
             .and_then(|s| s.parse().ok())
     });
-    let mut ipam = ctx.ipam.lock().expect("ipam lock");
-    match requested {
-        Some(IpAddr::V6(v6)) => Err(DesiredError::Ipv6NotImplemented(IpAddr::V6(v6)).into()),
-        Some(IpAddr::V4(ip)) => {
-            ipam.claim(&k, ip, &ports)?;
-            Ok(ip)
+    if let Some(ip) = requested.filter(|ip| !families.contains(&Family::of(*ip))) {
+        let wanted: Vec<&str> = families.iter().map(|f| f.kube_name()).collect();
+        return Err(DesiredError::WrongFamily {
+            ip,
+            family: Family::of(ip),
+            wanted: wanted.join(" and "),
         }
-        None => {
-            if ipam.address_of(&k).is_none() {
-                if let Some(ip) = status_ip(svc) {
-                    ipam.claim(&k, ip, &ports)?;
-                }
-            }
-            Ok(ipam.allocate(&k, opts.pool.as_deref(), &ports)?)
+        .into());
+    }
+    let shown = status_ips(svc, &ctx.settings.zone);
+    let mut ipam = ctx.ipam.lock().expect("ipam lock");
+    for f in [Family::V4, Family::V6] {
+        if !families.contains(&f) {
+            ipam.release_family(&k, f);
         }
     }
+    let mut out = Vec::new();
+    for (i, family) in families.iter().copied().enumerate() {
+        let got = match requested.filter(|ip| Family::of(*ip) == family) {
+            Some(ip) => ipam.claim(&k, ip, &ports).map(|()| ip),
+            None => {
+                let from_status = shown.iter().find(|ip| Family::of(**ip) == family);
+                match (ipam.address_of(&k, family), from_status) {
+                    (None, Some(ip)) => ipam.claim(&k, *ip, &ports),
+                    _ => Ok(()),
+                }
+                .and_then(|()| ipam.allocate(&k, family, opts.pool.as_deref(), &ports))
+            }
+        };
+        match got {
+            Ok(ip) => out.push(ip),
+            Err(e) if i == 0 || all_required => return Err(e.into()),
+            Err(e) => {
+                log::warn!("{k}: no {family} address (PreferDualStack, so it goes without): {e}")
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn patch_finalizers(
@@ -225,12 +263,17 @@ async fn cleanup(ctx: &Context, svc: &Service) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-/// The status ingress kube-loxilb writes: `<zone>-<ip>` as host name, or the IP without zone.
-pub fn ingress_for(zone: &str, ip: Ipv4Addr) -> serde_json::Value {
+/// The status ingress kube-loxilb writes: `<zone>-<ip>` as host name (an IPv6 address with
+/// dashes for colons, as a host name allows), or the IP without zone.
+pub fn ingress_for(zone: &str, ip: IpAddr) -> serde_json::Value {
     if zone.is_empty() {
         json!({"ip": ip.to_string()})
     } else {
-        json!({"hostname": format!("{zone}-{ip}")})
+        let shown = match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => v6.to_string().replace(':', "-"),
+        };
+        json!({"hostname": format!("{zone}-{shown}")})
     }
 }
 
@@ -260,8 +303,8 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
         older_versions.extend(patch_finalizers(&ctx, &svc, f).await?);
     }
     // Compute everything before touching an appliance: an invalid Service changes nothing.
-    let vip = address(&ctx, &svc)?;
-    let mut vips = vec![IpAddr::V4(vip)];
+    let own = addresses(&ctx, &svc)?;
+    let mut vips = own.clone();
     vips.extend(desired::external_ips(&svc)?);
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
@@ -273,6 +316,12 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
 
     let prefix = desired::rule_prefix(&ns, &name);
     let appliances = ctx.appliances.snapshot();
+    if appliances.is_empty() {
+        return Err(Error::NoAppliance(format!(
+            "no appliance is known yet (none from --loxiURL or LoxiURL objects, no ready endpoint of Service {})",
+            watch::APPLIANCE_SERVICE
+        )));
+    }
     let results: Vec<Result<_, ApplianceError>> =
         join_all(appliances.iter().map(|a| a.sync(&prefix, &rules))).await;
     let mut accepted = 0;
@@ -302,8 +351,23 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
     if accepted == 0 {
         return Err(Error::NoAppliance(errors.join("; ")));
     }
-    if !rules.is_empty() {
-        let want = vec![ingress_for(&ctx.settings.zone, vip)];
+    // Every address given that serves: a family without endpoints (no rule) is not shown, and
+    // without any the status is left as it is (the address stays allocated).
+    let serving: Vec<IpAddr> = own
+        .iter()
+        .copied()
+        .filter(|ip| {
+            let text = ip.to_string();
+            rules
+                .iter()
+                .any(|r| r.service_arguments.external_ip == text)
+        })
+        .collect();
+    if !serving.is_empty() {
+        let want: Vec<serde_json::Value> = serving
+            .iter()
+            .map(|ip| ingress_for(&ctx.settings.zone, *ip))
+            .collect();
         let have = svc
             .status
             .as_ref()
@@ -329,7 +393,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
                     older_versions,
                 },
             );
-            log::info!("{}: status shows {vip}", key(&svc));
+            log::info!("{}: status shows {serving:?}", key(&svc));
         }
     }
     ctx.failures
@@ -381,16 +445,34 @@ mod tests {
 
     #[test]
     fn status_addresses_are_read_from_ips_and_kube_loxilb_host_names() {
-        let ip: Ipv4Addr = "198.18.100.1".parse().unwrap();
-        assert_eq!(ingress_ip(Some("198.18.100.1"), None), Some(ip));
-        assert_eq!(ingress_ip(None, Some("llb-198.18.100.1")), Some(ip));
-        assert_eq!(ingress_ip(None, Some("198.18.100.1")), Some(ip));
-        assert_eq!(ingress_ip(None, Some("example.com")), None);
+        let ip: IpAddr = "198.18.100.1".parse().unwrap();
+        let ip6: IpAddr = "3ffe:cafe::1".parse().unwrap();
+        assert_eq!(ingress_ip(Some("198.18.100.1"), None, "llb"), Some(ip));
+        assert_eq!(ingress_ip(None, Some("llb-198.18.100.1"), "llb"), Some(ip));
+        assert_eq!(ingress_ip(None, Some("198.18.100.1"), "llb"), Some(ip));
+        assert_eq!(ingress_ip(None, Some("example.com"), "llb"), None);
+        assert_eq!(ingress_ip(None, Some("llb-3ffe-cafe--1"), "llb"), Some(ip6));
+        assert_eq!(
+            ingress_ip(None, Some("az-1-3ffe-cafe--1"), "az-1"),
+            Some(ip6)
+        );
+        assert_eq!(ingress_ip(Some("3ffe:cafe::1"), None, ""), Some(ip6));
+        assert_eq!(ingress_ip(None, Some("3ffe-cafe--1"), ""), Some(ip6));
         assert_eq!(
             ingress_for("llb", ip),
             json!({"hostname": "llb-198.18.100.1"})
         );
         assert_eq!(ingress_for("", ip), json!({"ip": "198.18.100.1"}));
+        assert_eq!(
+            ingress_for("llb", ip6),
+            json!({"hostname": "llb-3ffe-cafe--1"})
+        );
+        assert_eq!(ingress_for("", ip6), json!({"ip": "3ffe:cafe::1"}));
+        for (zone, ip) in [("llb", ip), ("llb", ip6), ("az-1", ip6), ("", ip6)] {
+            let v = ingress_for(zone, ip);
+            let back = ingress_ip(v["ip"].as_str(), v["hostname"].as_str(), zone);
+            assert_eq!(back, Some(ip), "{zone} {ip}");
+        }
     }
 
     #[test]

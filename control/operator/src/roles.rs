@@ -4,6 +4,7 @@
 
 use crate::appliance::{Appliance, CiState};
 use futures::future::join_all;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -18,8 +19,9 @@ pub struct RoleSettings {
     /// kube-loxilb sets the default zone's first instance (`llb-inst0`) too when its own zone
     /// is another, so an appliance started with default settings follows the same role.
     pub instances: Vec<String>,
-    /// Per appliance (in `--loxiURL` order): never to be MASTER (`--excludeRoleList`).
-    pub excluded: Vec<bool>,
+    /// Appliance hosts never to be MASTER (`--excludeRoleList`), for `--loxiURL` and
+    /// discovered appliances alike.
+    pub excluded: Vec<String>,
     /// Roles are sent again this often even when nothing changed, so an appliance that
     /// restarted between two probes and forgot its role gets it back.
     pub refresh: Duration,
@@ -54,62 +56,78 @@ fn role_of(i: usize, master: Option<usize>) -> &'static str {
     }
 }
 
-/// Runs the probes and elections until the task is dropped.
-pub async fn run(appliances: Vec<Appliance>, settings: RoleSettings) {
-    let n = appliances.len();
-    let mut alive = vec![false; n];
-    // The role each appliance last acknowledged; None: unknown (never set, or it was down).
-    let mut acknowledged: Vec<Option<&'static str>> = vec![None; n];
-    let mut master: Option<usize> = None;
+/// Runs the probes and elections until the task is dropped, over the appliances `members`
+/// returns each round (the `--loxiURL` ones, fixed, or the discovered ones, which come and go).
+pub async fn run(members: impl Fn() -> Vec<Appliance>, settings: RoleSettings) {
+    // Per appliance URL: alive, and the role it last acknowledged (None: unknown, never set
+    // or it was down).
+    let mut alive: HashMap<String, bool> = HashMap::new();
+    let mut acknowledged: HashMap<String, &'static str> = HashMap::new();
+    let mut master: Option<String> = None;
     let mut last_refresh = Instant::now();
     let mut tick = tokio::time::interval(PROBE_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let appliances = members();
+        let urls: Vec<String> = appliances.iter().map(|a| a.url().to_owned()).collect();
+        // An appliance that left the set is forgotten; if it comes back it starts unknown.
+        alive.retain(|u, _| urls.contains(u));
+        acknowledged.retain(|u, _| urls.contains(u));
         let probes = join_all(appliances.iter().map(Appliance::probe)).await;
-        for (i, r) in probes.iter().enumerate() {
+        let mut up_now = Vec::with_capacity(appliances.len());
+        for (a, r) in appliances.iter().zip(&probes) {
             let up = r.is_ok();
-            if up != alive[i] {
+            let was = alive.get(a.url()).copied().unwrap_or(false);
+            if up != was {
                 match r {
-                    Ok(()) => log::info!("appliance {} is alive", appliances[i].url()),
-                    Err(e) => log::warn!("appliance {} is down: {e}", appliances[i].url()),
+                    Ok(()) => log::info!("appliance {} is alive", a.url()),
+                    Err(e) => log::warn!("appliance {} is down: {e}", a.url()),
                 }
             }
             if !up {
-                acknowledged[i] = None;
+                acknowledged.remove(a.url());
             }
-            alive[i] = up;
+            alive.insert(a.url().to_owned(), up);
+            up_now.push(up);
         }
-        let elected = elect(master, &alive, &settings.excluded);
-        if elected != master {
-            match elected {
-                Some(m) => log::info!("appliance {} is now MASTER", appliances[m].url()),
+        let excluded: Vec<bool> = appliances
+            .iter()
+            .map(|a| settings.excluded.iter().any(|h| h == a.host()))
+            .collect();
+        let current = master
+            .as_ref()
+            .and_then(|m| urls.iter().position(|u| u == m));
+        let elected = elect(current, &up_now, &excluded);
+        let elected_url = elected.map(|i| urls[i].clone());
+        if elected_url != master {
+            match &elected_url {
+                Some(m) => log::info!("appliance {m} is now MASTER"),
                 None => log::warn!("no live appliance can be MASTER"),
             }
-            master = elected;
+            master = elected_url;
         }
         if last_refresh.elapsed() >= settings.refresh {
             last_refresh = Instant::now();
-            acknowledged.iter_mut().for_each(|a| *a = None);
+            acknowledged.clear();
         }
         // The new MASTER last: during a switch two appliances are briefly BACKUP, never MASTER.
-        let mut order: Vec<usize> = (0..n).filter(|&i| Some(i) != master).collect();
-        order.extend(master);
+        let n = appliances.len();
+        let mut order: Vec<usize> = (0..n).filter(|&i| Some(i) != elected).collect();
+        order.extend(elected);
         for i in order {
-            let role = role_of(i, master);
-            if !alive[i] || acknowledged[i] == Some(role) {
+            let a = &appliances[i];
+            let role = role_of(i, elected);
+            if !up_now[i] || acknowledged.get(a.url()) == Some(&role) {
                 continue;
             }
-            match push(&appliances[i], &settings, role).await {
+            match push(a, &settings, role).await {
                 Ok(()) => {
-                    log::info!("appliance {}: role {role} set", appliances[i].url());
-                    acknowledged[i] = Some(role);
+                    log::info!("appliance {}: role {role} set", a.url());
+                    acknowledged.insert(a.url().to_owned(), role);
                 }
                 // Retried on the next probe round, as nothing was acknowledged.
-                Err(e) => log::warn!(
-                    "appliance {}: setting role {role}: {e}",
-                    appliances[i].url()
-                ),
+                Err(e) => log::warn!("appliance {}: setting role {role}: {e}", a.url()),
             }
         }
     }

@@ -4,14 +4,32 @@ use std::process::Command;
 
 #[test]
 fn an_unimplemented_flag_stops_the_binary_with_a_message_naming_it() {
-    let out = Command::new(env!("CARGO_BIN_EXE_oxlb-operator"))
-        .args(["-loxiURL=http://127.0.0.1:1", "-setBGP=65001"])
-        .env("KUBECONFIG", "/nonexistent")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--setBGP is not implemented yet"), "{err}");
+    for (flag, name) in [
+        ("-gatewayAPI", "gatewayAPI"),
+        ("-loxilbGatewayClass=example.com/gw", "loxilbGatewayClass"),
+        ("-privateCIDR=10.0.0.0/24", "privateCIDR"),
+    ] {
+        let err = start_error(&["-loxiURL=http://127.0.0.1:1", flag]);
+        assert!(
+            err.contains(&format!("--{name} is not implemented yet by oxlb-operator")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn bad_external_bgp_peers_stop_the_binary_at_start() {
+    let err = start_error(&[
+        "-loxiURL=http://127.0.0.1:1",
+        "-extBGPPeers=198.18.0.9:65001",
+    ]);
+    assert!(err.contains("--extBGPPeers needs --setBGP"), "{err}");
+    let err = start_error(&[
+        "-loxiURL=http://127.0.0.1:1",
+        "-setBGP=64512",
+        "-extBGPPeers=198.18.0.9",
+    ]);
+    assert!(err.contains("\"198.18.0.9\" is not IP:ASN"), "{err}");
 }
 
 fn start_error(args: &[&str]) -> String {

@@ -34,6 +34,8 @@ const API_DRAIN: Duration = Duration::from_secs(3);
 /// How long work a request started off the async threads (a change being applied and saved,
 /// a conntrack listing) may go on after the API closed.
 const BLOCKING_DRAIN: Duration = Duration::from_secs(1);
+/// How long the BGP speaker may take to close its sessions at a stop.
+const BGP_STOP: Duration = Duration::from_secs(3);
 
 #[derive(Parser)]
 #[command(
@@ -85,6 +87,10 @@ enum Cmd {
         /// Flows each worker can track; new flows beyond it are refused and counted.
         #[arg(long, default_value_t = DEFAULT_CONNTRACK_CAPACITY)]
         conntrack_capacity: usize,
+        /// IPv6 and NAT64 flows each worker can track (a table of its own, about 170 bytes
+        /// per flow against 121 for IPv4).
+        #[arg(long, default_value_t = DEFAULT_CONNTRACK_CAPACITY / 4)]
+        conntrack_capacity_v6: usize,
         /// Source ports of one-arm and full-NAT flows, FIRST-LAST; reserved from the kernel's
         /// own ephemeral ports while oxlb runs.
         #[arg(long, default_value = "40000-49999")]
@@ -116,6 +122,7 @@ fn main() -> ExitCode {
             config,
             state_dir,
             conntrack_capacity,
+            conntrack_capacity_v6,
             snat_ports,
         } => match api_security(
             api,
@@ -130,7 +137,7 @@ fn main() -> ExitCode {
                 security,
                 config,
                 &state_dir,
-                conntrack_capacity,
+                (conntrack_capacity, conntrack_capacity_v6),
                 &snat_ports,
             )
         }) {
@@ -176,7 +183,7 @@ fn run(
     mut security: ApiOptions,
     config: Option<PathBuf>,
     state_dir: &Path,
-    conntrack_capacity: usize,
+    (conntrack_capacity, conntrack_capacity_v6): (usize, usize),
     snat_ports: &str,
 ) -> Result<(), String> {
     let started = Instant::now();
@@ -208,6 +215,7 @@ fn run(
         DataplaneConfig {
             interfaces,
             conntrack_capacity,
+            conntrack_capacity_v6,
             snat_ports,
         },
         |ifindex, queue, fd| {
@@ -320,6 +328,7 @@ fn control_plane(
             })
         };
         let prober = tokio::spawn(probe::supervise(core.clone()));
+        let bgp = tokio::spawn(core.bgp().run());
         let app: Arc<dyn Appliance> = core.clone();
         let (stopping, mut stop_seen) = tokio::sync::watch::channel(false);
         let signal = async move {
@@ -346,6 +355,12 @@ fn control_plane(
         // Dropping the supervisor's task set aborts every probe with it.
         prober.abort();
         refresher.abort();
+        // Neighbours hear a Cease (administrative shutdown) and withdraw our routes now,
+        // not after their hold time.
+        core.bgp().stop();
+        if tokio::time::timeout(BGP_STOP, bgp).await.is_err() {
+            warn!("BGP sessions still closing after {BGP_STOP:?}; leaving them");
+        }
         served.map_err(|e| format!("API server failed: {e}"))
     });
     // Connection tasks still open are dropped here; blocking work (a change being applied and

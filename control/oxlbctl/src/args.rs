@@ -7,7 +7,7 @@
 //! here, says what it runs; only what cannot be put into a request at all is a usage error.
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
-use oxlb_api::{CiStatusEntry, LoadBalancerEntry};
+use oxlb_api::{BgpGlobalEntry, BgpNeighEntry, CiStatusEntry, LoadBalancerEntry};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -30,6 +30,11 @@ Examples:
   oxlbctl set loglevel debug,oxlb_dataplane=trace
   oxlbctl get cistate
   oxlbctl set cistate llb-inst0 --state MASTER --vip 198.18.100.1
+  oxlbctl set bgp global --as 65001 --router-id 198.18.0.1
+  oxlbctl create bgpneigh 198.18.1.2 65002
+  oxlbctl create bgpneigh 198.18.1.2 65002 --remote-port 1179 --multihop
+  oxlbctl get bgpneigh
+  oxlbctl delete bgpneigh 198.18.1.2
   oxlbctl --api https://198.18.0.1:11111 --ca-file ca.pem --token-file token get lb
 
 Exit status: 0 done, 1 the appliance refused (its message is shown; also a missing or wrong
@@ -115,6 +120,32 @@ pub enum SetWhat {
         #[arg(long)]
         vip: Option<String>,
     },
+    /// BGP settings.
+    Bgp {
+        #[command(subcommand)]
+        what: SetBgp,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SetBgp {
+    /// This appliance's AS and router id, the port it listens on for neighbours
+    /// (POST /netlox/v1/config/bgp/global). Sessions restart with the new identity.
+    Global {
+        /// The local AS number.
+        #[arg(long = "as", value_name = "N")]
+        local_as: i64,
+        /// The BGP identifier, an IPv4 address.
+        #[arg(long, value_name = "IP")]
+        router_id: String,
+        /// The port neighbours connect to (default 179).
+        #[arg(long, value_name = "PORT")]
+        listen_port: Option<i64>,
+        /// The NEXT_HOP of the VIPs of this address's family instead of each session's local
+        /// address (oxlb's own setting); once for IPv4, once for IPv6.
+        #[arg(long, value_name = "IP")]
+        next_hop: Vec<IpAddr>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,6 +173,9 @@ pub enum GetWhat {
     /// The HA role of every cluster instance (GET /netlox/v1/config/cistate/all).
     #[command(alias = "ha")]
     Cistate,
+    /// Every BGP neighbour with its session's state (GET /netlox/v1/config/bgp/neigh/all).
+    #[command(alias = "bgp-neigh")]
+    Bgpneigh,
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +184,21 @@ pub enum CreateWhat {
     /// same VIP, port and protocol is replaced, endpoints included.
     #[command(alias = "loadbalancer")]
     Lb(CreateLb),
+    /// A BGP neighbour the appliance advertises its rules' addresses to (those created with
+    /// bgp set) (POST /netlox/v1/config/bgp/neigh).
+    #[command(alias = "bgp-neigh")]
+    Bgpneigh {
+        /// The neighbour's address.
+        ip: String,
+        /// The neighbour's AS (the local AS for iBGP).
+        remote_as: i64,
+        /// The neighbour's port (default 179).
+        #[arg(long, value_name = "PORT")]
+        remote_port: Option<i64>,
+        /// eBGP to a neighbour more than one hop away (TTL 255).
+        #[arg(long)]
+        multihop: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -181,6 +230,9 @@ pub struct CreateLb {
     /// Seconds of inactivity after which a flow is forgotten (0: the appliance's default).
     #[arg(long, alias = "inatimeout", value_name = "SECONDS")]
     pub inactive_timeout: Option<i64>,
+    /// Advertise the VIP to the BGP neighbours as a host route (loxilb's `bgp`).
+    #[arg(long)]
+    pub bgp: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,6 +240,15 @@ pub enum DeleteWhat {
     /// The rules of VIP on the given ports, or every rule with --all.
     #[command(alias = "loadbalancer")]
     Lb(DeleteLb),
+    /// A BGP neighbour (DELETE /netlox/v1/config/bgp/neigh/IP).
+    #[command(alias = "bgp-neigh")]
+    Bgpneigh {
+        /// The neighbour's address.
+        ip: String,
+        /// Delete only if the neighbour has this AS.
+        #[arg(long, value_name = "N")]
+        remote_as: Option<i64>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -229,6 +290,10 @@ pub enum Body {
     },
     /// loxilb's `CIStatusEntry`.
     CiState(CiStatusEntry),
+    /// loxilb's `BGPGlobalConfig`.
+    BgpGlobal(BgpGlobalEntry),
+    /// loxilb's `BGPNeigh`.
+    BgpNeigh(BgpNeighEntry),
 }
 
 /// One API call a command stands for.
@@ -338,6 +403,81 @@ pub fn calls(command: &Command) -> Result<Vec<Call>, UsageError> {
         Command::Delete {
             what: DeleteWhat::Lb(d),
         } => delete_calls(d),
+        Command::Get {
+            what: GetWhat::Bgpneigh,
+        } => Ok(vec![Call {
+            method: Method::Get,
+            path: format!("{BASE}/config/bgp/neigh/all"),
+            body: None,
+            what: "get bgpneigh".into(),
+        }]),
+        Command::Create {
+            what:
+                CreateWhat::Bgpneigh {
+                    ip,
+                    remote_as,
+                    remote_port,
+                    multihop,
+                },
+        } => Ok(vec![Call {
+            method: Method::Post,
+            path: format!("{BASE}/config/bgp/neigh"),
+            body: Some(Body::BgpNeigh(BgpNeighEntry {
+                ip_address: ip.clone(),
+                remote_as: *remote_as,
+                remote_port: remote_port.unwrap_or(0),
+                set_multi_hop: *multihop,
+            })),
+            what: format!("create bgpneigh {ip} AS {remote_as}"),
+        }]),
+        Command::Delete {
+            what: DeleteWhat::Bgpneigh { ip, remote_as },
+        } => {
+            // The address goes into the path: it must be one, not arbitrary path text.
+            let addr = ip
+                .parse::<IpAddr>()
+                .map_err(|_| usage(format!("{ip:?} is not an IP address")))?;
+            let query = remote_as.map_or_else(String::new, |a| format!("?remoteAs={a}"));
+            Ok(vec![Call {
+                method: Method::Delete,
+                path: format!("{BASE}/config/bgp/neigh/{addr}{query}"),
+                body: None,
+                what: format!("delete bgpneigh {addr}"),
+            }])
+        }
+        Command::Set {
+            what:
+                SetWhat::Bgp {
+                    what:
+                        SetBgp::Global {
+                            local_as,
+                            router_id,
+                            listen_port,
+                            next_hop,
+                        },
+                },
+        } => {
+            let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = next_hop.iter().partition(|a| a.is_ipv4());
+            if v4.len() > 1 || v6.len() > 1 {
+                return Err(usage(
+                    "--next-hop: give at most one IPv4 and one IPv6 address",
+                ));
+            }
+            let text = |a: Option<&IpAddr>| a.map(ToString::to_string).unwrap_or_default();
+            Ok(vec![Call {
+                method: Method::Post,
+                path: format!("{BASE}/config/bgp/global"),
+                body: Some(Body::BgpGlobal(BgpGlobalEntry {
+                    local_as: *local_as,
+                    router_id: router_id.clone(),
+                    listen_port: listen_port.unwrap_or(0),
+                    set_next_hop_self: false,
+                    next_hop_ipv4: text(v4.first()),
+                    next_hop_ipv6: text(v6.first()),
+                })),
+                what: format!("set bgp global AS {local_as} router id {router_id}"),
+            }])
+        }
     }
 }
 
@@ -373,6 +513,9 @@ fn create_calls(c: &CreateLb) -> Result<Vec<Call>, UsageError> {
             }
             if let Some(t) = c.inactive_timeout {
                 args["inactiveTimeOut"] = t.into();
+            }
+            if c.bgp {
+                args["bgp"] = true.into();
             }
             let entry: LoadBalancerEntry = serde_json::from_value(
                 serde_json::json!({"serviceArguments": args, "endpoints": eps}),
@@ -469,8 +612,13 @@ fn number_of(flag: &str, value: &str, table: &[(&str, i64)]) -> Result<i64, Usag
         })
 }
 
+/// An IPv4 or IPv6 address; an IPv6 one may be written in brackets (`[fd00::1]`).
 fn ip(text: &str, what: &str) -> Result<IpAddr, UsageError> {
-    text.parse()
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    bare.parse()
         .map_err(|_| usage(format!("{what} {text:?} is not an IP address")))
 }
 
@@ -480,14 +628,21 @@ fn integer(text: &str, what: &str) -> Result<i64, UsageError> {
         .map_err(|_| usage(format!("{what} {text:?} is not a number")))
 }
 
-/// `IP:WEIGHT`, split at the last colon so that IPv6 endpoints work as in loxicmd.
+/// `IP:WEIGHT`, split at the last colon so that IPv6 endpoints work as in loxicmd
+/// (`fd00::1:1` is fd00::1 with weight 1); `[IPv6]:WEIGHT` says the same unambiguously.
 fn endpoint(text: &str) -> Result<(String, i64), UsageError> {
     let (addr, weight) = text.rsplit_once(':').ok_or_else(|| {
         usage(format!(
-            "endpoint {text:?} has no weight: write IP:WEIGHT, e.g. 198.18.31.1:1"
+            "endpoint {text:?} has no weight: write IP:WEIGHT, e.g. 198.18.31.1:1 or \
+             [fd00:31::1]:1"
         ))
     })?;
-    let addr = ip(addr, "the endpoint")?;
+    let addr = ip(addr, "the endpoint").map_err(|e| {
+        usage(format!(
+            "{}; write IP:WEIGHT, an IPv6 address best in brackets: [fd00:31::1]:1",
+            e.0
+        ))
+    })?;
     Ok((addr.to_string(), integer(weight, "the endpoint weight")?))
 }
 
@@ -551,6 +706,62 @@ mod tests {
                 "allowedSources": [],
             })]
         );
+    }
+
+    #[test]
+    fn an_ipv6_vip_takes_ipv4_endpoints_and_bracketed_or_bare_ipv6_ones() {
+        let calls = calls_of(&[
+            "create",
+            "lb",
+            "fd00:100::1",
+            "--tcp=80:8080",
+            "--endpoints=198.18.31.1:1,[fd00:31::2]:2,fd00:31::3:3",
+            "--mode",
+            "fullnat",
+        ])
+        .unwrap();
+        assert_eq!(calls[0].what, "create lb [fd00:100::1]:80/tcp");
+        let body = serde_json::to_value(calls[0].body.as_ref().expect("a body")).unwrap();
+        assert_eq!(body["serviceArguments"]["externalIP"], "fd00:100::1");
+        assert_eq!(body["serviceArguments"]["mode"], 2);
+        let eps: Vec<(&str, i64)> = body["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["endpointIP"].as_str().unwrap(),
+                    e["weight"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            eps,
+            [("198.18.31.1", 1), ("fd00:31::2", 2), ("fd00:31::3", 3)]
+        );
+    }
+
+    #[test]
+    fn an_ipv6_vip_in_brackets_is_deleted_by_its_bare_address() {
+        let calls = calls_of(&["delete", "lb", "[fd00:100::1]", "--udp=53"]).unwrap();
+        assert_eq!(
+            calls[0].path,
+            "/netlox/v1/config/loadbalancer/externalipaddress/fd00:100::1/port/53/protocol/udp"
+        );
+        assert_eq!(calls[0].what, "delete lb [fd00:100::1]:53/udp");
+    }
+
+    #[test]
+    fn an_ipv6_endpoint_without_a_weight_is_a_usage_error_showing_the_bracket_form() {
+        let e = calls_of(&[
+            "create",
+            "lb",
+            "fd00:100::1",
+            "--tcp=80",
+            "--endpoints=[fd00:31::1]",
+        ])
+        .expect_err("no weight");
+        assert!(e.0.contains("[fd00:31::1]:1"), "{}", e.0);
     }
 
     #[test]
@@ -811,5 +1022,97 @@ mod tests {
         assert_eq!(mode_name(2), "fullnat");
         assert_eq!(select_name(0), "rr");
         assert_eq!(mode_name(42), "42");
+    }
+
+    #[test]
+    fn bgp_commands_become_loxilbs_bgp_calls() {
+        let c = calls_of(&[
+            "set",
+            "bgp",
+            "global",
+            "--as",
+            "65001",
+            "--router-id",
+            "198.18.0.1",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c[0].method, c[0].path.as_str()),
+            (Method::Post, "/netlox/v1/config/bgp/global")
+        );
+        assert_eq!(
+            serde_json::to_value(c[0].body.as_ref().unwrap()).unwrap(),
+            json!({"localAs": 65001, "routerId": "198.18.0.1"})
+        );
+        let c = calls_of(&[
+            "set",
+            "bgp",
+            "global",
+            "--as",
+            "65001",
+            "--router-id",
+            "198.18.0.1",
+            "--next-hop",
+            "fd00:18::1",
+        ])
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(c[0].body.as_ref().unwrap()).unwrap()["nextHopIPv6"],
+            "fd00:18::1"
+        );
+        assert!(calls_of(&[
+            "set",
+            "bgp",
+            "global",
+            "--as",
+            "1",
+            "--router-id",
+            "1.1.1.1",
+            "--next-hop",
+            "1.1.1.1",
+            "--next-hop",
+            "2.2.2.2",
+        ])
+        .is_err());
+        let b = bodies(&[
+            "create",
+            "bgpneigh",
+            "198.18.1.2",
+            "65002",
+            "--remote-port",
+            "1179",
+            "--multihop",
+        ]);
+        assert_eq!(
+            b,
+            [
+                json!({"ipAddress": "198.18.1.2", "remoteAs": 65002, "remotePort": 1179, "setMultiHop": true})
+            ]
+        );
+        let c = calls_of(&["get", "bgpneigh"]).unwrap();
+        assert_eq!(
+            (c[0].method, c[0].path.as_str()),
+            (Method::Get, "/netlox/v1/config/bgp/neigh/all")
+        );
+        let c = calls_of(&["delete", "bgpneigh", "198.18.1.2"]).unwrap();
+        assert_eq!(
+            (c[0].method, c[0].path.as_str()),
+            (Method::Delete, "/netlox/v1/config/bgp/neigh/198.18.1.2")
+        );
+        let c = calls_of(&["delete", "bgpneigh", "fd00::2", "--remote-as", "65002"]).unwrap();
+        assert_eq!(
+            c[0].path,
+            "/netlox/v1/config/bgp/neigh/fd00::2?remoteAs=65002"
+        );
+        assert!(calls_of(&["delete", "bgpneigh", "../all"]).is_err());
+        let b = bodies(&[
+            "create",
+            "lb",
+            "198.18.100.1",
+            "--tcp=80:8080",
+            "--endpoints=198.18.31.1:1",
+            "--bgp",
+        ]);
+        assert_eq!(b[0]["serviceArguments"]["bgp"], true);
     }
 }

@@ -10,8 +10,9 @@ use args::{Call, Cli, Command, GetWhat, Output, SetWhat};
 use clap::Parser;
 use client::{Access, ApiClient, CallError};
 use oxlb_api::{
-    CiStateList, CiStatusGetEntry, ConntrackEntry, ConntrackList, EndpointEntry, EndpointList,
-    HealthResponse, LoadBalancerEntry, LoadBalancerList, ResultResponse, StatusResponse,
+    BgpNeighGetEntry, BgpNeighList, CiStateList, CiStatusGetEntry, ConntrackEntry, ConntrackList,
+    EndpointEntry, EndpointList, HealthResponse, LoadBalancerEntry, LoadBalancerList,
+    ResultResponse, StatusResponse,
 };
 use serde::Serialize;
 use std::process::ExitCode;
@@ -106,8 +107,17 @@ fn run(client: &ApiClient, cli: &Cli, call: &Call) -> Result<(), CallError> {
                 Output::Table => print!("{}", cistate_table(&list.attr)),
             }
         }
+        Command::Get {
+            what: GetWhat::Bgpneigh,
+        } => {
+            let list: BgpNeighList = serde_json::from_str(&body).map_err(unexpected)?;
+            match cli.output {
+                Output::Json => print_json(&list),
+                Output::Table => print!("{}", bgpneigh_table(&list.bgp_nei_attr)),
+            }
+        }
         Command::Set {
-            what: SetWhat::Cistate { .. },
+            what: SetWhat::Cistate { .. } | SetWhat::Bgp { .. },
         } => {
             let answer: ResultResponse = serde_json::from_str(&body).map_err(unexpected)?;
             match cli.output {
@@ -255,6 +265,23 @@ fn ep_table(entries: &[EndpointEntry]) -> String {
                 e.probe_req.clone(),
                 e.probe_resp.clone(),
                 e.curr_state.clone(),
+            ]
+        })
+        .collect();
+    table::render(&header, &rows)
+}
+
+/// One row per BGP neighbour, columns as loxicmd's `get bgpneigh`.
+fn bgpneigh_table(entries: &[BgpNeighGetEntry]) -> String {
+    let header = ["PEER", "AS", "UP/DOWN", "STATE"];
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.ip_address.clone(),
+                e.remote_as.to_string(),
+                e.updowntime.clone(),
+                e.state.clone(),
             ]
         })
         .collect();

@@ -11,6 +11,7 @@ pub const PROTO_SCTP: u8 = 132;
 
 const VER_IHL: usize = 0;
 const TOTAL_LEN: usize = 2;
+const IDENT: usize = 4;
 const FRAG: usize = 6;
 const TTL: usize = 8;
 const PROTO: usize = 9;
@@ -69,6 +70,21 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// True for any fragment: more-fragments set or a non-zero offset.
     pub fn is_fragment(&self) -> bool {
         get_u16(self.buf.as_ref(), FRAG) & 0x3fff != 0
+    }
+
+    /// More fragments follow this one.
+    pub fn more_fragments(&self) -> bool {
+        get_u16(self.buf.as_ref(), FRAG) & 0x2000 != 0
+    }
+
+    /// Where this fragment's data starts in the datagram, in 8-byte units.
+    pub fn fragment_offset(&self) -> u16 {
+        get_u16(self.buf.as_ref(), FRAG) & 0x1fff
+    }
+
+    /// The identification shared by every fragment of a datagram.
+    pub fn ident(&self) -> u16 {
+        get_u16(self.buf.as_ref(), IDENT)
     }
 
     /// The DF bit: the sender wants an ICMP error rather than fragmentation.

@@ -6,7 +6,9 @@
 
 pub mod ethernet;
 pub mod icmp;
+pub mod icmpv6;
 pub mod ipv4;
+pub mod ipv6;
 pub mod sctp;
 pub mod tcp;
 pub mod udp;

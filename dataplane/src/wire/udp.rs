@@ -27,6 +27,15 @@ impl<T: AsRef<[u8]>> Datagram<T> {
         Ok(Datagram { buf })
     }
 
+    /// A view over the head of a fragmented datagram: the length field covers the whole
+    /// datagram, longer than this first fragment, so only the header's own bytes are checked.
+    pub fn new_head(buf: T) -> Result<Self, WireError> {
+        if buf.as_ref().len() < HEADER_LEN {
+            return Err(WireError::Truncated);
+        }
+        Ok(Datagram { buf })
+    }
+
     pub fn src_port(&self) -> u16 {
         get_u16(self.buf.as_ref(), SRC_PORT)
     }

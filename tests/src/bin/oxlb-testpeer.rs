@@ -21,7 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage:
-  oxlb-testpeer serve --name NAME [--port 8080] [--bind 0.0.0.0] [--verbose]
+  oxlb-testpeer serve --name NAME [--port 8080] [--bind 0.0.0.0 | --bind ::] [--verbose]
   oxlb-testpeer udp-request ADDR:PORT PAYLOAD [--timeout-ms 2000]
   oxlb-testpeer tcp-loop ADDR:PORT --count N [--timeout-ms 2000] [--deadline-ms 120000]
   oxlb-testpeer syn-flood ADDR:PORT --count N [--rate 20000] [--ports 1024-32767] [--seed 1]
@@ -111,7 +111,11 @@ fn serve(args: &[String]) -> Result<ExitCode, String> {
     let port: u16 = args.get("port", Some(8080))?;
     let bind: String = args.get("bind", Some("0.0.0.0".to_string()))?;
     let verbose = args.options.contains_key("verbose");
-    let addr = format!("{bind}:{port}");
+    // `::` takes both families (IPv4 peers then arrive IPv4-mapped, shown as IPv4).
+    let addr = match bind.parse::<IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, port).to_string(),
+        Err(_) => format!("{bind}:{port}"),
+    };
 
     let udp = UdpSocket::bind(&addr).map_err(|e| format!("udp bind {addr}: {e}"))?;
     let tcp = TcpListener::bind(&addr).map_err(|e| format!("tcp bind {addr}: {e}"))?;
@@ -158,7 +162,7 @@ fn udp_echo(sock: &UdpSocket, name: &str, verbose: bool) {
                 continue;
             }
         };
-        let mut reply = format!("{name} {peer} ").into_bytes();
+        let mut reply = format!("{name} {} ", shown(peer)).into_bytes();
         reply.extend_from_slice(&buf[..n]);
         if verbose {
             eprintln!("{name}: udp {n} bytes from {peer}");
@@ -167,8 +171,13 @@ fn udp_echo(sock: &UdpSocket, name: &str, verbose: bool) {
     }
 }
 
+/// `peer` as answers show it: an IPv4-mapped address (a peer of a `::` socket) as IPv4.
+fn shown(peer: SocketAddr) -> SocketAddr {
+    SocketAddr::new(peer.ip().to_canonical(), peer.port())
+}
+
 fn handle_http(stream: TcpStream, name: &str, verbose: bool) -> std::io::Result<()> {
-    let peer = stream.peer_addr()?;
+    let peer = shown(stream.peer_addr()?);
     stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
@@ -244,7 +253,12 @@ fn udp_request(args: &[String]) -> Result<ExitCode, String> {
         .get(1)
         .ok_or(format!("missing PAYLOAD\n{USAGE}"))?;
     let timeout: u64 = args.get("timeout-ms", Some(2000))?;
-    let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("udp bind: {e}"))?;
+    let any = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let sock = UdpSocket::bind(any).map_err(|e| format!("udp bind: {e}"))?;
     sock.set_read_timeout(Some(Duration::from_millis(timeout.max(1))))
         .map_err(|e| e.to_string())?;
     sock.send_to(payload.as_bytes(), addr)

@@ -1,5 +1,5 @@
-//! The `ping` probe: one ICMP echo request to an endpoint, answered by the echo reply that
-//! carries its identifier and sequence number.
+//! The `ping` probe: one ICMP (or, to an IPv6 endpoint, ICMPv6) echo request to an endpoint,
+//! answered by the echo reply that carries its identifier and sequence number.
 //!
 //! Several probes run at once, and a raw ICMP socket receives a copy of every ICMP message the
 //! host gets (other probes' replies, an operator's `ping`, our own requests looped back when
@@ -8,12 +8,14 @@
 
 use super::ProbeError;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub const TYPE_ECHO_REPLY: u8 = 0;
 pub const TYPE_ECHO_REQUEST: u8 = 8;
+pub const TYPE_ECHO_REPLY_V6: u8 = 129;
+pub const TYPE_ECHO_REQUEST_V6: u8 = 128;
 /// Type, code, checksum, identifier, sequence number.
 pub const HEADER_LEN: usize = 8;
 /// What every request carries; replies echo it, which helps when reading a capture.
@@ -55,7 +57,7 @@ impl Echo {
     /// Panics if `buf` is shorter than `HEADER_LEN + payload.len()`: callers pass a buffer
     /// they sized for it.
     pub fn emit_request(self, payload: &[u8], buf: &mut [u8]) -> usize {
-        let len = HEADER_LEN + payload.len();
+        let len = self.emit_request_v6(payload, buf);
         let msg = &mut buf[..len];
         msg[field::TYPE] = TYPE_ECHO_REQUEST;
         msg[field::CODE] = 0;
@@ -67,6 +69,21 @@ impl Echo {
         msg[field::CHECKSUM].copy_from_slice(&sum.to_be_bytes());
         len
     }
+
+    /// Writes an ICMPv6 echo request as [`Echo::emit_request`] does, with the checksum left
+    /// 0: it covers a pseudo-header with our source address, which the kernel fills in (an
+    /// ICMPv6 socket always computes it).
+    pub fn emit_request_v6(self, payload: &[u8], buf: &mut [u8]) -> usize {
+        let len = HEADER_LEN + payload.len();
+        let msg = &mut buf[..len];
+        msg[field::TYPE] = TYPE_ECHO_REQUEST_V6;
+        msg[field::CODE] = 0;
+        msg[field::CHECKSUM].copy_from_slice(&[0, 0]);
+        msg[field::IDENT].copy_from_slice(&self.ident.to_be_bytes());
+        msg[field::SEQ].copy_from_slice(&self.seq.to_be_bytes());
+        msg[HEADER_LEN..].copy_from_slice(payload);
+        len
+    }
 }
 
 /// What `recv` returns on the socket: raw sockets deliver the IPv4 header too, ping sockets
@@ -75,6 +92,9 @@ impl Echo {
 pub enum Framing {
     WithIpHeader,
     IcmpOnly,
+    /// An ICMPv6 message alone, as every ICMPv6 socket delivers it; the kernel has checked
+    /// its checksum (which covers a pseudo-header `recv` does not show).
+    Icmpv6,
 }
 
 /// Why a received message is not the reply a probe waits for. Not an error of the probe: it
@@ -86,7 +106,7 @@ pub enum NotOurs {
     Malformed,
     /// From another address than the probed one.
     #[error("from {0}")]
-    OtherSource(Ipv4Addr),
+    OtherSource(IpAddr),
     /// Another ICMP type (a request, ours looped back or someone's; an error; ...).
     #[error("ICMP type {0}, code {1}")]
     NotEchoReply(u8, u8),
@@ -101,11 +121,11 @@ pub enum NotOurs {
 pub fn is_reply_to(
     framing: Framing,
     packet: &[u8],
-    from: Ipv4Addr,
+    from: IpAddr,
     want: Echo,
 ) -> Result<(), NotOurs> {
     let icmp = match framing {
-        Framing::IcmpOnly => packet,
+        Framing::IcmpOnly | Framing::Icmpv6 => packet,
         Framing::WithIpHeader => {
             let first = *packet
                 .get(ip_field::VERSION_IHL)
@@ -118,7 +138,7 @@ pub fn is_reply_to(
             {
                 return Err(NotOurs::Malformed);
             }
-            let src = Ipv4Addr::from(read_u32(&packet[ip_field::SRC]));
+            let src = IpAddr::V4(Ipv4Addr::from(read_u32(&packet[ip_field::SRC])));
             if src != from {
                 return Err(NotOurs::OtherSource(src));
             }
@@ -128,11 +148,16 @@ pub fn is_reply_to(
     if icmp.len() < HEADER_LEN {
         return Err(NotOurs::Malformed);
     }
-    if icmp[field::TYPE] != TYPE_ECHO_REPLY || icmp[field::CODE] != 0 {
+    let reply = if framing == Framing::Icmpv6 {
+        TYPE_ECHO_REPLY_V6
+    } else {
+        TYPE_ECHO_REPLY
+    };
+    if icmp[field::TYPE] != reply || icmp[field::CODE] != 0 {
         return Err(NotOurs::NotEchoReply(icmp[field::TYPE], icmp[field::CODE]));
     }
     // The sum over a message including its checksum field is 0 (0xffff before inversion).
-    if checksum(icmp) != 0 {
+    if framing != Framing::Icmpv6 && checksum(icmp) != 0 {
         return Err(NotOurs::BadChecksum);
     }
     let got = Echo {
@@ -189,33 +214,53 @@ fn next_echo() -> Echo {
 /// `net.ipv4.ping_group_range`, which is "1 0" (nobody, root included) by default and in every
 /// new network namespace. The ping socket is the fallback for a process without
 /// CAP_NET_RAW on a host that allows it.
-fn open() -> Result<(Socket, Framing), ProbeError> {
-    let raw = match Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)) {
-        Ok(s) => return Ok((s, Framing::WithIpHeader)),
+/// For an IPv6 `addr`, the same with ICMPv6 sockets (the ping group range is shared).
+/// Returns the socket, its framing, and whether it is a ping socket.
+fn open(addr: IpAddr) -> Result<(Socket, Framing, bool), ProbeError> {
+    let (domain, protocol, raw_framing, ping_framing) = match addr {
+        IpAddr::V4(_) => (
+            Domain::IPV4,
+            Protocol::ICMPV4,
+            Framing::WithIpHeader,
+            Framing::IcmpOnly,
+        ),
+        IpAddr::V6(_) => (
+            Domain::IPV6,
+            Protocol::ICMPV6,
+            Framing::Icmpv6,
+            Framing::Icmpv6,
+        ),
+    };
+    let raw = match Socket::new(domain, Type::RAW, Some(protocol)) {
+        Ok(s) => return Ok((s, raw_framing, false)),
         Err(e) => e,
     };
-    match Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::ICMPV4)) {
-        Ok(s) => Ok((s, Framing::IcmpOnly)),
+    match Socket::new(domain, Type::DGRAM, Some(protocol)) {
+        Ok(s) => Ok((s, ping_framing, true)),
         Err(ping) => Err(ProbeError::NoIcmpSocket { raw, ping }),
     }
 }
 
 /// Sends one echo request to `addr` and waits for its reply, without a time limit of its own
 /// (`probe_once` bounds it with the probe's timeout, which drops this future and its socket).
-pub async fn ping(addr: Ipv4Addr) -> Result<(), ProbeError> {
-    let (socket, framing) = open()?;
+pub async fn ping(addr: IpAddr) -> Result<(), ProbeError> {
+    let (socket, framing, ping_socket) = open(addr)?;
     socket.set_nonblocking(true)?;
     // Connected, a raw socket only receives messages from `addr`: fewer foreign ones to skip.
-    socket.connect(&SockAddr::from(SocketAddrV4::new(addr, 0)))?;
+    socket.connect(&SockAddr::from(SocketAddr::new(addr, 0)))?;
     // Tokio's UDP socket only issues send(2), recv(2) and getsockname(2), which mean the same
     // on an ICMP socket; it gives readiness without registering the descriptor by hand (which
     // needs `unsafe`, kept out of this crate).
     let socket = tokio::net::UdpSocket::from_std(socket.into())?;
     let mut want = next_echo();
     let mut request = [0u8; HEADER_LEN + PAYLOAD.len()];
-    let len = want.emit_request(PAYLOAD, &mut request);
+    let len = if addr.is_ipv4() {
+        want.emit_request(PAYLOAD, &mut request)
+    } else {
+        want.emit_request_v6(PAYLOAD, &mut request)
+    };
     socket.send(&request[..len]).await?;
-    if framing == Framing::IcmpOnly {
+    if ping_socket {
         // A ping socket replaces the identifier with its own (its local "port") and hands it
         // only the replies carrying it.
         want.ident = socket.local_addr()?.port();
@@ -234,14 +279,17 @@ pub async fn ping(addr: Ipv4Addr) -> Result<(), ProbeError> {
 mod tests {
     use super::*;
 
-    const FROM: Ipv4Addr = Ipv4Addr::new(198, 18, 31, 2);
+    const FROM: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 31, 2));
     const WANT: Echo = Echo {
         ident: 0x1234,
         seq: 7,
     };
 
     /// An echo reply to `echo` as a raw socket receives it, from `from`.
-    fn reply(from: Ipv4Addr, echo: Echo) -> Vec<u8> {
+    fn reply(from: IpAddr, echo: Echo) -> Vec<u8> {
+        let IpAddr::V4(from) = from else {
+            unreachable!("an IPv4 header")
+        };
         let mut icmp = [0u8; HEADER_LEN + 16];
         let len = echo.emit_request(PAYLOAD, &mut icmp);
         icmp[field::TYPE] = TYPE_ECHO_REPLY;
@@ -279,7 +327,7 @@ mod tests {
                 Err(NotOurs::OtherEcho(other))
             );
         }
-        let elsewhere = Ipv4Addr::new(198, 18, 31, 3);
+        let elsewhere = IpAddr::V4(Ipv4Addr::new(198, 18, 31, 3));
         assert_eq!(
             is_reply_to(Framing::WithIpHeader, &reply(elsewhere, WANT), FROM, WANT),
             Err(NotOurs::OtherSource(elsewhere))
@@ -377,5 +425,28 @@ mod tests {
             .map(|e| (e.ident, e.seq))
             .collect();
         assert_eq!(pairs.len(), 1000);
+    }
+
+    #[test]
+    fn an_icmpv6_echo_reply_matches_and_our_own_looped_back_request_does_not() {
+        let mut msg = [0u8; HEADER_LEN + 16];
+        let len = WANT.emit_request_v6(PAYLOAD, &mut msg);
+        assert_eq!(msg[field::TYPE], TYPE_ECHO_REQUEST_V6);
+        let from: IpAddr = "fd00:31::1".parse().unwrap();
+        assert_eq!(
+            is_reply_to(Framing::Icmpv6, &msg[..len], from, WANT),
+            Err(NotOurs::NotEchoReply(TYPE_ECHO_REQUEST_V6, 0))
+        );
+        msg[field::TYPE] = TYPE_ECHO_REPLY_V6;
+        assert_eq!(
+            is_reply_to(Framing::Icmpv6, &msg[..len], from, WANT),
+            Ok(())
+        );
+        // An ICMPv4 echo reply's type means nothing in ICMPv6.
+        msg[field::TYPE] = TYPE_ECHO_REPLY;
+        assert_eq!(
+            is_reply_to(Framing::Icmpv6, &msg[..len], from, WANT),
+            Err(NotOurs::NotEchoReply(TYPE_ECHO_REPLY, 0))
+        );
     }
 }

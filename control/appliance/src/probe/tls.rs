@@ -12,7 +12,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use tokio_rustls::TlsConnector;
 
@@ -91,6 +91,6 @@ pub fn connector() -> TlsConnector {
 /// The server name of a probe to `ip`: the address itself. rustls sends no SNI for an
 /// address (RFC 6066 allows only host names there), which is what a backend serving its
 /// default certificate expects of a client that knows no name.
-pub fn server_name(ip: Ipv4Addr) -> ServerName<'static> {
-    ServerName::from(IpAddr::V4(ip))
+pub fn server_name(ip: IpAddr) -> ServerName<'static> {
+    ServerName::from(ip)
 }

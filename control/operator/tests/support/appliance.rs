@@ -5,7 +5,8 @@
 //! left (400); a bearer token, when set, is required on every path; `POST /config/cistate`
 //! records roles; `POST /config/bgp/neigh` and `DELETE /config/bgp/neigh/{ip}?remoteAs=N`
 //! keep BGP neighbours as loxilb does (409 for one it has), or answer 404 as oxlb (no BGP yet)
-//! does after `refuse_bgp(true)`. `hang` makes it stop answering, as a wedged appliance does.
+//! does after `refuse_bgp(true)`; `POST /config/bgp/global` records the global configuration
+//! (404 too after `refuse_bgp(true)`). `hang` makes it stop answering, as a wedged appliance does.
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -37,6 +38,8 @@ pub struct FakeAppliance {
     bgp_calls: Arc<Mutex<Vec<(Instant, String)>>>,
     /// Answer BGP calls 404, as an appliance without BGP.
     no_bgp: Arc<AtomicBool>,
+    /// Every BGP global configuration accepted (POST bodies), in order.
+    bgp_global: Arc<Mutex<Vec<Value>>>,
 }
 
 fn refuse(code: StatusCode, msg: String) -> Response {
@@ -142,6 +145,21 @@ async fn post_neigh(State(f): State<FakeAppliance>, Json(v): Json<Value>) -> Res
     StatusCode::NO_CONTENT.into_response()
 }
 
+async fn post_global(State(f): State<FakeAppliance>, Json(v): Json<Value>) -> Response {
+    f.bgp_calls
+        .lock()
+        .unwrap()
+        .push((Instant::now(), format!("GLOBAL {v}")));
+    if f.no_bgp.load(Ordering::Relaxed) {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "no route for /netlox/v1/config/bgp/global".into(),
+        );
+    }
+    f.bgp_global.lock().unwrap().push(v);
+    StatusCode::NO_CONTENT.into_response()
+}
+
 async fn delete_neigh(
     State(f): State<FakeAppliance>,
     Path(ip): Path<String>,
@@ -205,6 +223,7 @@ impl FakeAppliance {
                     Json(json!({"result": "Success"}))
                 }),
             )
+            .route("/netlox/v1/config/bgp/global", post(post_global))
             .route("/netlox/v1/config/bgp/neigh", post(post_neigh))
             .route("/netlox/v1/config/bgp/neigh/{ip}", delete(delete_neigh))
             .layer(axum::middleware::from_fn_with_state(self.clone(), gate))
@@ -218,6 +237,18 @@ impl FakeAppliance {
         let port = l.local_addr().unwrap().port();
         self.serve(l);
         port
+    }
+
+    /// Binds `addr` (`127.x.y.z:port`), serves; None when the address is taken.
+    pub fn start_on(&self, addr: &str) -> Option<()> {
+        let l = std::net::TcpListener::bind(addr).ok()?;
+        self.serve(l);
+        Some(())
+    }
+
+    /// Every BGP global configuration accepted, in order.
+    pub fn bgp_global(&self) -> Vec<Value> {
+        self.bgp_global.lock().unwrap().clone()
     }
 
     /// From now on every request needs `Authorization: Bearer <token>`.

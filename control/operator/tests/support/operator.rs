@@ -20,9 +20,21 @@ impl Operator {
 
 /// Starts the operator with `args`, logging to `<dir>/<name>.log`.
 pub fn spawn_operator(dir: &Path, kc: &Path, name: &str, args: &[&str]) -> Operator {
+    spawn_operator_env(dir, kc, name, args, &[])
+}
+
+/// [`spawn_operator`] with environment variables `env` set too.
+pub fn spawn_operator_env(
+    dir: &Path,
+    kc: &Path,
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Operator {
     let log = dir.join(format!("{name}.log"));
     let f = std::fs::File::create(&log).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_oxlb-operator"))
+        .envs(env.iter().copied())
         .env("KUBECONFIG", kc)
         .env("RUST_LOG", "info")
         .args(args)

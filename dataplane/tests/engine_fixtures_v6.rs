@@ -1,0 +1,275 @@
+//! Packet-in / packet-out fixtures for IPv6 services: NAT66 (DNAT, full NAT) and NAT64 (an
+//! IPv6 VIP in front of IPv4 endpoints), and ICMPv6 echo to a VIP.
+//!
+//! The expected frames were produced independently with scapy (every checksum computed by
+//! it), not with the engine's own checksum code.
+
+use oxlb_dataplane::engine::{Engine, Verdict};
+use oxlb_dataplane::nat::l4_checksum_ok;
+use oxlb_dataplane::select::Algorithm;
+use oxlb_dataplane::snapshot::{Endpoint, NatMode, NextHop, Proto, Service, ServiceKey, Snapshot};
+use oxlb_dataplane::stats::DropReason;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+const LB0_IF: u32 = 2;
+const LB1_IF: u32 = 3;
+const LB1_MAC: [u8; 6] = [2, 0, 0, 0, 1, 0xfe];
+const B1_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
+const VIP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
+const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x31, 0, 0, 0, 0, 0, 1);
+const B4: Ipv4Addr = Ipv4Addr::new(198, 18, 31, 1);
+const OUR4: Ipv4Addr = Ipv4Addr::new(198, 18, 31, 254);
+
+const SYN6_IN: &str = "02000000000102000000000286dd6000000000140640fd000000000000000000000000000002fd0001000000000000000000000000019c4007e4000003e8000000005002faf011e10000";
+const SYN6_DNAT_OUT: &str = "0200000001010200000001fe86dd6000000000140640fd000000000000000000000000000002fd0000310000000000000000000000019c401f90000003e8000000005002faf0fb030000";
+const SYNACK6_DNAT_IN: &str = "0200000001fe02000000010186dd6000000000140640fd000031000000000000000000000001fd0000000000000000000000000000021f909c4000002328000003e95012fe88d4320000";
+const SYNACK6_DNAT_OUT: &str = "02000000000202000000000186dd6000000000140640fd000100000000000000000000000001fd00000000000000000000000000000207e49c4000002328000003e95012fe88eb0f0000";
+const SYN6_FULLNAT_OUT: &str = "0200000001010200000001fe86dd6000000000140640fd000100000000000000000000000001fd000031000000000000000000000001afc81f90000003e8000000005002faf0e67c0000";
+const SYNACK6_FULLNAT_IN: &str = "0200000001fe02000000010186dd6000000000140640fd000031000000000000000000000001fd0001000000000000000000000000011f90afc800002328000003e95012fe88bfab0000";
+const UDP6_IN: &str = "02000000000102000000000286dd60000000000c1140fd000000000000000000000000000002fd000100000000000000000000000001c35007e4000c5acc70696e67";
+const UDP6_DNAT_OUT: &str = "0200000001010200000001fe86dd60000000000c1140fd000000000000000000000000000002fd000031000000000000000000000001c3501f90000c43ef70696e67";
+const SYN64_OUT: &str = "0200000001010200000001fe0800450000280000400040066facc6121ffec6121f01afc81f90000003e8000000005002faf0168d0000";
+const SYNACK64_IN: &str = "0200000001fe0200000001010800450000280000400040066facc6121f01c6121ffe1f90afc800002328000003e95012fe88efbb0000";
+const SYNACK64_OUT: &str = "02000000000202000000000186dd6000000000140640fd000100000000000000000000000001fd00000000000000000000000000000207e49c4000002328000003e95012fe88eb0f0000";
+const UDP64_OUT: &str =
+    "0200000001010200000001fe0800450000200000400040116fa9c6121ffec6121f01afc81f90000c868870696e67";
+const UDP64_REPLY_IN: &str =
+    "0200000001fe020000000101080045000020000700004011afa2c6121f01c6121ffe1f90afc8000c8682706f6e67";
+const UDP64_REPLY_OUT: &str = "02000000000202000000000186dd60000000000c1140fd000100000000000000000000000001fd00000000000000000000000000000207e4c350000c5ac6706f6e67";
+const ECHO6_IN: &str = "02000000000102000000000286dd6000000000103a40fd000000000000000000000000000002fd0001000000000000000000000000018000f312000700016162636465666768";
+const ECHO6_OUT: &str = "02000000000202000000000186dd6000000000103a40fd000100000000000000000000000001fd0000000000000000000000000000028100f212000700016162636465666768";
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// An engine and a snapshot with one IPv6 service on port 2020 (`proto`) with the endpoint
+/// `endpoint`:8080, whose next hop is known, in `mode`.
+struct Lb {
+    snap: Snapshot,
+    engine: Engine,
+}
+
+impl Lb {
+    fn new(proto: Proto, mode: NatMode, endpoint: IpAddr) -> Lb {
+        let key = ServiceKey {
+            vip: VIP.into(),
+            port: 2020,
+            proto,
+        };
+        let ep = Endpoint {
+            addr: endpoint,
+            port: 8080,
+            weight: 1,
+        };
+        let svc = Service::new(
+            key,
+            "v6".into(),
+            mode,
+            Algorithm::RoundRobin,
+            vec![ep],
+            Duration::from_secs(1800),
+        )
+        .unwrap();
+        let mut snap = Snapshot::default();
+        snap.services.insert(key, svc);
+        snap.vips.insert(VIP.into());
+        snap.next_hops.insert(
+            endpoint,
+            NextHop {
+                ifindex: LB1_IF,
+                src_mac: LB1_MAC,
+                dst_mac: B1_MAC,
+            },
+        );
+        // Our IPv4 address toward an IPv4 endpoint (a NAT64 flow's source).
+        if endpoint.is_ipv4() {
+            snap.sources.insert(endpoint, OUR4.into());
+            snap.own_addrs.insert(OUR4.into());
+        }
+        Lb {
+            snap,
+            engine: Engine::new(1024),
+        }
+    }
+
+    /// Runs `input` through the engine with 20 bytes of room after it (NAT64 replies grow);
+    /// returns the verdict and the frame as it would leave.
+    fn run(&mut self, input: &str, ingress: u32) -> (Verdict, Vec<u8>) {
+        let mut buf = hex(input);
+        let len = buf.len();
+        buf.resize(len + 64, 0);
+        let v = self
+            .engine
+            .process_with_room(&mut buf, len, ingress, &self.snap, 1);
+        let out_len = match v {
+            Verdict::TransmitFirst { len, .. } => len,
+            _ => len,
+        };
+        buf.truncate(out_len);
+        (v, buf)
+    }
+}
+
+#[test]
+fn an_ipv6_syn_is_rewritten_to_an_ipv6_endpoint_in_dnat_and_its_answer_comes_from_the_vip() {
+    let mut lb = Lb::new(Proto::Tcp, NatMode::Dnat, B6.into());
+    let (v, out) = lb.run(SYN6_IN, LB0_IF);
+    assert_eq!(v, Verdict::Transmit { ifindex: LB1_IF });
+    assert_eq!(out, hex(SYN6_DNAT_OUT));
+    let (v, out) = lb.run(SYNACK6_DNAT_IN, LB1_IF);
+    assert_eq!(v, Verdict::Transmit { ifindex: LB0_IF });
+    assert_eq!(out, hex(SYNACK6_DNAT_OUT));
+    assert_eq!(lb.engine.conntrack_v6().len(), 1);
+    assert_eq!(
+        lb.engine.conntrack().len(),
+        0,
+        "IPv6 flows stay out of the IPv4 table"
+    );
+}
+
+#[test]
+fn an_ipv6_full_nat_flow_leaves_from_the_vip_and_its_answer_returns_to_the_client() {
+    let mut lb = Lb::new(Proto::Tcp, NatMode::FullNat, B6.into());
+    lb.engine = Engine::with_config(oxlb_dataplane::engine::EngineConfig {
+        conntrack_capacity: 16,
+        conntrack_capacity_v6: 16,
+        worker: 0,
+        workers: 1,
+        snat_ports: oxlb_dataplane::snapshot::PortRange {
+            first: 45000,
+            last: 45999,
+        },
+    });
+    let (v, out) = lb.run(SYN6_IN, LB0_IF);
+    assert_eq!(v, Verdict::Transmit { ifindex: LB1_IF });
+    assert_eq!(out, hex(SYN6_FULLNAT_OUT));
+    let (v, out) = lb.run(SYNACK6_FULLNAT_IN, LB1_IF);
+    assert_eq!(v, Verdict::Transmit { ifindex: LB0_IF });
+    assert_eq!(out, hex(SYNACK6_DNAT_OUT));
+}
+
+#[test]
+fn an_ipv6_udp_datagram_is_rewritten_to_its_endpoint() {
+    let mut lb = Lb::new(Proto::Udp, NatMode::Dnat, B6.into());
+    let (v, out) = lb.run(UDP6_IN, LB0_IF);
+    assert_eq!(v, Verdict::Transmit { ifindex: LB1_IF });
+    assert_eq!(out, hex(UDP6_DNAT_OUT));
+}
+
+/// NAT64 engine with its SNAT range starting at 45000, as the fixtures expect.
+fn nat64(proto: Proto) -> Lb {
+    let mut lb = Lb::new(proto, NatMode::FullNat, B4.into());
+    lb.engine = Engine::with_config(oxlb_dataplane::engine::EngineConfig {
+        conntrack_capacity: 16,
+        conntrack_capacity_v6: 16,
+        worker: 0,
+        workers: 1,
+        snat_ports: oxlb_dataplane::snapshot::PortRange {
+            first: 45000,
+            last: 45999,
+        },
+    });
+    lb
+}
+
+#[test]
+fn an_ipv6_syn_to_a_nat64_service_leaves_as_ipv4_from_our_own_address() {
+    let mut lb = nat64(Proto::Tcp);
+    let (v, out) = lb.run(SYN6_IN, LB0_IF);
+    let shorter = hex(SYN6_IN).len() - 20;
+    assert_eq!(
+        v,
+        Verdict::TransmitFirst {
+            ifindex: LB1_IF,
+            len: shorter
+        }
+    );
+    assert_eq!(out, hex(SYN64_OUT));
+    assert!(l4_checksum_ok(&out[14..]));
+}
+
+#[test]
+fn the_ipv4_answer_of_a_nat64_flow_returns_to_the_client_as_ipv6_from_the_vip() {
+    let mut lb = nat64(Proto::Tcp);
+    lb.run(SYN6_IN, LB0_IF);
+    let (v, out) = lb.run(SYNACK64_IN, LB1_IF);
+    let longer = hex(SYNACK64_IN).len() + 20;
+    assert_eq!(
+        v,
+        Verdict::TransmitFirst {
+            ifindex: LB0_IF,
+            len: longer
+        }
+    );
+    assert_eq!(out, hex(SYNACK64_OUT));
+    assert_eq!(lb.engine.conntrack_v6().len(), 1);
+}
+
+#[test]
+fn a_nat64_udp_exchange_is_translated_both_ways() {
+    let mut lb = nat64(Proto::Udp);
+    let (_, out) = lb.run(UDP6_IN, LB0_IF);
+    assert_eq!(out, hex(UDP64_OUT));
+    let (v, out) = lb.run(UDP64_REPLY_IN, LB1_IF);
+    assert!(matches!(
+        v,
+        Verdict::TransmitFirst {
+            ifindex: LB0_IF,
+            ..
+        }
+    ));
+    assert_eq!(out, hex(UDP64_REPLY_OUT));
+}
+
+#[test]
+fn a_nat64_reply_without_room_to_grow_is_dropped_as_truncated() {
+    let mut lb = nat64(Proto::Tcp);
+    lb.run(SYN6_IN, LB0_IF);
+    let mut exact = hex(SYNACK64_IN);
+    let v = lb.engine.process(&mut exact, LB1_IF, &lb.snap, 1);
+    assert_eq!(v, Verdict::Drop(DropReason::Truncated));
+}
+
+#[test]
+fn nat64_without_source_translation_is_refused_as_an_address_family_mix() {
+    let mut lb = Lb::new(Proto::Tcp, NatMode::Dnat, B4.into());
+    let (v, _) = lb.run(SYN6_IN, LB0_IF);
+    assert_eq!(v, Verdict::Drop(DropReason::AddressFamily));
+    assert_eq!(lb.engine.conntrack_v6().len(), 0);
+}
+
+#[test]
+fn an_ipv4_service_with_an_ipv6_endpoint_drops_as_an_address_family_mix() {
+    let v4_vip = Ipv4Addr::new(198, 18, 100, 1);
+    let key = ServiceKey {
+        vip: v4_vip.into(),
+        port: 2020,
+        proto: Proto::Tcp,
+    };
+    let mut lb = Lb::new(Proto::Tcp, NatMode::FullNat, B6.into());
+    let mut svc = lb.snap.services.values().next().unwrap().clone();
+    svc.key = key;
+    lb.snap.services = [(key, svc)].into_iter().collect();
+    // The IPv4 SYN of the IPv4 fixtures, to 198.18.100.1:2020.
+    let syn = "0200000000010200000000020800450000280001400040064aa7c6120002c61264019c4007e4000003e8000000005002faf01cbd0000";
+    let (v, _) = lb.run(syn, LB0_IF);
+    assert_eq!(v, Verdict::Drop(DropReason::AddressFamily));
+    assert_eq!(
+        lb.engine.free_snat_ports(v4_vip.into(), Proto::Tcp),
+        10000,
+        "port returned"
+    );
+}
+
+#[test]
+fn an_icmpv6_echo_request_to_the_vip_is_answered_from_it() {
+    let mut lb = Lb::new(Proto::Tcp, NatMode::Dnat, B6.into());
+    let (v, out) = lb.run(ECHO6_IN, LB0_IF);
+    assert_eq!(v, Verdict::Transmit { ifindex: LB0_IF });
+    assert_eq!(out, hex(ECHO6_OUT));
+}
