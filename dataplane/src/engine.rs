@@ -487,18 +487,13 @@ impl Engine {
         };
         if let Some(&mtu) = egress.and_then(|ifindex| snap.link_mtus.get(&ifindex)) {
             if out_len > usize::from(mtu) {
-                // Only IPv4 senders are told (fragmentation needed); an IPv6 sender would need
-                // an ICMPv6 "packet too big", not built yet.
-                return match (pkt.is_v6, translate, service.vip) {
-                    (false, false, IpAddr::V4(vip)) => self.too_big(
-                        &mut buf[..len],
-                        pkt.dont_fragment,
-                        vip,
-                        mtu,
-                        ingress_ifindex,
-                    ),
-                    _ => Err(DropReason::TooBigToForward),
-                };
+                // The sender learns the path MTU from the VIP it spoke to. A NAT64 packet
+                // that grows past the link (an endpoint's IPv4 reply) is dropped and counted.
+                if translate {
+                    return Err(DropReason::TooBigToForward);
+                }
+                let frame = &mut buf[..len];
+                return self.too_big(frame, pkt.dont_fragment, service.vip, mtu, ingress_ifindex);
             }
         }
 
@@ -538,21 +533,26 @@ impl Engine {
         Ok(sized(Verdict::Transmit { ifindex }, frame_len, len))
     }
 
-    /// A packet bigger than its egress link: with DF, its sender gets "fragmentation
-    /// needed" from `from` (the VIP, the address it talks to) back where it came from, and
-    /// lowers its path MTU; without DF it would need fragmenting, which is not done here.
+    /// A packet bigger than its egress link: with DF (always, for IPv6), its sender gets
+    /// "fragmentation needed" (ICMPv6 "packet too big") from `from` (the VIP, the address it
+    /// talks to) back where it came from, and lowers its path MTU; without DF it would need
+    /// fragmenting, which is not done here.
     fn too_big(
         &mut self,
         frame: &mut [u8],
         dont_fragment: bool,
-        from: Ipv4Addr,
+        from: IpAddr,
         mtu: u16,
         ingress_ifindex: u32,
     ) -> Result<Verdict, DropReason> {
         if !dont_fragment {
             return Err(DropReason::TooBigToForward);
         }
-        let len = icmp_error::frag_needed_in_place(frame, from, mtu).map_err(wire_drop)?;
+        let len = match from {
+            IpAddr::V4(from) => icmp_error::frag_needed_in_place(frame, from, mtu),
+            IpAddr::V6(from) => icmp_error::packet_too_big_in_place(frame, from, mtu),
+        }
+        .map_err(wire_drop)?;
         self.counters.frag_needed_sent += 1;
         Ok(Verdict::TransmitFirst {
             ifindex: ingress_ifindex,

@@ -14,11 +14,11 @@
 //! The quoted tuple reversed is the tuple of a packet answering the quoted one, which is how the
 //! connection table knows the flow in the direction the error travels.
 
-use crate::checksum::{fold, ipv4_header, sum, update16, update32};
+use crate::checksum::{fold, ipv4_header, pseudo_header_v6, sum, update16, update32};
 use crate::conntrack::FlowKey;
 use crate::snapshot::Proto;
-use crate::wire::{get_u16, ipv4, set_u16, WireError};
-use std::net::Ipv4Addr;
+use crate::wire::{get_u16, icmpv6, ipv4, ipv6, set_u16, WireError};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const TYPE_DEST_UNREACHABLE: u8 = 3;
 pub const TYPE_TIME_EXCEEDED: u8 = 11;
@@ -232,6 +232,57 @@ pub fn frag_needed_in_place(
     ]);
     set_u16(icmp, 6, mtu);
     let c = !fold(sum(icmp));
+    set_u16(icmp, 2, c);
+    Ok(end)
+}
+
+/// The smallest MTU every IPv6 link has: an ICMPv6 error never exceeds it (RFC 4443 2.4).
+const IPV6_MIN_MTU: usize = 1280;
+
+/// Turns `frame`, an IPv6 packet too big for the link it must leave by, into the ICMPv6
+/// "packet too big" its sender must get (RFC 8201), in place: the Ethernet addresses swapped,
+/// sent from `from` (the VIP the sender spoke to), quoting as much of the packet as fits in
+/// the minimum IPv6 MTU. Returns the new frame length. Only the quote moves (48 bytes toward
+/// the end), as the new headers go in front of it; nothing is allocated.
+pub fn packet_too_big_in_place(
+    frame: &mut [u8],
+    from: Ipv6Addr,
+    mtu: u16,
+) -> Result<usize, WireError> {
+    const ETH: usize = 14;
+    let (sender, ip_len) = {
+        let ip = ipv6::Packet::new_checked(frame.get(ETH..).ok_or(WireError::Truncated)?)?;
+        (ip.src(), ip.total_len())
+    };
+    let quote_at = ETH + ipv6::HEADER_LEN + ICMP_HEADER;
+    let quote_len = ip_len
+        .min(IPV6_MIN_MTU - ipv6::HEADER_LEN - ICMP_HEADER)
+        .min(frame.len().saturating_sub(quote_at));
+    if quote_len < ipv6::HEADER_LEN + QUOTED_L4 {
+        return Err(WireError::Truncated);
+    }
+    let end = quote_at + quote_len;
+    frame.copy_within(ETH..ETH + quote_len, quote_at);
+
+    let (dst_mac, src_mac) = (
+        <[u8; 6]>::try_from(&frame[6..12]).expect("6 bytes"),
+        <[u8; 6]>::try_from(&frame[0..6]).expect("6 bytes"),
+    );
+    frame[0..6].copy_from_slice(&dst_mac);
+    frame[6..12].copy_from_slice(&src_mac);
+
+    let icmp_len = ICMP_HEADER + quote_len;
+    let ip = &mut frame[ETH..ETH + ipv6::HEADER_LEN];
+    ip[..8].copy_from_slice(&[0x60, 0, 0, 0, 0, 0, ipv6::PROTO_ICMPV6, 64]);
+    set_u16(ip, 4, icmp_len as u16);
+    ip[8..24].copy_from_slice(&from.octets());
+    ip[24..40].copy_from_slice(&sender.octets());
+
+    let icmp = &mut frame[ETH + ipv6::HEADER_LEN..end];
+    icmp[..ICMP_HEADER].copy_from_slice(&[icmpv6::TYPE_PACKET_TOO_BIG, 0, 0, 0, 0, 0, 0, 0]);
+    icmp[4..8].copy_from_slice(&u32::from(mtu).to_be_bytes());
+    let pseudo = pseudo_header_v6(from, sender, ipv6::PROTO_ICMPV6, icmp_len);
+    let c = !fold(pseudo + sum(icmp));
     set_u16(icmp, 2, c);
     Ok(end)
 }

@@ -178,7 +178,8 @@ pub struct Counters {
     pub handed_off: u64,
     /// ICMP errors about our flows rewritten for the host they concern.
     pub icmp_errors_translated: u64,
-    /// "Fragmentation needed" sent to senders of packets too big for their egress link.
+    /// "Fragmentation needed" (ICMPv6 "packet too big") sent to senders of packets too big
+    /// for their egress link.
     pub frag_needed_sent: u64,
     /// Later IPv4 fragments sent the way their datagram's first fragment went.
     pub fragments_followed: u64,

@@ -49,6 +49,8 @@ const MAX_PENDING_TX: usize = RING_SIZE as usize;
 /// How often the kernel's per-socket drop counters are read (a syscall per socket).
 const SOCKET_STATS_EVERY: Duration = Duration::from_secs(1);
 const IDLE_WAIT: Duration = Duration::from_millis(10);
+/// Pause before kicking again a TX ring the kernel has not emptied.
+const UNSENT_RETRY: Duration = Duration::from_micros(20);
 /// Frames from other workers processed per loop iteration, about one RX batch per socket: the
 /// worker's own sockets are not starved by a busy neighbour, nor the neighbour by them.
 const HANDOFF_BUDGET: usize = 128;
@@ -157,7 +159,11 @@ impl Worker {
                     .publish_endpoints(self.engine.endpoint_counters());
             }
             self.stats.publish(&self.engine.counters);
-            if received == 0 && pending == 0 && self.inbox.prepare_to_sleep() {
+            if received == 0 && pending == 0 && self.sockets.unsent() > 0 {
+                // Frames the last kicks left in a TX ring: kick again shortly rather than
+                // after a whole idle wait (which showed as a 10 ms latency tail).
+                std::thread::sleep(UNSENT_RETRY);
+            } else if received == 0 && pending == 0 && self.inbox.prepare_to_sleep() {
                 if let Err(e) = self.sockets.wait(self.inbox.doorbell_fd(), IDLE_WAIT) {
                     log::error!("worker poll failed: {e}; retrying");
                     std::thread::sleep(IDLE_WAIT);

@@ -329,6 +329,16 @@ impl WorkerSockets {
         left
     }
 
+    /// Frames produced on the TX rings that the kernel has not taken yet. In copy mode the
+    /// kernel sends only during a kick, and a kick may leave frames behind (a busy device):
+    /// they would wait for the next kick, which an idle worker makes only when it wakes.
+    pub fn unsent(&mut self) -> usize {
+        self.ports
+            .iter_mut()
+            .map(|p| (RING_SIZE - p.tx.nb_free_exact().min(RING_SIZE)) as usize)
+            .sum()
+    }
+
     /// Drops frames pending TX beyond `max` per port (a stuck ring); returns how many.
     pub fn shed_pending(&mut self, max: usize) -> usize {
         let mut shed = 0;

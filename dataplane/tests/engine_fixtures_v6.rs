@@ -40,6 +40,12 @@ const UDP64_REPLY_OUT: &str = "02000000000202000000000186dd60000000000c1140fd000
 const ECHO6_IN: &str = "02000000000102000000000286dd6000000000103a40fd000000000000000000000000000002fd0001000000000000000000000000018000f312000700016162636465666768";
 const ECHO6_OUT: &str = "02000000000202000000000186dd6000000000103a40fd000100000000000000000000000001fd0000000000000000000000000000028100f212000700016162636465666768";
 
+const SYN6_ONEARM_OUT: &str = "0200000001010200000001fe86dd6000000000140640fd0000310000000000000000000000fefd000031000000000000000000000001afc81f90000003e8000000005002faf0e64e0000";
+const SYNACK6_ONEARM_IN: &str = "0200000001fe02000000010186dd6000000000140640fd000031000000000000000000000001fd0000310000000000000000000000fe1f90afc800002328000003e95012fe88bf7d0000";
+const SYN6_DSR_OUT: &str = "0200000001010200000001fe86dd6000000000140640fd000000000000000000000000000002fd0001000000000000000000000000019c4007e4000003e8000000005002faf011e10000";
+const SCTP6_INIT_IN: &str = "02000000000102000000000286dd6000000000208440fd000000000000000000000000000002fd0001000000000000000000000000019c4007e400000000d9c65dad01000014000012340000ffff0001000100000001";
+const SCTP6_INIT_OUT: &str = "0200000001010200000001fe86dd6000000000208440fd000000000000000000000000000002fd0000310000000000000000000000019c401f9000000000abb2ef7a01000014000012340000ffff0001000100000001";
+
 fn hex(s: &str) -> Vec<u8> {
     (0..s.len())
         .step_by(2)
@@ -135,16 +141,7 @@ fn an_ipv6_syn_is_rewritten_to_an_ipv6_endpoint_in_dnat_and_its_answer_comes_fro
 #[test]
 fn an_ipv6_full_nat_flow_leaves_from_the_vip_and_its_answer_returns_to_the_client() {
     let mut lb = Lb::new(Proto::Tcp, NatMode::FullNat, B6.into());
-    lb.engine = Engine::with_config(oxlb_dataplane::engine::EngineConfig {
-        conntrack_capacity: 16,
-        conntrack_capacity_v6: 16,
-        worker: 0,
-        workers: 1,
-        snat_ports: oxlb_dataplane::snapshot::PortRange {
-            first: 45000,
-            last: 45999,
-        },
-    });
+    snat_from_45000(&mut lb);
     let (v, out) = lb.run(SYN6_IN, LB0_IF);
     assert_eq!(v, Verdict::Transmit { ifindex: LB1_IF });
     assert_eq!(out, hex(SYN6_FULLNAT_OUT));
@@ -164,16 +161,7 @@ fn an_ipv6_udp_datagram_is_rewritten_to_its_endpoint() {
 /// NAT64 engine with its SNAT range starting at 45000, as the fixtures expect.
 fn nat64(proto: Proto) -> Lb {
     let mut lb = Lb::new(proto, NatMode::FullNat, B4.into());
-    lb.engine = Engine::with_config(oxlb_dataplane::engine::EngineConfig {
-        conntrack_capacity: 16,
-        conntrack_capacity_v6: 16,
-        worker: 0,
-        workers: 1,
-        snat_ports: oxlb_dataplane::snapshot::PortRange {
-            first: 45000,
-            last: 45999,
-        },
-    });
+    snat_from_45000(&mut lb);
     lb
 }
 
@@ -272,4 +260,80 @@ fn an_icmpv6_echo_request_to_the_vip_is_answered_from_it() {
     let (v, out) = lb.run(ECHO6_IN, LB0_IF);
     assert_eq!(v, Verdict::Transmit { ifindex: LB0_IF });
     assert_eq!(out, hex(ECHO6_OUT));
+}
+
+/// An engine whose SNAT range starts at 45000, as the fixtures expect.
+fn snat_from_45000(lb: &mut Lb) {
+    lb.engine = Engine::with_config(oxlb_dataplane::engine::EngineConfig {
+        conntrack_capacity: 16,
+        conntrack_capacity_v6: 16,
+        worker: 0,
+        workers: 1,
+        snat_ports: oxlb_dataplane::snapshot::PortRange {
+            first: 45000,
+            last: 45999,
+        },
+    });
+}
+
+#[test]
+fn an_ipv6_one_arm_flow_leaves_from_our_own_ipv6_address_toward_the_endpoint() {
+    let mut lb = Lb::new(Proto::Tcp, NatMode::OneArm, B6.into());
+    let ours: IpAddr = "fd00:31::fe".parse::<Ipv6Addr>().unwrap().into();
+    lb.snap.sources.insert(B6.into(), ours);
+    lb.snap.own_addrs.insert(ours);
+    snat_from_45000(&mut lb);
+    let (v, out) = lb.run(SYN6_IN, LB0_IF);
+    assert_eq!(v, Verdict::Transmit { ifindex: LB1_IF });
+    assert_eq!(out, hex(SYN6_ONEARM_OUT));
+    let (v, out) = lb.run(SYNACK6_ONEARM_IN, LB1_IF);
+    assert_eq!(v, Verdict::Transmit { ifindex: LB0_IF });
+    assert_eq!(out, hex(SYNACK6_DNAT_OUT));
+}
+
+#[test]
+fn an_ipv6_dsr_flow_only_changes_the_macs() {
+    let mut lb = Lb::new(Proto::Tcp, NatMode::Dsr, B6.into());
+    let (v, out) = lb.run(SYN6_IN, LB0_IF);
+    assert_eq!(v, Verdict::Transmit { ifindex: LB1_IF });
+    assert_eq!(out, hex(SYN6_DSR_OUT));
+}
+
+#[test]
+fn an_ipv6_sctp_init_reaches_its_endpoint_with_a_valid_crc() {
+    let mut lb = Lb::new(Proto::Sctp, NatMode::Dnat, B6.into());
+    let (v, out) = lb.run(SCTP6_INIT_IN, LB0_IF);
+    assert_eq!(v, Verdict::Transmit { ifindex: LB1_IF });
+    assert_eq!(out, hex(SCTP6_INIT_OUT));
+}
+
+/// A frame of `dataplane/tests/fixtures/ipv6_too_big.txt` (scapy): a 1500-byte IPv6 segment
+/// to the VIP, and the ICMPv6 "packet too big" (MTU 1400) quoting its first 1232 bytes.
+fn too_big_fixture(name: &str) -> Vec<u8> {
+    let table = include_str!("fixtures/ipv6_too_big.txt");
+    let line = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("fixture {name} missing"));
+    hex(line.split_whitespace().nth(1).unwrap())
+}
+
+#[test]
+fn an_ipv6_packet_too_big_for_the_endpoint_link_earns_its_sender_a_packet_too_big() {
+    let mut lb = Lb::new(Proto::Tcp, NatMode::Dnat, B6.into());
+    lb.snap.link_mtus.insert(LB1_IF, 1400);
+    let mut buf = too_big_fixture("BIG6_IN");
+    let len = buf.len();
+    let v = lb.engine.process(&mut buf, LB0_IF, &lb.snap, 1);
+    let expected = too_big_fixture("PTB6_OUT");
+    assert_eq!(
+        v,
+        Verdict::TransmitFirst {
+            ifindex: LB0_IF,
+            len: expected.len()
+        }
+    );
+    assert!(expected.len() < len);
+    assert_eq!(&buf[..expected.len()], &expected[..]);
+    assert_eq!(lb.engine.counters.frag_needed_sent, 1);
 }

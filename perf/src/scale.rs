@@ -104,7 +104,9 @@ fn client(i: usize) -> (Ipv4Addr, u16) {
 
 fn service_key(i: usize) -> ServiceKey {
     ServiceKey {
-        vip: IpAddr::from(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + (i / 100) as u32)),
+        vip: IpAddr::from(Ipv4Addr::from(
+            u32::from(Ipv4Addr::new(198, 19, 0, 0)) + (i / 100) as u32,
+        )),
         port: 2000 + (i % 100) as u16,
         proto: Proto::Tcp,
     }

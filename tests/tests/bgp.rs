@@ -1,8 +1,10 @@
 //! BGP against real routing daemons: bird2 (and gobgpd) peer with oxlb in the test's
 //! namespaces, learn the VIP of a rule created with `bgp` set, with oxlb's address as next
 //! hop, and lose it when the rule goes; the session comes back from the saved configuration
-//! after a restart. Traffic from the bird namespace reaches the VIP over the learned route
-//! alone. Needs root, `bird2` and `gobgpd` (deploy/setup.sh installs them).
+//! after a restart; a BACKUP role changes the MED; an IPv6 VIP travels in MP_REACH_NLRI over an
+//! IPv6 session. Traffic from the bird namespace, and from a client behind it, reaches the VIP
+//! over the learned route alone. Needs root, `bird2` and `gobgpd` (deploy/setup.sh installs
+//! them).
 //!
 //! bird runs in the client namespace (198.18.0.2, AS 65002) and peers with oxlb's client-side
 //! address (198.18.0.1, AS 65001); gobgpd runs in backend 3's namespace (198.18.31.3, AS
@@ -10,8 +12,9 @@
 //! stopped by PID, and configured through files in the topology's scratch directory.
 
 use oxlb_tests::{
-    parse_answer, unique_prefix, vip_request_body, ChildGuard, Node, Topology, TopologyOptions,
-    BACKEND_NAMES, CLIENT_IP, LB_BACKEND_SIDE_IP, LB_CLIENT_SIDE_IP, VIP, VIP_PORT,
+    ip, parse_answer, unique_prefix, vip_request_body, ChildGuard, Netns, Node, Topology,
+    TopologyOptions, BACKEND_NAMES, CLIENT_IP, LB_BACKEND_SIDE_IP, LB_CLIENT_SIDE_IP, VIP,
+    VIP_PORT,
 };
 use std::path::PathBuf;
 use std::thread;
@@ -25,7 +28,21 @@ const GOBGP_IP: &str = "198.18.31.3";
 /// connection attempts may collide and back off for a few seconds.
 const CONVERGE: Duration = Duration::from_secs(45);
 
-/// bird in `node`, with its control socket in the scratch directory.
+/// Panics, naming the Debian package, unless `program` is installed: a missing daemon is a
+/// failed test, never a skipped one.
+fn require(program: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        || ["/usr/sbin", "/usr/bin", "/sbin"]
+            .iter()
+            .any(|d| std::path::Path::new(d).join(program).is_file());
+    assert!(
+        found,
+        "{program} is not installed: `apt-get install {package}` (deploy/setup.sh installs it)"
+    );
+}
+
+/// bird in the client namespace, with its control socket in the scratch directory.
 struct Bird {
     socket: PathBuf,
     _process: ChildGuard,
@@ -35,6 +52,7 @@ impl Bird {
     /// Starts bird in the client namespace peering with oxlb's client-side address; routes it
     /// learns go into the namespace's kernel table.
     fn start(topo: &Topology) -> Bird {
+        require("bird", "bird2");
         let dir = topo.scratch_dir();
         let conf = dir.join("bird.conf");
         let socket = dir.join("bird.ctl");
@@ -308,6 +326,7 @@ fn a_backup_instance_offers_the_vip_with_loxilbs_backup_med() {
 #[test]
 fn gobgpd_learns_the_vip_over_the_backend_side_alongside_bird() {
     let topo = Topology::build(&unique_prefix(), TopologyOptions::default());
+    require("gobgpd", "gobgpd");
     let _oxlb = topo.start_oxlb(&[]);
     let bird = Bird::start(&topo);
     let dir = topo.scratch_dir();
@@ -383,6 +402,7 @@ fn bird_learns_an_ipv6_vip_over_an_ipv6_session_through_mp_reach_nlri() {
     const LB6: &str = "fd00:18::1";
     const CLIENT6: &str = "fd00:18::2";
     const VIP6: &str = "fd00:100::1";
+    require("bird", "bird2");
     let topo = Topology::build(&unique_prefix(), TopologyOptions::default());
     topo.exec_ok(
         Node::Lb,
@@ -504,4 +524,160 @@ fn bird_learns_an_ipv6_vip_over_an_ipv6_session_through_mp_reach_nlri() {
             Ok(())
         }
     });
+}
+
+#[test]
+fn a_client_behind_the_bird_router_reaches_the_vip_over_the_learned_route() {
+    const FAR_IP: &str = "198.18.2.2";
+    const ROUTER_IP: &str = "198.18.2.1";
+    let topo = Topology::build(&unique_prefix(), TopologyOptions::default());
+    // A client one hop behind the router that runs bird: declared after the topology, so its
+    // namespace goes first.
+    let far = Netns::create(&format!("{}-far", topo.prefix()));
+    ip(&[
+        "link",
+        "add",
+        "f0",
+        "netns",
+        far.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "c1",
+        "netns",
+        topo.ns(Node::Client).name(),
+    ]);
+    far.exec_ok(&["ip", "addr", "add", &format!("{FAR_IP}/24"), "dev", "f0"]);
+    far.exec_ok(&["ip", "link", "set", "f0", "up"]);
+    far.exec_ok(&["ip", "route", "add", "default", "via", ROUTER_IP]);
+    topo.exec_ok(
+        Node::Client,
+        &["ip", "addr", "add", &format!("{ROUTER_IP}/24"), "dev", "c1"],
+    );
+    topo.exec_ok(Node::Client, &["ip", "link", "set", "c1", "up"]);
+    topo.exec_ok(
+        Node::Client,
+        &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"],
+    );
+    // Only the learned route leads to the VIP; the LB knows the far network behind the router.
+    topo.exec_ok(Node::Client, &["ip", "route", "del", "default"]);
+    topo.exec_ok(
+        Node::Lb,
+        &["ip", "route", "add", "198.18.2.0/24", "via", CLIENT_IP],
+    );
+    let _backends = topo.start_backends();
+    let oxlb = topo.start_oxlb(&[]);
+    let bird = Bird::start(&topo);
+    configure(&topo, &[(CLIENT_IP, BIRD_AS)]);
+    wait_bird_has_vip(&topo, &bird);
+    let url = format!("http://{VIP}:{VIP_PORT}/");
+    let out = far.exec(&["curl", "-sS", "--fail", "--max-time", "5", &url]);
+    assert!(
+        out.status.success(),
+        "curl from behind the router: {}\noxlb:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        oxlb.log()
+    );
+    let answer = parse_answer(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        BACKEND_NAMES.contains(&answer.backend.as_str()),
+        "{answer:?}"
+    );
+    assert_eq!(answer.peer_ip, FAR_IP, "DNAT keeps the client's address");
+
+    let (status, body) = topo.delete_vip("tcp");
+    assert_eq!(status, 200, "{body}");
+    wait_for("the router losing its route to the VIP", || {
+        let r = topo.exec_ok(Node::Client, &["ip", "route", "show", &format!("{VIP}/32")]);
+        if r.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    });
+    let out = far.exec(&["curl", "-sS", "--fail", "--max-time", "2", &url]);
+    assert!(!out.status.success(), "the VIP answered without a route");
+}
+
+/// Runs `oxlbctl ARGS` in the LB namespace and returns its stdout, panicking unless it exits 0.
+fn oxlbctl(topo: &Topology, args: &[&str]) -> String {
+    let bin = oxlb_tests::binary("oxlbctl");
+    let mut all = vec![bin.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    let out = topo.exec(Node::Lb, &all);
+    assert!(
+        out.status.success(),
+        "oxlbctl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_readmes_oxlbctl_bgp_commands_bring_a_session_up_and_take_it_down() {
+    let topo = Topology::build(&unique_prefix(), TopologyOptions::default());
+    let _oxlb = topo.start_oxlb(&[]);
+    let bird = Bird::start(&topo);
+    let as_text = LOCAL_AS.to_string();
+    let peer_as = BIRD_AS.to_string();
+    oxlbctl(
+        &topo,
+        &[
+            "set",
+            "bgp",
+            "global",
+            "--as",
+            &as_text,
+            "--router-id",
+            LB_CLIENT_SIDE_IP,
+        ],
+    );
+    oxlbctl(&topo, &["create", "bgpneigh", CLIENT_IP, &peer_as]);
+    oxlbctl(
+        &topo,
+        &[
+            "create",
+            "lb",
+            VIP,
+            &format!("--tcp={VIP_PORT}:8080"),
+            "--endpoints=198.18.31.1:1",
+            "--bgp",
+        ],
+    );
+    wait_bird_has_vip(&topo, &bird);
+    let table = wait_for("oxlbctl get bgpneigh showing the session up", || {
+        let t = oxlbctl(&topo, &["get", "bgpneigh"]);
+        if t.contains("ESTABLISHED") {
+            Ok(t)
+        } else {
+            Err(t)
+        }
+    });
+    println!("{table}");
+    assert!(
+        table.contains(CLIENT_IP) && table.contains(&peer_as),
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&oxlbctl(&topo, &["-o", "json", "get", "bgpneigh"])).unwrap();
+    assert_eq!(json["bgpNeiAttr"][0]["state"], "ESTABLISHED", "{json}");
+
+    // Deleting the neighbour closes its session (Cease): bird drops the route at once.
+    oxlbctl(&topo, &["delete", "bgpneigh", CLIENT_IP]);
+    wait_for(
+        "bird dropping the VIP after the neighbour was deleted",
+        || {
+            let r = bird.vip_route(&topo);
+            if r.contains(&format!("{VIP}/32")) {
+                Err(r)
+            } else {
+                Ok(())
+            }
+        },
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&oxlbctl(&topo, &["-o", "json", "get", "bgpneigh"])).unwrap();
+    assert_eq!(json, serde_json::json!({"bgpNeiAttr": []}));
 }

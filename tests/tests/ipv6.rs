@@ -461,3 +461,103 @@ fn metrics_name_ipv6_services_and_endpoints_in_brackets() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+#[test]
+fn nat66_dsr_backends_answer_the_client_themselves_and_see_its_ipv6_address() {
+    // The backends hold the VIP on their loopback (the kernel answers neighbour solicitations
+    // only for addresses of the interface asked on, so not for it) and answer from it
+    // straight back. The only path to the client crosses the LB's namespace, so its kernel
+    // forwards those answers (IPv6 forwarding on here); oxlb sees only requests.
+    let topo = topology();
+    topo.exec_ok(
+        Node::Lb,
+        &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+    );
+    let mut guards = Vec::new();
+    for (i, name) in BACKEND_NAMES.iter().enumerate() {
+        let node = Node::Backend(i as u8 + 1);
+        topo.exec_ok(
+            node,
+            &[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{VIP6}/128"),
+                "dev",
+                "lo",
+            ],
+        );
+        guards.push(topo.start_testpeer(node, name, VIP_PORT, node, BACKEND_IPS[i]));
+        // The LB knows the backends' MACs before the first request: a DSR request sent while
+        // the neighbour is unresolved goes to the LB's kernel, which has no route to the VIP,
+        // and only the client's retransmission (1 s later) would get through.
+        topo.exec_ok(
+            Node::Lb,
+            &["ping", "-6", "-c", "1", "-W", "3", BACKEND_IP6S[i]],
+        );
+    }
+    let oxlb = topo.start_oxlb(&[]);
+    let eps: Vec<serde_json::Value> = BACKEND_IP6S
+        .iter()
+        .map(|ip| serde_json::json!({"endpointIP": ip, "targetPort": VIP_PORT, "weight": 1}))
+        .collect();
+    let body = serde_json::json!({
+        "serviceArguments": {"externalIP": VIP6, "port": VIP_PORT, "protocol": "tcp", "mode": 3},
+        "endpoints": eps,
+    })
+    .to_string();
+    let (status, answer) = topo.api("POST", "/netlox/v1/config/loadbalancer", Some(&body));
+    assert_eq!(status, 200, "{answer}");
+    let diag = log_of(&oxlb);
+    rotation_seen_from(&topo, VIP_PORT, CLIENT_IP6, &diag);
+    ten_megabytes_arrive_identical(&topo, VIP_PORT, &diag);
+}
+
+#[test]
+fn with_two_queues_nat66_and_nat64_flows_find_their_owning_worker() {
+    // Two RX queues per interface, so two workers; a flow's request and reply land on queues
+    // chosen independently, and a packet at the wrong worker must be passed to its owner.
+    let topo = Topology::build_dual_stack(
+        &unique_prefix(),
+        TopologyOptions {
+            queues: 2,
+            ..Default::default()
+        },
+    );
+    let _backends = topo.start_backends();
+    let oxlb = topo.start_oxlb(&[]);
+    let diag = log_of(&oxlb);
+    add_service6(&topo, "tcp", VIP_PORT, 2, &BACKEND_IPS);
+    add_service6(&topo, "tcp", VIP_PORT + 1, 0, &BACKEND_IP6S);
+
+    for _ in 0..2 {
+        rotation_seen_from(&topo, VIP_PORT, LB_BACKEND_SIDE_IP, &diag);
+        rotation_seen_from(&topo, VIP_PORT + 1, CLIENT_IP6, &diag);
+    }
+    ten_megabytes_arrive_identical(&topo, VIP_PORT, &diag);
+    ten_megabytes_arrive_identical(&topo, VIP_PORT + 1, &diag);
+
+    let (status, page) = topo.api("GET", "/metrics", None);
+    assert_eq!(status, 200, "{page}");
+    let sample = |series: String| oxlb_tests::metric_sample(&page, &series);
+    let rx: Vec<u64> = (0..2)
+        .map(|w| sample(format!("oxlb_rx_packets_total{{worker=\"{w}\"}}")))
+        .collect();
+    assert!(
+        rx.iter().all(|&n| n > 0),
+        "a worker processed nothing: {rx:?}"
+    );
+    let lost: u64 = (0..2)
+        .map(|w| {
+            sample(format!(
+                "oxlb_drops_total{{worker=\"{w}\",reason=\"no_flow_no_service\"}}"
+            ))
+        })
+        .sum();
+    assert_eq!(lost, 0, "packets missed their flow:\n{page}");
+    let handed: u64 = (0..2)
+        .map(|w| sample(format!("oxlb_handed_off_total{{worker=\"{w}\"}}")))
+        .sum();
+    assert!(handed > 0, "no frame was passed between workers:\n{page}");
+}

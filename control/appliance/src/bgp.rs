@@ -528,6 +528,29 @@ mod tests {
     }
 
     #[test]
+    fn the_openapi_document_lists_the_bgp_calls_under_loxilbs_names() {
+        let doc = serde_json::to_value(crate::http::openapi()).unwrap();
+        for (path, method) in [
+            ("/netlox/v1/config/bgp/global", "post"),
+            ("/netlox/v1/config/bgp/neigh", "post"),
+            ("/netlox/v1/config/bgp/neigh/{ip_address}", "delete"),
+            ("/netlox/v1/config/bgp/neigh/all", "get"),
+        ] {
+            assert!(doc["paths"][path].get(method).is_some(), "{method} {path}");
+        }
+        let schemas = &doc["components"]["schemas"];
+        for name in ["BGPGlobalConfig", "BGPNeigh", "BGPNeighGetEntry"] {
+            assert!(schemas.get(name).is_some(), "no schema {name}");
+        }
+        assert!(schemas["BGPGlobalConfig"]["properties"]
+            .get("localAs")
+            .is_some());
+        assert!(schemas["BgpNeighList"]["properties"]
+            .get("bgpNeiAttr")
+            .is_some());
+    }
+
+    #[test]
     fn remote_as_is_read_from_the_query_string() {
         assert_eq!(remote_as_of(None).ok(), Some(None));
         assert_eq!(

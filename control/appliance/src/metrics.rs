@@ -134,7 +134,7 @@ pub fn render(s: &Sample<'_>) -> String {
         &mut out,
         "oxlb_frag_needed_sent_total",
         "counter",
-        "ICMP fragmentation-needed sent to senders of packets too big for their egress link.",
+        "ICMP fragmentation-needed (ICMPv6 packet-too-big) sent to senders of packets too big for their egress link.",
         &per_worker(w, |c| c.frag_needed_sent),
     );
     family(

@@ -1006,6 +1006,52 @@ mod tests {
         assert!(!detail.is_empty(), "no extended ACK text: {error}");
     }
 
+    /// An RTM_NEWADDR payload: IPv6 `addr` of `ifindex` with `scope` and `flags` (IFA_FLAGS).
+    fn address_message(ifindex: u32, addr: Ipv6Addr, scope: u8, flags: u32) -> Vec<u8> {
+        let mut m = vec![10, 64, 0, scope];
+        m.extend_from_slice(&ifindex.to_ne_bytes());
+        m.extend_from_slice(&20u16.to_ne_bytes());
+        m.extend_from_slice(&IFA_ADDRESS.to_ne_bytes());
+        m.extend_from_slice(&addr.octets());
+        m.extend_from_slice(&8u16.to_ne_bytes());
+        m.extend_from_slice(&IFA_FLAGS.to_ne_bytes());
+        m.extend_from_slice(&flags.to_ne_bytes());
+        m
+    }
+
+    #[test]
+    fn only_a_global_usable_ipv6_address_of_the_interface_is_a_source() {
+        let request = NetlinkRequest::Ipv6Addresses(3);
+        let global: Ipv6Addr = "fd00:31::fe".parse().unwrap();
+        let parse = |m: Vec<u8>| parse_global_ipv6(request, 3, &m).unwrap();
+        let permanent_nodad = 0x80 | 0x02;
+        assert_eq!(
+            parse(address_message(
+                3,
+                global,
+                RT_SCOPE_UNIVERSE,
+                permanent_nodad
+            )),
+            Some(global)
+        );
+        let tentative = 0x80 | 0x40;
+        assert_eq!(
+            parse(address_message(3, global, RT_SCOPE_UNIVERSE, tentative)),
+            None
+        );
+        let link_scope = 253;
+        let link_local: Ipv6Addr = "fe80::1".parse().unwrap();
+        assert_eq!(
+            parse(address_message(3, link_local, link_scope, 0x80)),
+            None
+        );
+        assert_eq!(
+            parse(address_message(4, global, RT_SCOPE_UNIVERSE, 0x80)),
+            None,
+            "another interface's address"
+        );
+    }
+
     #[test]
     fn a_truncated_extended_ack_yields_no_message_instead_of_a_panic() {
         let mut payload = (-libc::EINVAL).to_ne_bytes().to_vec();

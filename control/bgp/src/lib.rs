@@ -170,7 +170,7 @@ pub struct PeerStatus {
     pub notifications_sent: BTreeMap<(u8, u8), u64>,
     /// NOTIFICATIONs received, by (code, subcode).
     pub notifications_received: BTreeMap<(u8, u8), u64>,
-    /// Malformed messages received, by [`wire::WireError::label`].
+    /// Messages received malformed or refused, by [`wire::WireError::label`].
     pub malformed: BTreeMap<&'static str, u64>,
 }
 
@@ -380,7 +380,8 @@ impl Speaker {
         family(
             "oxlb_bgp_malformed_messages_total",
             "counter",
-            "Malformed BGP messages received, by reason; each was answered with a NOTIFICATION.",
+            "BGP messages received malformed or refused (e.g. another AS than configured), by \
+             reason; each was answered with a NOTIFICATION.",
             peers
                 .iter()
                 .flat_map(|p| {

@@ -267,7 +267,12 @@ impl Conn {
 
     /// Sends `n` and counts it; the session ends after this, so errors only matter to logs.
     async fn notify(&mut self, ctx: &PeerCtx, n: &Notification) {
-        log::warn!("BGP: to neighbour {}: NOTIFICATION {n}", ctx.peer.addr);
+        if n.code == 6 {
+            // A Cease is an ordinary goodbye (stop, removal, collision).
+            log::info!("BGP: to neighbour {}: NOTIFICATION {n}", ctx.peer.addr);
+        } else {
+            log::warn!("BGP: to neighbour {}: NOTIFICATION {n}", ctx.peer.addr);
+        }
         n.emit(&mut self.buf);
         let _ = self.send_buf().await;
         ctx.status(|s| *s.notifications_sent.entry((n.code, n.subcode)).or_default() += 1);

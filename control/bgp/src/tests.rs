@@ -100,12 +100,17 @@ fn free_port() -> u16 {
 }
 
 async fn setup(remote_as: u32, routes: Routes) -> Setup {
+    setup_with(remote_as, routes, None).await
+}
+
+async fn setup_with(remote_as: u32, routes: Routes, next_hop_v4: Option<Ipv4Addr>) -> Setup {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let speaker = Arc::new(Speaker::new());
     speaker.set(Desired {
         global: Some(GlobalConfig {
             listen_port: free_port(),
+            next_hop_v4,
             ..GlobalConfig::new(LOCAL_AS, Ipv4Addr::new(198, 18, 0, 1))
         }),
         peers: vec![PeerConfig {
@@ -214,6 +219,16 @@ async fn an_ibgp_neighbour_gets_an_empty_as_path_and_the_backup_preference() {
             0x40, 5, 4, 0, 0, 0, 10, // LOCAL_PREF 10
         ]
     );
+}
+
+#[tokio::test]
+async fn a_configured_next_hop_replaces_the_sessions_local_address() {
+    let nh = Ipv4Addr::new(198, 18, 0, 9);
+    let s = setup_with(PEER_AS, vip_routes(), Some(nh)).await;
+    let mut n = s.accept().await;
+    n.establish().await;
+    let (_, body) = n.read_skipping_keepalives().await;
+    assert_eq!(&body[17..24], [0x40, 3, 4, 198, 18, 0, 9], "{body:?}");
 }
 
 #[tokio::test]

@@ -230,7 +230,9 @@ async fn failed(
     let delay = backoff(st.failures - 1);
     st.not_before = now + delay;
     let why = match e.status() {
-        Some(404 | 405) => "; this appliance has no BGP neighbour API (oxlb has no BGP yet)",
+        Some(404 | 405) => {
+            "; this appliance has no BGP neighbour API (an oxlb older than its BGP speaker)"
+        }
         _ => "",
     };
     let note = format!(

@@ -1,8 +1,9 @@
-//! The set of appliances rules and BGP peers go to: the `--loxiURL` ones (fixed), those
+//! The set of appliances rules, roles and BGP peers go to: the `--loxiURL` ones (fixed), those
 //! discovered from the cluster when `--loxiURL` is empty, and those LoxiURL objects add at run
 //! time, published as one immutable snapshot that is swapped whole.
 
 use crate::appliance::Appliance;
+use crate::roles::Member;
 use std::sync::{Arc, RwLock};
 
 /// The current appliances. Readers take a snapshot and work on it; a reconcile that started
@@ -39,12 +40,26 @@ impl Fleet {
         self.parts.read().expect("fleet lock").current.clone()
     }
 
-    /// The appliances that take part in `--setRoles`: the fixed and the discovered ones (the
-    /// appliances kube-loxilb's election covers when no LoxiURL object is used).
-    pub fn role_members(&self) -> Vec<Appliance> {
+    /// The appliances that take part in `--setRoles`: every appliance, in snapshot order (as
+    /// kube-loxilb appends LoxiURL appliances to the list its election walks). An appliance
+    /// listed twice takes the place of its first listing, and the `--excludeRoleList` of it.
+    pub fn role_members(&self) -> Vec<Member> {
         let p = self.parts.read().expect("fleet lock");
-        let mut v = self.fixed.clone();
-        v.extend(p.discovered.iter().cloned());
+        let mut v: Vec<Member> = Vec::with_capacity(p.current.len());
+        let listed = self
+            .fixed
+            .iter()
+            .chain(&p.discovered)
+            .map(|a| (a, true))
+            .chain(p.added.iter().map(|a| (a, false)));
+        for (a, excludable) in listed {
+            if !v.iter().any(|m| m.appliance.url() == a.url()) {
+                v.push(Member {
+                    appliance: a.clone(),
+                    excludable,
+                });
+            }
+        }
         v
     }
 
@@ -107,15 +122,42 @@ mod tests {
     }
 
     #[test]
-    fn discovered_appliances_come_and_go_beside_the_added_ones_and_join_the_roles() {
+    fn discovered_appliances_come_and_go_beside_the_added_ones_and_all_join_the_roles() {
         let f = Fleet::new(vec![]);
         assert!(f.set_added(vec![app("http://127.0.0.1:9")]));
         assert!(f.set_discovered(vec![app("http://127.0.0.1:3"), app("http://127.0.0.1:9")]));
         assert_eq!(urls(&f), vec!["http://127.0.0.1:3", "http://127.0.0.1:9"]);
-        assert_eq!(f.role_members().len(), 2);
+        assert_eq!(
+            roles(&f),
+            vec!["http://127.0.0.1:3!", "http://127.0.0.1:9!"]
+        );
         assert!(!f.set_discovered(vec![app("http://127.0.0.1:3"), app("http://127.0.0.1:9")]));
         assert!(f.set_discovered(vec![]));
         assert_eq!(urls(&f), vec!["http://127.0.0.1:9"]);
-        assert!(f.role_members().is_empty());
+        assert_eq!(roles(&f), vec!["http://127.0.0.1:9"]);
+    }
+
+    /// The role members' URLs, `!` after those `--excludeRoleList` applies to.
+    fn roles(f: &Fleet) -> Vec<String> {
+        f.role_members()
+            .into_iter()
+            .map(|m| {
+                format!(
+                    "{}{}",
+                    m.appliance.url(),
+                    if m.excludable { "!" } else { "" }
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn loxiurl_appliances_join_the_roles_after_the_flag_ones_and_leave_with_their_object() {
+        let f = Fleet::new(vec![app("http://127.0.0.1:1")]);
+        assert_eq!(roles(&f), vec!["http://127.0.0.1:1!"]);
+        f.set_added(vec![app("http://127.0.0.2:1"), app("http://127.0.0.1:1")]);
+        assert_eq!(roles(&f), vec!["http://127.0.0.1:1!", "http://127.0.0.2:1"]);
+        f.set_added(vec![]);
+        assert_eq!(roles(&f), vec!["http://127.0.0.1:1!"]);
     }
 }

@@ -20,11 +20,28 @@ pub struct RoleSettings {
     /// is another, so an appliance started with default settings follows the same role.
     pub instances: Vec<String>,
     /// Appliance hosts never to be MASTER (`--excludeRoleList`), for `--loxiURL` and
-    /// discovered appliances alike.
+    /// discovered appliances alike; not for LoxiURL-added ones (see [`Member::excludable`]).
     pub excluded: Vec<String>,
     /// Roles are sent again this often even when nothing changed, so an appliance that
     /// restarted between two probes and forgot its role gets it back.
     pub refresh: Duration,
+}
+
+/// An appliance taking part in the election.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub appliance: Appliance,
+    /// Whether `--excludeRoleList` applies: true for `--loxiURL` and discovered appliances,
+    /// false for those LoxiURL objects add, which kube-loxilb creates able to take any role.
+    pub excludable: bool,
+}
+
+/// Per member, whether `--excludeRoleList` keeps it BACKUP.
+fn excluded_of(members: &[Member], settings: &RoleSettings) -> Vec<bool> {
+    members
+        .iter()
+        .map(|m| m.excludable && settings.excluded.iter().any(|h| h == m.appliance.host()))
+        .collect()
 }
 
 /// The instance names kube-loxilb sets roles for in `zone` with one zone instance.
@@ -57,8 +74,9 @@ fn role_of(i: usize, master: Option<usize>) -> &'static str {
 }
 
 /// Runs the probes and elections until the task is dropped, over the appliances `members`
-/// returns each round (the `--loxiURL` ones, fixed, or the discovered ones, which come and go).
-pub async fn run(members: impl Fn() -> Vec<Appliance>, settings: RoleSettings) {
+/// returns each round, in election order (the `--loxiURL` ones, fixed, or the discovered ones,
+/// then those LoxiURL objects add; the last two come and go).
+pub async fn run(members: impl Fn() -> Vec<Member>, settings: RoleSettings) {
     // Per appliance URL: alive, and the role it last acknowledged (None: unknown, never set
     // or it was down).
     let mut alive: HashMap<String, bool> = HashMap::new();
@@ -69,7 +87,9 @@ pub async fn run(members: impl Fn() -> Vec<Appliance>, settings: RoleSettings) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let appliances = members();
+        let members = members();
+        let excluded = excluded_of(&members, &settings);
+        let appliances: Vec<Appliance> = members.into_iter().map(|m| m.appliance).collect();
         let urls: Vec<String> = appliances.iter().map(|a| a.url().to_owned()).collect();
         // An appliance that left the set is forgotten; if it comes back it starts unknown.
         alive.retain(|u, _| urls.contains(u));
@@ -91,10 +111,6 @@ pub async fn run(members: impl Fn() -> Vec<Appliance>, settings: RoleSettings) {
             alive.insert(a.url().to_owned(), up);
             up_now.push(up);
         }
-        let excluded: Vec<bool> = appliances
-            .iter()
-            .map(|a| settings.excluded.iter().any(|h| h == a.host()))
-            .collect();
         let current = master
             .as_ref()
             .and_then(|m| urls.iter().position(|u| u == m));
@@ -166,6 +182,33 @@ mod tests {
             Some(1)
         );
         assert_eq!(elect(Some(0), &[true, true], &[true, false]), Some(1));
+    }
+
+    #[test]
+    fn the_exclusion_list_keeps_flag_and_discovered_appliances_backup_but_not_loxiurl_ones() {
+        let settings = RoleSettings {
+            vip: "0.0.0.0".parse().unwrap(),
+            instances: instances("llb"),
+            excluded: vec!["127.0.0.1".to_owned()],
+            refresh: Duration::from_secs(60),
+        };
+        let member = |u: &str, excludable| Member {
+            appliance: Appliance::new(
+                u,
+                &crate::appliance::Credentials::default(),
+                crate::appliance::EndpointUpdates::Replace,
+            )
+            .unwrap(),
+            excludable,
+        };
+        let members = [
+            member("http://127.0.0.1:11111", true),
+            member("http://127.0.0.2:11111", true),
+            member("http://127.0.0.1:22222", false),
+        ];
+        let excluded = excluded_of(&members, &settings);
+        assert_eq!(excluded, vec![true, false, false]);
+        assert_eq!(elect(None, &[true, false, true], &excluded), Some(2));
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! `--setRoles`: the real binary, the stand-in API server and two fake appliances recording
 //! the roles posted to `/netlox/v1/config/cistate`. One is MASTER, the other BACKUP; when the
 //! MASTER stops answering its liveness probe the other becomes MASTER within a bounded time.
+//! An appliance a LoxiURL object adds takes part the same way until the object goes.
 //! Needs no root.
 
 mod support;
 
+use serde_json::json;
 use std::time::{Duration, Instant};
 use support::appliance::FakeAppliance;
 use support::operator::spawn_operator;
@@ -15,6 +17,7 @@ const TAKEOVER_BOUND: Duration = Duration::from_secs(8);
 
 struct Setup {
     _rt: tokio::runtime::Runtime,
+    api: ApiServer,
     dir: std::path::PathBuf,
     kc: std::path::PathBuf,
 }
@@ -32,7 +35,12 @@ impl Setup {
             api.serve(l);
         }
         let kc = kubeconfig(&dir, port);
-        Setup { _rt: rt, dir, kc }
+        Setup {
+            _rt: rt,
+            api,
+            dir,
+            kc,
+        }
     }
 
     fn appliance(&self, ip: &str) -> (FakeAppliance, u16) {
@@ -175,4 +183,122 @@ fn an_excluded_appliance_is_never_master_and_another_zone_sets_the_default_insta
         diag()
     );
     drop(op);
+}
+
+#[test]
+fn an_appliance_a_loxiurl_adds_takes_part_in_the_roles_until_the_object_is_deleted() {
+    let s = Setup::new("roles-loxiurl");
+    let (a, pa) = s.appliance("127.0.0.1");
+    let (b, pb) = s.appliance("127.0.0.2");
+    // A long resync period: no role is sent again unasked during the test, so each push
+    // counted below was caused by the change before it.
+    let op = spawn_operator(
+        &s.dir,
+        &s.kc,
+        "operator",
+        &[
+            &format!("--loxiURL=http://127.0.0.1:{pa}"),
+            "--externalCIDR=198.18.100.0/24",
+            "--setRoles=0.0.0.0",
+            "--resyncPeriod=300",
+        ],
+    );
+    let diag = || {
+        format!(
+            "operator log:\n{}\nroles a: {:?}\nroles b: {:?}\ncalls to b: {}",
+            op.log(),
+            a.roles(),
+            b.roles(),
+            b.calls()
+        )
+    };
+    wait_for(
+        15,
+        "a MASTER",
+        || (a.role("llb-inst0").as_deref() == Some("MASTER")).then_some(()),
+        &diag,
+    );
+    assert_eq!(b.calls(), 0, "{}", diag());
+
+    // b joins through a LoxiURL: probed and told BACKUP, while a stays MASTER.
+    s.api.apply(
+        "loxiurls",
+        json!({"apiVersion": "loxiurl.loxilb.io/v1", "kind": "LoxiURL",
+               "metadata": {"name": "second"},
+               "spec": {"loxiURL": format!("http://127.0.0.2:{pb}")}}),
+    );
+    wait_for(
+        10,
+        "b BACKUP",
+        || (b.role("llb-inst0").as_deref() == Some("BACKUP")).then_some(()),
+        &diag,
+    );
+    assert_eq!(
+        b.roles()[0],
+        json!({"instance": "llb-inst0", "state": "BACKUP", "vip": "0.0.0.0"}),
+        "{}",
+        diag()
+    );
+    assert_eq!(states(&a, "llb-inst0"), ["MASTER"], "{}", diag());
+
+    // The MASTER stops answering: the election picks b.
+    a.hang(true);
+    let t0 = Instant::now();
+    wait_for(
+        15,
+        "b MASTER",
+        || (b.role("llb-inst0").as_deref() == Some("MASTER")).then_some(()),
+        &diag,
+    );
+    let took = t0.elapsed();
+    assert!(
+        took < TAKEOVER_BOUND,
+        "the takeover took {took:?}\n{}",
+        diag()
+    );
+    a.hang(false);
+    wait_for(
+        15,
+        "a BACKUP",
+        || (a.role("llb-inst0").as_deref() == Some("BACKUP")).then_some(()),
+        &diag,
+    );
+
+    // The LoxiURL goes while b is MASTER: a is elected, and b is told nothing more.
+    s.api.delete("loxiurls", "", "second");
+    let t0 = Instant::now();
+    wait_for(
+        15,
+        "a MASTER again",
+        || (a.role("llb-inst0").as_deref() == Some("MASTER")).then_some(()),
+        &diag,
+    );
+    let took = t0.elapsed();
+    // The watch event, then a probe round without b.
+    assert!(
+        took < TAKEOVER_BOUND,
+        "the election took {took:?}\n{}",
+        diag()
+    );
+    // a's election ran in a round without b, after every round that still had it ended.
+    let calls = b.calls();
+    std::thread::sleep(3 * oxlb_operator::roles::PROBE_PERIOD);
+    assert_eq!(b.calls(), calls, "{}", diag());
+    assert_eq!(states(&b, "llb-inst0"), ["BACKUP", "MASTER"], "{}", diag());
+    assert_eq!(
+        states(&a, "llb-inst0"),
+        ["MASTER", "BACKUP", "MASTER"],
+        "{}",
+        diag()
+    );
+    drop(op);
+}
+
+/// The states of `instance` an appliance was told, in order.
+fn states(f: &FakeAppliance, instance: &str) -> Vec<String> {
+    f.roles()
+        .iter()
+        .filter(|v| v["instance"] == instance)
+        .map(|v| v["state"].as_str().unwrap_or_default().to_owned())
+        .collect()
 }
