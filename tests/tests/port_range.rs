@@ -94,3 +94,35 @@ fn two_ports_of_a_range_reach_the_endpoints_target_port_and_the_listing_shows_po
         "a port of a deleted range still answers"
     );
 }
+
+#[test]
+fn an_endpoint_with_target_port_zero_is_reached_on_the_port_the_client_used() {
+    let topo = Topology::build(&unique_prefix(), TopologyOptions::default());
+    let ports = [FIRST, FIRST + 1];
+    let _peers: Vec<_> = ports
+        .iter()
+        .map(|&p| {
+            let name = format!("b1-{p}");
+            topo.start_testpeer(Node::Backend(1), &name, p, Node::Lb, BACKEND_IPS[0])
+        })
+        .collect();
+    let oxlb = topo.start_oxlb(&[]);
+    let log = || format!("oxlb output:\n{}", oxlb.log());
+    // targetPort 0: loxilb's "keep the port the client came to", for ranges.
+    let body = serde_json::json!({
+        "serviceArguments": {"externalIP": VIP, "port": FIRST, "portMax": FIRST + 1,
+                             "protocol": "tcp", "sel": 0, "mode": 0, "name": "keep"},
+        "endpoints": [{"endpointIP": BACKEND_IPS[0], "targetPort": 0, "weight": 1}],
+    })
+    .to_string();
+    let (status, answer) = topo.api("POST", "/netlox/v1/config/loadbalancer", Some(&body));
+    assert_eq!(status, 200, "creating the rule: {answer}\n{}", log());
+    for port in ports {
+        let body = get(&topo, port).unwrap_or_else(|e| panic!("port {port}: {e}\n{}", log()));
+        assert_eq!(
+            parse_answer(&body).backend,
+            format!("b1-{port}"),
+            "port {port}: {body:?}"
+        );
+    }
+}

@@ -143,6 +143,8 @@ pub enum ValidationError {
     UnknownProbeType(String),
     #[error("endpoints is empty: a rule needs at least one endpoint")]
     NoEndpoints,
+    #[error("endpoint {index} has targetPort 0 (each flow keeps the port it came to), so there is no port to probe: set probeport")]
+    ProbePortNeeded { index: usize },
     #[error("endpoints[{index}] {ip}:{port} is the same endpoint as endpoints[{first}]")]
     DuplicateEndpoint {
         index: usize,
@@ -179,6 +181,7 @@ impl ValidationError {
             SecurityNotImplemented { .. } | UnknownSecurity(_) => "serviceArguments.security",
             ProbeTypeNotImplemented(_) | UnknownProbeType(_) => "serviceArguments.probetype",
             NoEndpoints => "endpoints",
+            ProbePortNeeded { .. } => "serviceArguments.probeport",
         };
         fixed.to_owned()
     }
@@ -217,11 +220,20 @@ pub fn validate(entry: &LoadBalancerEntry) -> Result<ServiceSpec, ValidationErro
         .collect::<Result<Vec<_>, _>>()?;
     let endpoints = endpoints(&entry.endpoints)?;
     families(external_ip, mode, &endpoints)?;
+    // A probe needs a port when an endpoint keeps the client's (targetPort 0).
+    if let (Some(probe), Some(index)) =
+        (&monitor, endpoints.iter().position(|e| e.target_port == 0))
+    {
+        if probe.port == 0 && !matches!(probe.kind, ProbeKind::Ping | ProbeKind::None) {
+            return Err(ValidationError::ProbePortNeeded { index });
+        }
+    }
     if mode == NatMode::Dsr {
+        // Port 0 keeps the client's port, the service's own: what DSR needs.
         if let Some((index, e)) = endpoints
             .iter()
             .enumerate()
-            .find(|(_, e)| e.target_port != port)
+            .find(|(_, e)| e.target_port != port && e.target_port != 0)
         {
             return Err(ValidationError::DsrPortMismatch {
                 index,
@@ -673,7 +685,13 @@ fn endpoints(eps: &[Endpoint]) -> Result<Vec<EndpointSpec>, ValidationError> {
     let mut seen: HashMap<(IpAddr, u16), usize> = HashMap::with_capacity(eps.len());
     for (index, ep) in eps.iter().enumerate() {
         let ip = address(&format!("endpoints[{index}].endpointIP"), &ep.endpoint_ip)?;
-        let target_port = port(&format!("endpoints[{index}].targetPort"), ep.target_port)?;
+        // 0 keeps the port each flow came to (loxilb's way for port ranges).
+        let target_port = in_range(
+            &format!("endpoints[{index}].targetPort"),
+            ep.target_port,
+            0,
+            i64::from(u16::MAX),
+        )? as u16;
         let weight = in_range(
             &format!("endpoints[{index}].weight"),
             ep.weight,

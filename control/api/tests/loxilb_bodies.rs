@@ -710,10 +710,31 @@ fn an_endpoint_with_a_bad_address_is_refused_with_its_index() {
 }
 
 #[test]
-fn an_endpoint_with_target_port_zero_is_refused() {
-    let e = refused(|v| v["endpoints"][0]["targetPort"] = json!(0));
+fn an_endpoint_with_target_port_zero_keeps_the_clients_port() {
+    let spec = validate_modified(|v| v["endpoints"][0]["targetPort"] = json!(0))
+        .expect("targetPort 0 is accepted");
+    assert_eq!(spec.endpoints[0].target_port, 0);
+    let e = refused(|v| v["endpoints"][0]["targetPort"] = json!(-1));
     assert_eq!(e.field(), "endpoints[0].targetPort");
     assert!(e.to_string().contains("out of range"));
+}
+
+#[test]
+fn a_probe_of_an_endpoint_that_keeps_the_clients_port_needs_a_probeport() {
+    let e = refused(|v| {
+        v["endpoints"][0]["targetPort"] = json!(0);
+        v["serviceArguments"]["monitor"] = json!(true);
+        v["serviceArguments"]["probetype"] = json!("tcp");
+    });
+    assert_eq!(e.field(), "serviceArguments.probeport");
+    let spec = validate_modified(|v| {
+        v["endpoints"][0]["targetPort"] = json!(0);
+        v["serviceArguments"]["monitor"] = json!(true);
+        v["serviceArguments"]["probetype"] = json!("tcp");
+        v["serviceArguments"]["probeport"] = json!(8080);
+    })
+    .expect("with a probeport it is accepted");
+    assert_eq!(spec.monitor.expect("monitored").port, 8080);
 }
 
 #[test]

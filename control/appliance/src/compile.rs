@@ -197,7 +197,13 @@ pub fn xdp_keys(state: &DesiredState, reach: &Reachability) -> XdpKeys {
             // listing that address lets the XDP program pass those to the kernel.
             snapshot::NatMode::Dnat => {
                 for e in &spec.endpoints {
-                    keys.src.insert(LbKey::new(e.ip, e.target_port, p));
+                    // An endpoint that keeps the client's port (0) answers from any port of
+                    // the rule.
+                    if e.target_port == 0 {
+                        keys.src.extend(spec.ports().map(|port| LbKey::new(e.ip, port, p)));
+                    } else {
+                        keys.src.insert(LbKey::new(e.ip, e.target_port, p));
+                    }
                     // Port 0: the later fragments of an endpoint's datagrams (no ports).
                     keys.src.insert(LbKey::new(e.ip, 0, p));
                     if let Some(src) = reach.sources.get(&e.ip) {
