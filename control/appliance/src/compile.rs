@@ -200,7 +200,8 @@ pub fn xdp_keys(state: &DesiredState, reach: &Reachability) -> XdpKeys {
                     // An endpoint that keeps the client's port (0) answers from any port of
                     // the rule.
                     if e.target_port == 0 {
-                        keys.src.extend(spec.ports().map(|port| LbKey::new(e.ip, port, p)));
+                        keys.src
+                            .extend(spec.ports().map(|port| LbKey::new(e.ip, port, p)));
                     } else {
                         keys.src.insert(LbKey::new(e.ip, e.target_port, p));
                     }
