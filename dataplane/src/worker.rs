@@ -51,6 +51,8 @@ const SOCKET_STATS_EVERY: Duration = Duration::from_secs(1);
 const IDLE_WAIT: Duration = Duration::from_millis(10);
 /// Pause before kicking again a TX ring the kernel has not emptied.
 const UNSENT_RETRY: Duration = Duration::from_micros(20);
+/// Quick retries in a row before a ring that keeps frames unsent waits like an idle one.
+const MAX_UNSENT_ROUNDS: u32 = 500;
 /// Frames from other workers processed per loop iteration, about one RX batch per socket: the
 /// worker's own sockets are not starved by a busy neighbour, nor the neighbour by them.
 const HANDOFF_BUDGET: usize = 128;
@@ -89,6 +91,7 @@ impl Worker {
             .map(|(i, (ifindex, _))| (*ifindex, i))
             .collect();
         let mut socket_stats_at = start;
+        let mut unsent_rounds = 0u32;
         while !self.stop.load(Ordering::Relaxed) {
             let snap = self.snapshot.load();
             let now = start.elapsed().as_millis() as u64;
@@ -159,7 +162,15 @@ impl Worker {
                     .publish_endpoints(self.engine.endpoint_counters());
             }
             self.stats.publish(&self.engine.counters);
-            if received == 0 && pending == 0 && self.sockets.unsent() > 0 {
+            let unsent = if received == 0 && pending == 0 {
+                self.sockets.unsent()
+            } else {
+                0
+            };
+            // A ring that does not drain at all (a stuck interface) gets the idle wait again
+            // after a while, rather than a wake-up every few microseconds.
+            unsent_rounds = if unsent > 0 { unsent_rounds + 1 } else { 0 };
+            if unsent > 0 && unsent_rounds <= MAX_UNSENT_ROUNDS {
                 // Frames the last kicks left in a TX ring: kick again shortly rather than
                 // after a whole idle wait (which showed as a 10 ms latency tail).
                 std::thread::sleep(UNSENT_RETRY);
