@@ -807,23 +807,18 @@ impl Engine {
             return Err(DropReason::NoFlowNoService);
         }
         let (_, l4) = ip.split_l4_mut();
-        let mut msg = icmp::Message::new_checked(&mut *l4).map_err(wire_drop)?;
-        if msg.msg_type() != icmp::TYPE_ECHO_REQUEST || msg.code() != 0 {
-            return Err(DropReason::IcmpNotEcho);
-        }
-        msg.set_type(icmp::TYPE_ECHO_REPLY);
-        let c = update16(
-            msg.checksum(),
-            u16::from(icmp::TYPE_ECHO_REQUEST) << 8,
-            u16::from(icmp::TYPE_ECHO_REPLY) << 8,
-        );
-        msg.set_checksum(c);
+        echo_to_reply(l4, icmp::TYPE_ECHO_REQUEST, icmp::TYPE_ECHO_REPLY)?;
         ip.set_src(dst);
         ip.set_dst(src);
         ip.set_ttl(64);
         ip.set_checksum(0);
         let c = ipv4_header(ip.header());
         ip.set_checksum(c);
+        self.send_echo_reply(frame, ingress_ifindex)
+    }
+
+    /// Sends an answer built in place of `frame` back where it came from (MACs swapped).
+    fn send_echo_reply(&mut self, frame: &mut [u8], ingress_ifindex: u32) -> Result<Verdict, DropReason> {
         let mut eth = ethernet::Frame::new_checked(&mut *frame).map_err(wire_drop)?;
         let (peer, own) = (eth.src(), eth.dst());
         eth.set_dst(peer);
@@ -849,30 +844,13 @@ impl Engine {
             return Err(DropReason::NoFlowNoService);
         }
         let (_, l4) = ip.split_l4_mut();
-        // ICMPv6 shares ICMP's first four bytes (type, code, checksum) and echo layout.
-        let mut msg = icmp::Message::new_checked(&mut *l4).map_err(wire_drop)?;
-        if msg.msg_type() != icmpv6::TYPE_ECHO_REQUEST || msg.code() != 0 {
-            return Err(DropReason::IcmpNotEcho);
-        }
-        msg.set_type(icmpv6::TYPE_ECHO_REPLY);
-        // The pseudo-header's sum does not change when source and destination swap.
-        let c = update16(
-            msg.checksum(),
-            u16::from(icmpv6::TYPE_ECHO_REQUEST) << 8,
-            u16::from(icmpv6::TYPE_ECHO_REPLY) << 8,
-        );
-        msg.set_checksum(c);
+        // ICMPv6 shares ICMP's first four bytes (type, code, checksum) and echo layout; the
+        // pseudo-header's sum does not change when source and destination swap.
+        echo_to_reply(l4, icmpv6::TYPE_ECHO_REQUEST, icmpv6::TYPE_ECHO_REPLY)?;
         ip.set_src(dst);
         ip.set_dst(src);
         ip.set_hop_limit(64);
-        let mut eth = ethernet::Frame::new_checked(&mut *frame).map_err(wire_drop)?;
-        let (peer, own) = (eth.src(), eth.dst());
-        eth.set_dst(peer);
-        eth.set_src(own);
-        self.counters.icmp_echo_replies += 1;
-        Ok(Verdict::Transmit {
-            ifindex: ingress_ifindex,
-        })
+        self.send_echo_reply(frame, ingress_ifindex)
     }
 
     /// Picks the endpoint of a new flow; returns it and its index in the service's list.
@@ -1005,6 +983,23 @@ fn is_icmp_v4(frame: &[u8]) -> bool {
     frame.len() > ethernet::HEADER_LEN + 9
         && frame[12..14] == ethernet::ETHERTYPE_IPV4.to_be_bytes()
         && frame[ethernet::HEADER_LEN + 9] == ipv4::PROTO_ICMP
+}
+
+/// Turns the ICMP or ICMPv6 echo request in `l4` into its reply (type `reply`, checksum
+/// updated); anything else is refused.
+fn echo_to_reply(l4: &mut [u8], request: u8, reply: u8) -> Result<(), DropReason> {
+    let mut msg = icmp::Message::new_checked(l4).map_err(wire_drop)?;
+    if msg.msg_type() != request || msg.code() != 0 {
+        return Err(DropReason::IcmpNotEcho);
+    }
+    msg.set_type(reply);
+    let c = update16(
+        msg.checksum(),
+        u16::from(request) << 8,
+        u16::from(reply) << 8,
+    );
+    msg.set_checksum(c);
+    Ok(())
 }
 
 /// An IPv6 frame whose next header is ICMPv6.

@@ -183,12 +183,7 @@ pub fn frag_needed_in_place(
     }
     frame.copy_within(ETH..ETH + quote_len, quote_at);
 
-    let (dst_mac, src_mac) = (
-        <[u8; 6]>::try_from(&frame[6..12]).expect("6 bytes"),
-        <[u8; 6]>::try_from(&frame[0..6]).expect("6 bytes"),
-    );
-    frame[0..6].copy_from_slice(&dst_mac);
-    frame[6..12].copy_from_slice(&src_mac);
+    swap_macs(frame);
 
     let ip = &mut frame[ETH..ETH + IP];
     ip.copy_from_slice(&[
@@ -236,6 +231,13 @@ pub fn frag_needed_in_place(
     Ok(end)
 }
 
+/// Swaps the Ethernet source and destination of `frame` (at least 12 bytes): the frame goes
+/// back where it came from.
+fn swap_macs(frame: &mut [u8]) {
+    let (dst, src) = frame[..12].split_at_mut(6);
+    dst.swap_with_slice(src);
+}
+
 /// The smallest MTU every IPv6 link has: an ICMPv6 error never exceeds it (RFC 4443 2.4).
 const IPV6_MIN_MTU: usize = 1280;
 
@@ -264,12 +266,7 @@ pub fn packet_too_big_in_place(
     let end = quote_at + quote_len;
     frame.copy_within(ETH..ETH + quote_len, quote_at);
 
-    let (dst_mac, src_mac) = (
-        <[u8; 6]>::try_from(&frame[6..12]).expect("6 bytes"),
-        <[u8; 6]>::try_from(&frame[0..6]).expect("6 bytes"),
-    );
-    frame[0..6].copy_from_slice(&dst_mac);
-    frame[6..12].copy_from_slice(&src_mac);
+    swap_macs(frame);
 
     let icmp_len = ICMP_HEADER + quote_len;
     let ip = &mut frame[ETH..ETH + ipv6::HEADER_LEN];

@@ -13,6 +13,9 @@ use oxlb_dataplane::stats::DropReason;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+mod common;
+use common::hex;
+
 const LB0_IF: u32 = 2;
 const LB1_IF: u32 = 3;
 const LB1_MAC: [u8; 6] = [2, 0, 0, 0, 1, 0xfe];
@@ -39,13 +42,6 @@ const UDP_FULLNAT_OUT: &str =
 /// First port of the SNAT range in these fixtures: distinct from the client's port 40000.
 const SNAT_FIRST: u16 = 45000;
 const LB1_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 31, 254);
-
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
 
 fn backend(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 31, n)
@@ -973,12 +969,7 @@ fn deleting_a_ranged_service_ends_its_flows_on_every_port() {
 /// the same fragments as DNAT and full NAT must send them to backend 1; produced by scapy
 /// (`fragment()` of a datagram whose checksum it computed whole).
 fn fragment_fixture(name: &str) -> Vec<u8> {
-    let table = include_str!("fixtures/ipv4_fragments.txt");
-    let line = table
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .unwrap_or_else(|| panic!("fixture {name} missing"));
-    hex(line.split_whitespace().nth(1).unwrap())
+    common::fixture(include_str!("fixtures/ipv4_fragments.txt"), name)
 }
 
 #[test]

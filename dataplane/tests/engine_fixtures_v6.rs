@@ -12,6 +12,9 @@ use oxlb_dataplane::stats::DropReason;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
+mod common;
+use common::hex;
+
 const LB0_IF: u32 = 2;
 const LB1_IF: u32 = 3;
 const LB1_MAC: [u8; 6] = [2, 0, 0, 0, 1, 0xfe];
@@ -45,13 +48,6 @@ const SYNACK6_ONEARM_IN: &str = "0200000001fe02000000010186dd6000000000140640fd0
 const SYN6_DSR_OUT: &str = "0200000001010200000001fe86dd6000000000140640fd000000000000000000000000000002fd0001000000000000000000000000019c4007e4000003e8000000005002faf011e10000";
 const SCTP6_INIT_IN: &str = "02000000000102000000000286dd6000000000208440fd000000000000000000000000000002fd0001000000000000000000000000019c4007e400000000d9c65dad01000014000012340000ffff0001000100000001";
 const SCTP6_INIT_OUT: &str = "0200000001010200000001fe86dd6000000000208440fd000000000000000000000000000002fd0000310000000000000000000000019c401f9000000000abb2ef7a01000014000012340000ffff0001000100000001";
-
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
 
 /// An engine and a snapshot with one IPv6 service on port 2020 (`proto`) with the endpoint
 /// `endpoint`:8080, whose next hop is known, in `mode`.
@@ -310,12 +306,7 @@ fn an_ipv6_sctp_init_reaches_its_endpoint_with_a_valid_crc() {
 /// A frame of `dataplane/tests/fixtures/ipv6_too_big.txt` (scapy): a 1500-byte IPv6 segment
 /// to the VIP, and the ICMPv6 "packet too big" (MTU 1400) quoting its first 1232 bytes.
 fn too_big_fixture(name: &str) -> Vec<u8> {
-    let table = include_str!("fixtures/ipv6_too_big.txt");
-    let line = table
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .unwrap_or_else(|| panic!("fixture {name} missing"));
-    hex(line.split_whitespace().nth(1).unwrap())
+    common::fixture(include_str!("fixtures/ipv6_too_big.txt"), name)
 }
 
 #[test]

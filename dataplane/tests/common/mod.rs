@@ -1,4 +1,5 @@
-//! Helpers shared by the dataplane's integration tests.
+//! Helpers shared by the dataplane's integration tests (each test crate uses some of them).
+#![allow(dead_code)]
 
 /// splitmix64: a small, fixed, deterministic source of test data, so a failing randomised
 /// test reproduces exactly.
@@ -16,4 +17,24 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+}
+
+/// Bytes from hexadecimal text.
+pub fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digits"))
+        .collect()
+}
+
+/// The frame named `name` in a fixture table (`NAME HEX` per line, produced by scapy).
+pub fn fixture(table: &str, name: &str) -> Vec<u8> {
+    let line = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("fixture {name} missing"));
+    hex(line
+        .split_whitespace()
+        .nth(1)
+        .expect("a frame after the name"))
 }
