@@ -818,7 +818,11 @@ impl Engine {
     }
 
     /// Sends an answer built in place of `frame` back where it came from (MACs swapped).
-    fn send_echo_reply(&mut self, frame: &mut [u8], ingress_ifindex: u32) -> Result<Verdict, DropReason> {
+    fn send_echo_reply(
+        &mut self,
+        frame: &mut [u8],
+        ingress_ifindex: u32,
+    ) -> Result<Verdict, DropReason> {
         let mut eth = ethernet::Frame::new_checked(&mut *frame).map_err(wire_drop)?;
         let (peer, own) = (eth.src(), eth.dst());
         eth.set_dst(peer);
