@@ -8,7 +8,7 @@ use crate::accounting::{Accounting, EndpointCounters, EndpointId};
 use crate::checksum::{ipv4_header, update16};
 use crate::conntrack::{
     ClientL2, Conntrack, Direction, Flow, FlowAddr, FlowInfo, FlowKey, FlowState, InsertError,
-    NewFlow, Phase, Removal, Removed,
+    NewFlow, Phase, Removal,
 };
 use crate::fragments::{self, FragKey, Piece, Recent, Treatment};
 use crate::icmp_error::{self, Quote, Translation};
@@ -259,20 +259,25 @@ impl Engine {
     /// Releases what removed flows held (their SNAT ports, their endpoint's flow count) and
     /// refreshes the flow gauge.
     fn settle(&mut self, snap: &Snapshot) {
-        let removed: Vec<Removed> = if self.tables.v6.is_empty() {
-            self.tables.v4.drain_removed().collect()
-        } else {
-            let v6 = self.tables.v6.drain_removed();
-            self.tables.v4.drain_removed().chain(v6).collect()
-        };
+        // Borrowed field by field: the tables are drained while the rest is updated, with no
+        // copy of the events (this runs after every packet).
+        let Engine {
+            tables,
+            ports,
+            accounting,
+            selectors,
+            counters,
+            ..
+        } = self;
+        let removed = tables.v4.drain_removed().chain(tables.v6.drain_removed());
         for r in removed {
             match r.cause {
-                Removal::Expired => self.counters.flows_expired += 1,
-                Removal::Evicted => self.counters.flows_evicted += 1,
+                Removal::Expired => counters.flows_expired += 1,
+                Removal::Evicted => counters.flows_evicted += 1,
                 Removal::Ended | Removal::Forgotten => {}
             }
             if let Some((addr, port)) = r.snat {
-                self.ports.release(addr, r.proto, port);
+                ports.release(addr, r.proto, port);
             }
             // A flow knows the port it came to; its rule's key is the first port of the range.
             let svc = snap.services.get(&r.service);
@@ -289,16 +294,16 @@ impl Engine {
                 (Some(svc), Some(i)) => svc.endpoints.get(i).copied().unwrap_or(r.endpoint),
                 _ => r.endpoint,
             };
-            self.accounting.close(rule, configured.into());
+            accounting.close(rule, configured.into());
             // A connection that ended released its endpoint's count when it did.
             if r.ended {
                 continue;
             }
-            if let (Some(state), Some(svc), Some(i)) = (self.selectors.get_mut(&rule), svc, index) {
+            if let (Some(state), Some(svc), Some(i)) = (selectors.get_mut(&rule), svc, index) {
                 state.on_flow_close(&svc.selector, i);
             }
         }
-        self.counters.flows_active = (self.tables.v4.len() + self.tables.v6.len()) as u64;
+        counters.flows_active = (tables.v4.len() + tables.v6.len()) as u64;
     }
 
     fn process_inner(
@@ -322,7 +327,10 @@ impl Engine {
             }
             _ => return Err(DropReason::NotIp),
         }
-        let piece = fragments::fragment_of(frame);
+        // Looked at closely only for the rare fragment.
+        let piece = is_fragment_v4(frame)
+            .then(|| fragments::fragment_of(frame))
+            .flatten();
         if let Some((key, Piece::Later)) = piece {
             return self.follow_fragment(frame, &key, snap, now_ms);
         }
@@ -1004,6 +1012,14 @@ fn echo_to_reply(l4: &mut [u8], request: u8, reply: u8) -> Result<(), DropReason
     );
     msg.set_checksum(c);
     Ok(())
+}
+
+/// An IPv4 frame (its type checked by the caller) whose fragment bits are set: "more
+/// fragments" or an offset.
+fn is_fragment_v4(frame: &[u8]) -> bool {
+    frame
+        .get(ethernet::HEADER_LEN + 6..ethernet::HEADER_LEN + 8)
+        .is_some_and(|f| u16::from_be_bytes([f[0], f[1]]) & 0x3fff != 0)
 }
 
 /// An IPv6 frame whose next header is ICMPv6.
