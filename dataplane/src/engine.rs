@@ -119,11 +119,13 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine for a single worker with the default SNAT port range.
+    /// An engine for a single worker with the default SNAT port range, `conntrack_capacity`
+    /// IPv4 flows and a quarter of that for IPv6.
     pub fn new(conntrack_capacity: usize) -> Self {
         Self::with_config(EngineConfig {
             conntrack_capacity,
-            conntrack_capacity_v6: conntrack_capacity,
+            // As the appliance's default: IPv6 flows are the minority, and their records wider.
+            conntrack_capacity_v6: conntrack_capacity / 4,
             worker: 0,
             workers: 1,
             snat_ports: PortRange::default(),
