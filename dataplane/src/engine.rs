@@ -249,12 +249,9 @@ impl Engine {
         let Some(svc) = snap.services.get(&service) else {
             return;
         };
-        let sel = &svc.selector;
-        let index = sel
-            .index_of(&EndpointKey::new(endpoint.addr, endpoint.port))
-            .or_else(|| sel.index_of(&EndpointKey::new(endpoint.addr, 0)));
+        let index = endpoint_index(svc, endpoint);
         if let (Some(state), Some(i)) = (self.selectors.get_mut(&svc.key), index) {
-            state.on_flow_close(sel, i);
+            state.on_flow_close(&svc.selector, i);
         }
     }
 
@@ -284,14 +281,7 @@ impl Engine {
             // A flow knows the port it came to; its rule's key is the first port of the range.
             let svc = snap.services.get(&r.service);
             let rule = svc.map_or(r.service, |svc| svc.key);
-            // The endpoint's index in its rule; one configured with port 0 (keep the client's
-            // port) is found under port 0, not the port its flow used.
-            let index = svc.and_then(|svc| {
-                let key = EndpointKey::new(r.endpoint.addr, r.endpoint.port);
-                let kept_port = EndpointKey::new(r.endpoint.addr, 0);
-                let sel = &svc.selector;
-                sel.index_of(&key).or_else(|| sel.index_of(&kept_port))
-            });
+            let index = svc.and_then(|svc| endpoint_index(svc, r.endpoint));
             let configured = match (svc, index) {
                 (Some(svc), Some(i)) => svc.endpoints.get(i).copied().unwrap_or(r.endpoint),
                 _ => r.endpoint,
@@ -1179,6 +1169,14 @@ impl Family for Ipv6Addr {
     fn table(tables: &mut Tables) -> &mut Conntrack<Self> {
         &mut tables.v6
     }
+}
+
+/// The index in `svc` of a flow's endpoint; one configured with port 0 (keep the client's
+/// port) is found under port 0, not the port its flow used.
+fn endpoint_index(svc: &Service, endpoint: Endpoint) -> Option<usize> {
+    let sel = &svc.selector;
+    sel.index_of(&EndpointKey::new(endpoint.addr, endpoint.port))
+        .or_else(|| sel.index_of(&EndpointKey::new(endpoint.addr, 0)))
 }
 
 /// Ends the flows of a deleted service in one table (see [`Engine::forget_service`]).

@@ -203,6 +203,7 @@ enum ReadEnd {
 }
 
 /// Reads whole messages off the connection for the session, which may be busy with timers.
+/// Why reading ended is sent once, unchecked: a session already gone needs no reason.
 async fn read_frames(mut rd: OwnedReadHalf, tx: mpsc::Sender<Frame>) {
     loop {
         let mut head = [0u8; wire::HEADER_LEN];
@@ -274,7 +275,12 @@ impl Conn {
             log::warn!("BGP: to neighbour {}: NOTIFICATION {n}", ctx.peer.addr);
         }
         n.emit(&mut self.buf);
-        let _ = self.send_buf().await;
+        if let Err(e) = self.send_buf().await {
+            log::debug!(
+                "BGP: to neighbour {}: NOTIFICATION not sent: {e}",
+                ctx.peer.addr
+            );
+        }
         ctx.status(|s| *s.notifications_sent.entry((n.code, n.subcode)).or_default() += 1);
         let _ = self.wr.shutdown().await;
     }
