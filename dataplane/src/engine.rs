@@ -653,6 +653,39 @@ impl Engine {
             return Err(DropReason::SourceNotAllowed);
         }
         let (configured, chosen) = self.select(service, &k, now_ms)?;
+        let opened = self.open_flow(
+            pkt,
+            ingress_ifindex,
+            service,
+            configured,
+            chosen,
+            snap,
+            now_ms,
+        );
+        if opened.is_err() {
+            // No flow came of the choice: the endpoint keeps its turn.
+            if let Some(state) = self.selectors.get_mut(&service.key) {
+                state.unpick(&service.selector, chosen, live_in(service));
+            }
+        }
+        opened
+    }
+
+    /// The flow of a connection's first packet `pkt` to `service`, whose endpoint
+    /// `configured` (at index `chosen`) was just picked: its SNAT address and port, its
+    /// reply key, its table slot.
+    #[allow(clippy::too_many_arguments)]
+    fn open_flow<A: Family>(
+        &mut self,
+        pkt: &PacketRepr<A>,
+        ingress_ifindex: u32,
+        service: &Service,
+        configured: Endpoint,
+        chosen: usize,
+        snap: &Snapshot,
+        now_ms: u64,
+    ) -> Result<(crate::conntrack::Slot, Direction), DropReason> {
+        let k = pkt.key;
         // Port 0 keeps the port the client came to (loxilb's way for port ranges); counters
         // stay with the endpoint as configured.
         let mut endpoint = configured;
@@ -883,12 +916,11 @@ impl Engine {
             k.dst_port,
             k.proto as u8,
         );
-        // An endpoint without a health verdict (a shorter `live`) counts as live.
         let i = state
             .pick(
                 &service.selector,
                 &tuple,
-                |i| service.live.get(i).copied().unwrap_or(true),
+                live_in(service),
                 now_ms,
                 service.inactive_timeout.as_millis() as u64,
             )
@@ -896,6 +928,12 @@ impl Engine {
         let ep = *service.endpoints.get(i).ok_or(DropReason::NoEndpoint)?;
         Ok((ep, i))
     }
+}
+
+/// Whether endpoint `i` of `service` may get new flows; one without a health verdict (a
+/// shorter `live`) counts as live.
+fn live_in(service: &Service) -> impl Fn(usize) -> bool + '_ {
+    |i| service.live.get(i).copied().unwrap_or(true)
 }
 
 /// The phase and expiry of `flow` after a packet in direction `dir`.

@@ -598,6 +598,41 @@ impl SelectorState {
         }
     }
 
+    /// Takes back the pick of `ep` that [`SelectorState::pick`] just returned, because no flow
+    /// came of it (the packet was dropped after the choice: no SNAT port, a full table): the
+    /// endpoint whose turn it was keeps its turn, so a rotation skips nobody. `live` must be
+    /// what the pick was given. Only the rotating algorithms keep such a turn.
+    pub fn unpick(&mut self, sel: &ServiceSelector, ep: usize, live: impl Fn(usize) -> bool) {
+        let n = sel.len();
+        if ep >= n {
+            return;
+        }
+        match sel.algorithm {
+            Algorithm::RoundRobin => match &self.shared {
+                // Unless another worker has rotated since: its pick stands.
+                Some(shared) => {
+                    let _ = shared.cursor.compare_exchange(
+                        (ep + 1) % n,
+                        ep,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
+                None => self.cursor = ep,
+            },
+            Algorithm::Weighted => {
+                let mut total = 0i64;
+                for i in (0..n).filter(|&i| sel.choosable(i, &live)) {
+                    let w = i64::from(sel.weights[i]);
+                    self.current[i] -= w;
+                    total += w;
+                }
+                self.current[ep] += total;
+            }
+            Algorithm::Hash | Algorithm::Persist | Algorithm::LeastConnections => {}
+        }
+    }
+
     /// Counts a flow opened to endpoint `ep` of `sel` (for least connections).
     pub fn on_flow_open(&mut self, sel: &ServiceSelector, ep: usize) {
         self.sync(sel);

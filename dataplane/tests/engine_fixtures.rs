@@ -427,6 +427,27 @@ fn one_arm_without_a_route_to_the_endpoint_is_dropped_and_counted() {
 }
 
 #[test]
+fn a_syn_dropped_after_its_endpoint_was_chosen_leaves_that_endpoint_its_turn() {
+    // Backend 2 has no source address yet (its route is being looked up): its turn comes,
+    // the SYN is dropped, and the client's retransmission must still go to backend 2.
+    let mut fx = Fixture::new()
+        .service(Proto::Tcp, &[1, 2, 3])
+        .mode(NatMode::OneArm)
+        .source(1, LB1_ADDR)
+        .source(3, LB1_ADDR);
+    assert_eq!(backend_for(&mut fx, 40000), 1);
+    let mut f = hex(SYN_IN);
+    f[34..36].copy_from_slice(&40001u16.to_be_bytes());
+    assert_eq!(
+        fx.run(&mut f, LB0_IF),
+        Verdict::Drop(DropReason::NoSourceAddress)
+    );
+    fx.snap.sources.insert(backend(2).into(), LB1_ADDR.into());
+    let rest: Vec<u8> = (40001..40005).map(|p| backend_for(&mut fx, p)).collect();
+    assert_eq!(rest, [2, 3, 1, 2]);
+}
+
+#[test]
 fn dsr_rewrites_only_the_macs() {
     let mut fx = Fixture::new()
         .service(Proto::Tcp, &[1])

@@ -277,6 +277,47 @@ fn round_robin_rotates_strictly_over_live_endpoints() {
     assert_eq!(picks, [0, 2, 3, 0, 2, 3]);
 }
 
+/// Picks over `sel` where every third pick is taken back (its packet was dropped): the
+/// picks that stand, which must be the sequence no drop would have disturbed.
+fn standing_picks(sel: &ServiceSelector, st: &mut SelectorState, n: usize) -> Vec<usize> {
+    let t = fixed_tuple(0);
+    let mut kept = Vec::new();
+    for i in 0..n * 3 / 2 {
+        let ep = st.pick(sel, &t, all_live, 0, 0).unwrap();
+        if i % 3 == 2 {
+            st.unpick(sel, ep, all_live);
+        } else {
+            kept.push(ep);
+        }
+    }
+    kept.truncate(n);
+    kept
+}
+
+#[test]
+fn a_pick_taken_back_leaves_round_robin_and_weighted_sequences_as_without_it() {
+    for (alg, eps) in [
+        (Algorithm::RoundRobin, endpoints(3)),
+        (Algorithm::Weighted, weighted(&[3, 1, 2])),
+    ] {
+        let sel = selector(alg, &eps);
+        let t = fixed_tuple(0);
+        let mut undisturbed = SelectorState::new(&sel, 0);
+        let expected: Vec<usize> = (0..12)
+            .map(|_| undisturbed.pick(&sel, &t, all_live, 0, 0).unwrap())
+            .collect();
+        let mut st = SelectorState::new(&sel, 0);
+        assert_eq!(standing_picks(&sel, &mut st, 12), expected, "{alg:?}");
+        let shared = std::sync::Arc::new(SharedSelection::default());
+        let mut st = SelectorState::with_shared(&sel, 0, shared);
+        assert_eq!(
+            standing_picks(&sel, &mut st, 12),
+            expected,
+            "{alg:?} shared"
+        );
+    }
+}
+
 #[test]
 fn weights_80_and_20_split_100_new_flows_exactly_80_and_20() {
     let sel = selector(Algorithm::Weighted, &weighted(&[80, 20]));

@@ -996,6 +996,11 @@ pub fn parse_answer(text: &str) -> Answer {
 /// Panics unless `seen` follows `order` cyclically from whichever element it starts with:
 /// strict round robin over the configured endpoint order.
 pub fn assert_strict_rotation(seen: &[String], order: &[&str]) {
+    assert_strict_rotation_or(seen, order, &String::new);
+}
+
+/// Like [`assert_strict_rotation`], adding `context()` (logs, counters) to the failure.
+pub fn assert_strict_rotation_or(seen: &[String], order: &[&str], context: &dyn Fn() -> String) {
     let Some(first) = seen.first() else { return };
     let start = order
         .iter()
@@ -1005,9 +1010,29 @@ pub fn assert_strict_rotation(seen: &[String], order: &[&str]) {
         .map(|i| order[(start + i) % order.len()])
         .collect();
     assert_eq!(
-        seen, expected,
-        "answers are not a strict rotation of {order:?}"
+        seen,
+        expected,
+        "answers are not a strict rotation of {order:?}\n{}",
+        context()
     );
+}
+
+/// The appliance's dataplane counters worth reading when traffic went astray: every sample
+/// of `oxlb_drops_total`, `oxlb_kernel_packets_total` and the flow counters that is not zero.
+pub fn nonzero_counters(topo: &Topology) -> String {
+    let (status, page) = topo.api("GET", "/metrics", None);
+    if status != 200 {
+        return format!("metrics unavailable ({status}): {page}");
+    }
+    page.lines()
+        .filter(|l| !l.starts_with('#') && !l.ends_with(" 0"))
+        .filter(|l| {
+            ["oxlb_drops", "oxlb_kernel", "oxlb_flows", "oxlb_xdp"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]

@@ -134,8 +134,11 @@ impl Inner {
         let mut reach = Reachability::default();
         match self.resolver.links() {
             Ok(links) => reach.link_mtus = links.iter().map(|(&i, l)| (i, l.mtu)).collect(),
-            // Without MTUs nothing is checked against them; packets still flow.
-            Err(e) => log::warn!("could not read the interfaces' MTUs: {e}"),
+            // The MTUs last read stay in force (without any, nothing is checked against them).
+            Err(e) => {
+                log::warn!("could not read the interfaces' MTUs: {e}");
+                reach.link_mtus = self.reach.link_mtus.clone();
+            }
         }
         let mut unresolved = BTreeSet::new();
         for &a in addrs {
@@ -166,7 +169,17 @@ impl Inner {
                     unresolved.insert(a);
                 }
                 Err(e) => {
+                    // A lookup that failed (a netlink answer late under load, a dump
+                    // interrupted) says nothing about the route: what was known stays, or
+                    // flows toward the endpoint would lose their source address and
+                    // their replies' steering until the next refresh.
                     log::warn!("next hop of endpoint {a}: {e}");
+                    if let Some(nh) = self.reach.next_hops.get(&a) {
+                        reach.next_hops.insert(a, *nh);
+                    }
+                    if let Some(src) = self.reach.sources.get(&a) {
+                        reach.sources.insert(a, *src);
+                    }
                     unresolved.insert(a);
                 }
             }
