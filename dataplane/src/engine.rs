@@ -11,12 +11,14 @@ use crate::conntrack::{
     NewFlow, Phase, Removal,
 };
 use crate::fragments::{self, FragKey, Piece, Recent, Treatment};
+use crate::icmp6_error;
 use crate::icmp_error::{self, Quote, Translation};
 use crate::nat::{
     complete_checksum_v4, complete_checksum_v6, rewrite_v4, rewrite_v6, Rewrite, Rewrite6,
 };
 use crate::nat64::{four_to_six, six_to_four};
 use crate::ports::PortPools;
+use crate::sctp_multihome::Associations;
 use crate::select::{EndpointKey, FlowTuple, SelectorState, SharedSelection};
 use crate::snapshot::{Endpoint, NatMode, PortRange, Proto, Service, ServiceKey, Snapshot};
 use crate::stats::{Counters, DropReason};
@@ -115,6 +117,8 @@ pub struct Engine {
     shared: Option<Arc<SharedSelections>>,
     /// What was done to recent first fragments, for their later fragments.
     fragments: Recent<Treatment>,
+    /// Multi-homed SCTP associations, for their paths not seen yet.
+    associations: Associations,
     pub counters: Counters,
 }
 
@@ -143,6 +147,7 @@ impl Engine {
             accounting: Accounting::default(),
             shared: None,
             fragments: Recent::default(),
+            associations: Associations::default(),
             counters: Counters::default(),
         }
     }
@@ -240,6 +245,7 @@ impl Engine {
         forget_in(&mut self.tables.v4, key, snap);
         forget_in(&mut self.tables.v6, key, snap);
         self.selectors.remove(key);
+        self.associations.forget(key);
         self.settle(snap);
         self.accounting.forget(key);
     }
@@ -312,6 +318,9 @@ impl Engine {
             ethernet::ETHERTYPE_IPV4 => {}
             ethernet::ETHERTYPE_IPV6 => {
                 if is_icmp_v6(frame) {
+                    if let Some(quote) = icmp6_error::quote(&frame[ethernet::HEADER_LEN..]) {
+                        return self.translate_icmp6_error(frame, &quote, snap, now_ms);
+                    }
                     return self.answer_echo_v6(frame, ingress_ifindex, snap);
                 }
                 let pkt = parse_v6(frame)?;
@@ -328,6 +337,12 @@ impl Engine {
         }
         if is_icmp_v4(frame) {
             if let Some(quote) = icmp_error::quote(&frame[ethernet::HEADER_LEN..]) {
+                // A NAT64 flow's IPv4 side is in the IPv6 table (as for its packets, below).
+                // Errors are rare enough for the IPv4 table to be looked at twice.
+                let in_v4 = self.tables.v4.lookup(&quote.key, now_ms).is_some();
+                if !in_v4 && !self.tables.v6.is_empty() {
+                    return self.translate_icmp_error_64(buf, len, &quote, snap, now_ms);
+                }
                 return self.translate_icmp_error(frame, &quote, snap, now_ms);
             }
             return self.answer_echo(frame, ingress_ifindex, snap);
@@ -335,13 +350,22 @@ impl Engine {
         let pkt = parse(frame)?;
         // An IPv4 packet of a NAT64 flow (an endpoint's reply) is tracked in the IPv6 table
         // under its IPv4-mapped tuple; looked for only when no IPv4 flow has the tuple.
-        if !self.tables.v6.is_empty() && self.tables.v4.lookup(&pkt.key, now_ms).is_none() {
+        let found = self.tables.v4.lookup(&pkt.key, now_ms);
+        if found.is_none() && !self.tables.v6.is_empty() {
             let mapped = pkt.mapped();
-            if self.tables.v6.lookup(&mapped.key, now_ms).is_some() {
-                return self.forward(buf, len, &mapped, ingress_ifindex, snap, now_ms);
+            if let Some(found) = self.tables.v6.lookup(&mapped.key, now_ms) {
+                return self.forward_found(
+                    buf,
+                    len,
+                    &mapped,
+                    Some(found),
+                    ingress_ifindex,
+                    snap,
+                    now_ms,
+                );
             }
         }
-        let verdict = self.forward(buf, len, &pkt, ingress_ifindex, snap, now_ms)?;
+        let verdict = self.forward_found(buf, len, &pkt, found, ingress_ifindex, snap, now_ms)?;
         if let Some((key, Piece::First)) = piece {
             self.remember_fragment(key, &buf[..len], verdict, now_ms);
         }
@@ -408,8 +432,24 @@ impl Engine {
         snap: &Snapshot,
         now_ms: u64,
     ) -> Result<Verdict, DropReason> {
+        let found = A::table(&mut self.tables).lookup(&pkt.key, now_ms);
+        self.forward_found(buf, len, pkt, found, ingress_ifindex, snap, now_ms)
+    }
+
+    /// [`Engine::forward`] with the packet's flow already looked up (`found`), by a caller
+    /// that had to look anyway.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_found<A: Family>(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        pkt: &PacketRepr<A>,
+        found: Option<(crate::conntrack::Slot, Direction)>,
+        ingress_ifindex: u32,
+        snap: &Snapshot,
+        now_ms: u64,
+    ) -> Result<Verdict, DropReason> {
         let table = A::table(&mut self.tables);
-        let found = table.lookup(&pkt.key, now_ms);
         let (slot, dir) = match found {
             // A client reusing the ports of a connection that is closing opens a new one: it
             // gets a fresh endpoint choice instead of the lingering flow's.
@@ -428,7 +468,7 @@ impl Engine {
                 complete_checksum(ip_buf, pkt.key.proto)?;
                 return Ok(Verdict::Kernel);
             }
-            None => self.new_flow(pkt, ingress_ifindex, snap, now_ms)?,
+            None => self.new_flow_or_path(&buf[..len], pkt, ingress_ifindex, snap, now_ms)?,
         };
 
         let table = A::table(&mut self.tables);
@@ -487,13 +527,26 @@ impl Engine {
         };
         if let Some(&mtu) = egress.and_then(|ifindex| snap.link_mtus.get(&ifindex)) {
             if out_len > usize::from(mtu) {
-                // The sender learns the path MTU from the VIP it spoke to. A NAT64 packet
-                // that grows past the link (an endpoint's IPv4 reply) is dropped and counted.
-                if translate {
-                    return Err(DropReason::TooBigToForward);
-                }
+                // The sender learns the path MTU from the address it spoke to, in its own
+                // family, as the link looks from its side of a NAT64 translation.
+                let growth = IP_HEADER_GROWTH as u16;
+                let (from, sender_mtu) = match (translate, dir, snat) {
+                    (false, _, _) => (service.vip, mtu),
+                    // An IPv6 client's packet loses 20 bytes as IPv4. An IPv6 path MTU below
+                    // 1280 does not exist (RFC 8200): such a link would need the IPv4 side
+                    // fragmented (RFC 7915), which is not done here.
+                    (true, Direction::Original, _)
+                        if mtu.saturating_add(growth) >= IPV6_MIN_MTU =>
+                    {
+                        (service.vip, mtu.saturating_add(growth))
+                    }
+                    // An IPv4 endpoint's reply gains 20 bytes as IPv6; it spoke to our SNAT
+                    // address.
+                    (true, Direction::Reply, Some((addr, _))) => (addr, mtu.saturating_sub(growth)),
+                    _ => return Err(DropReason::TooBigToForward),
+                };
                 let frame = &mut buf[..len];
-                return self.too_big(frame, pkt.dont_fragment, service.vip, mtu, ingress_ifindex);
+                return self.too_big(frame, pkt.dont_fragment, from, sender_mtu, ingress_ifindex);
             }
         }
 
@@ -512,6 +565,12 @@ impl Engine {
         }
         if let Some((addr, port)) = to.src {
             rewrite_side(ip_buf, proto, Side::Source, addr, port)?;
+        }
+        if dir == Direction::Reply && proto == Proto::Sctp {
+            let (client_port, assoc) = (original.src_port, &mut self.associations);
+            frame_len = assoc
+                .on_reply(buf, frame_len, snap, service, endpoint, client_port, now_ms)
+                .map_err(wire_drop)?;
         }
         let (dst_mac, src_mac, ifindex) = match dir {
             Direction::Original => {
@@ -581,14 +640,24 @@ impl Engine {
             Some((addr, port)) => Some((v4(addr)?, port)),
             None => None,
         };
-        let (endpoint, service, client, original) = (
+        let (endpoint, service, client, original, mode) = (
             flow.endpoint(),
             flow.service(),
             flow.client(),
             flow.original(),
+            flow.mode(),
         );
         let ip_buf = &mut frame[ethernet::HEADER_LEN..];
         let (dst_mac, src_mac, ifindex) = match dir {
+            // A DSR endpoint answered from the VIP it holds itself: the error quotes its
+            // packet as it sent it and goes to it unchanged, like the flow's own packets.
+            Direction::Original if mode == NatMode::Dsr => {
+                let nh = snap
+                    .next_hops
+                    .get(&endpoint.addr)
+                    .ok_or(DropReason::NextHopUnresolved)?;
+                (nh.dst_mac, nh.src_mac, nh.ifindex)
+            }
             Direction::Reply => {
                 let t = Translation {
                     outer_src: Some(vip),
@@ -618,6 +687,78 @@ impl Engine {
         eth.set_src(src_mac);
         self.counters.icmp_errors_translated += 1;
         Ok(Verdict::Transmit { ifindex })
+    }
+
+    /// [`Engine::translate_icmp_error`] for an ICMPv6 error quoting a packet of one of our
+    /// IPv6 flows (see `icmp6_error`). An error about no flow of ours, or one meant for the
+    /// IPv4 endpoint of a NAT64 flow (not translated to ICMPv4), is the kernel's.
+    fn translate_icmp6_error(
+        &mut self,
+        frame: &mut [u8],
+        quote: &icmp6_error::Quote,
+        snap: &Snapshot,
+        now_ms: u64,
+    ) -> Result<Verdict, DropReason> {
+        let Some((slot, dir)) = self.tables.v6.lookup(&quote.key, now_ms) else {
+            return Ok(Verdict::Kernel);
+        };
+        let flow = self.tables.v6.flow(slot);
+        let Some(t) = icmp6_error::translation(flow, dir) else {
+            return Ok(Verdict::Kernel);
+        };
+        let (endpoint, client) = (flow.endpoint(), flow.client());
+        let ip_buf = &mut frame[ethernet::HEADER_LEN..];
+        icmp6_error::translate(ip_buf, quote, &t).map_err(wire_drop)?;
+        let (dst_mac, src_mac, ifindex) = match dir {
+            Direction::Reply => (client.peer_mac, client.own_mac, client.ifindex),
+            Direction::Original => {
+                let Some(nh) = snap.next_hops.get(&endpoint.addr) else {
+                    return Ok(Verdict::Kernel);
+                };
+                (nh.dst_mac, nh.src_mac, nh.ifindex)
+            }
+        };
+        let mut eth = ethernet::Frame::new_checked(&mut *frame).map_err(wire_drop)?;
+        eth.set_dst(dst_mac);
+        eth.set_src(src_mac);
+        self.counters.icmp_errors_translated += 1;
+        Ok(Verdict::Transmit { ifindex })
+    }
+
+    /// An ICMPv4 error from the IPv4 side of a NAT64 flow about a request we forwarded, in
+    /// `buf[..len]` (with room to grow by 40 bytes): the client gets the matching ICMPv6 error
+    /// from the VIP (see `icmp6_error::from_icmpv4`). An error about no flow of ours, or one
+    /// RFC 7915 does not translate, is the kernel's.
+    fn translate_icmp_error_64(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        quote: &Quote,
+        snap: &Snapshot,
+        now_ms: u64,
+    ) -> Result<Verdict, DropReason> {
+        let key = icmp6_error::mapped(&quote.key);
+        let Some((slot, Direction::Reply)) = self.tables.v6.lookup(&key, now_ms) else {
+            return Ok(Verdict::Kernel);
+        };
+        let flow = self.tables.v6.flow(slot);
+        let Some(t) = icmp6_error::translation(flow, Direction::Reply) else {
+            return Ok(Verdict::Kernel);
+        };
+        let client = flow.client();
+        let link_mtu = snap.link_mtus.get(&client.ifindex).copied();
+        let translated = icmp6_error::from_icmpv4(buf, len, &t, link_mtu).map_err(wire_drop)?;
+        let Some(frame_len) = translated else {
+            return Ok(Verdict::Kernel);
+        };
+        let mut eth = ethernet::Frame::new_checked(&mut buf[..frame_len]).map_err(wire_drop)?;
+        eth.set_dst(client.peer_mac);
+        eth.set_src(client.own_mac);
+        self.counters.icmp_errors_translated += 1;
+        Ok(Verdict::TransmitFirst {
+            ifindex: client.ifindex,
+            len: frame_len,
+        })
     }
 
     fn new_flow<A: Family>(
@@ -669,6 +810,48 @@ impl Engine {
             }
         }
         opened
+    }
+
+    /// A packet of a multi-homed SCTP association on a path not seen yet opens that path's
+    /// flow to the association's endpoint (see `sctp_multihome`); any other packet without a
+    /// flow goes to [`Engine::new_flow`].
+    fn new_flow_or_path<A: Family>(
+        &mut self,
+        frame: &[u8],
+        pkt: &PacketRepr<A>,
+        ingress_ifindex: u32,
+        snap: &Snapshot,
+        now_ms: u64,
+    ) -> Result<(crate::conntrack::Slot, Direction), DropReason> {
+        let k = pkt.key;
+        let to = ServiceKey {
+            vip: k.dst.to_ip(),
+            port: k.dst_port,
+            proto: k.proto,
+        };
+        let path = self
+            .associations
+            .path_of(frame, snap, to, k.src_port, now_ms);
+        let Some((rule, endpoint)) = path else {
+            return self.new_flow(pkt, ingress_ifindex, snap, now_ms);
+        };
+        let service = snap.services.get(&to).ok_or(DropReason::NoFlowNoService)?;
+        if !service.allows(k.src.to_ip()) {
+            return Err(DropReason::SourceNotAllowed);
+        }
+        let chosen = endpoint_index(service, endpoint).ok_or(DropReason::SctpNotInit)?;
+        let configured = service.endpoints[chosen];
+        debug_assert_eq!(rule, service.key);
+        // Counted as a connection of its endpoint (by `open_flow`), as its closing will be.
+        self.open_flow(
+            pkt,
+            ingress_ifindex,
+            service,
+            configured,
+            chosen,
+            snap,
+            now_ms,
+        )
     }
 
     /// The flow of a connection's first packet `pkt` to `service`, whose endpoint
@@ -867,7 +1050,7 @@ impl Engine {
     }
 
     /// Answers an ICMPv6 echo request to an IPv6 VIP in place, as `answer_echo` does for
-    /// IPv4. Other ICMPv6 reaching a worker (errors about NAT66 flows) is not translated yet.
+    /// IPv4 (errors about our flows were translated before this is called).
     fn answer_echo_v6(
         &mut self,
         frame: &mut [u8],
@@ -929,6 +1112,9 @@ impl Engine {
         Ok((ep, i))
     }
 }
+
+/// The smallest MTU of an IPv6 link (RFC 8200, section 5).
+const IPV6_MIN_MTU: u16 = 1280;
 
 /// Whether endpoint `i` of `service` may get new flows; one without a health verdict (a
 /// shorter `live`) counts as live.

@@ -12,6 +12,7 @@
 //! A packet received elsewhere is handed to its owner (see `handoff`), so connection state,
 //! port pools and selection state stay single-threaded.
 
+use crate::icmp6_error;
 use crate::icmp_error;
 use crate::ports;
 use crate::snapshot::{PortRange, Proto, ServiceKey, Snapshot};
@@ -52,7 +53,12 @@ impl Ownership {
         }
         let (src, dst, proto, src_port, dst_port) = ports_of(frame).or_else(|| {
             // An ICMP error belongs to the flow it quotes, travelling the way it does.
-            let q = icmp_error::quote(frame.get(ethernet::HEADER_LEN..)?)?.key;
+            let ip_buf = frame.get(ethernet::HEADER_LEN..)?;
+            if let Some(q) = icmp_error::quote(ip_buf) {
+                let q = q.key;
+                return Some((q.src.into(), q.dst.into(), q.proto, q.src_port, q.dst_port));
+            }
+            let q = icmp6_error::quote(ip_buf)?.key;
             Some((q.src.into(), q.dst.into(), q.proto, q.src_port, q.dst_port))
         })?;
         let service = ServiceKey {
@@ -74,6 +80,12 @@ impl Ownership {
     }
 
     fn client_owner(&self, addr: IpAddr, port: u16, proto: Proto) -> usize {
+        // The paths of a multi-homed SCTP association (see `sctp_multihome`) share the
+        // client's port, not its address: SCTP hashes the port alone.
+        let addr = match proto {
+            Proto::Sctp => IpAddr::from([0u8; 4]),
+            _ => addr,
+        };
         let rest = (u64::from(port) << 8) | proto as u64;
         let h = match addr {
             IpAddr::V4(v4) => mix((u64::from(u32::from(v4)) << 24 | rest) ^ self.key),
@@ -246,6 +258,50 @@ mod tests {
             let request = own.owner(&frame(client, port, VIP, 2020), &snap);
             assert_eq!(own.owner(&err, &snap), request, "client port {port}");
         }
+    }
+
+    #[test]
+    fn an_icmpv6_error_belongs_to_the_owner_of_the_flow_it_quotes() {
+        let own = Ownership::new(4, PortRange::default(), 0xbeef);
+        let snap = snapshot();
+        let client: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
+        let backend: std::net::Ipv6Addr = "fd00:31::1".parse().unwrap();
+        let v6 = |src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, next: u8, l4: &[u8]| {
+            let mut ip = vec![0x60, 0, 0, 0, 0, 0, next, 64];
+            ip[4..6].copy_from_slice(&(l4.len() as u16).to_be_bytes());
+            ip.extend_from_slice(&src.octets());
+            ip.extend_from_slice(&dst.octets());
+            ip.extend_from_slice(l4);
+            ip
+        };
+        let mut owners = std::collections::BTreeSet::new();
+        for port in 30000..30100u16 {
+            let mut udp = Vec::new();
+            for v in [port, 8080, 8, 0] {
+                udp.extend_from_slice(&v.to_be_bytes());
+            }
+            // Port unreachable from the endpoint, quoting the request as we forwarded it.
+            let mut icmp = vec![1, 4, 0, 0, 0, 0, 0, 0];
+            icmp.extend_from_slice(&v6(client, backend, 17, &udp));
+            let mut err = vec![0u8; 12];
+            err.extend_from_slice(&ethernet::ETHERTYPE_IPV6.to_be_bytes());
+            err.extend_from_slice(&v6(backend, client, 58, &icmp));
+            // The endpoint's answer to that request travels the same way and has its owner.
+            let mut answer = vec![0u8; 12];
+            answer.extend_from_slice(&ethernet::ETHERTYPE_IPV6.to_be_bytes());
+            let mut reply = Vec::new();
+            for v in [8080, port, 8, 0] {
+                reply.extend_from_slice(&v.to_be_bytes());
+            }
+            answer.extend_from_slice(&v6(backend, client, 17, &reply));
+            let want = own.owner(&answer, &snap);
+            assert_eq!(own.owner(&err, &snap), want, "client port {port}");
+            owners.insert(want);
+        }
+        assert!(
+            owners.len() > 1,
+            "the errors were not all sent to one worker"
+        );
     }
 
     #[test]

@@ -105,6 +105,10 @@ pub struct Service {
     pub allowed_sources_v6: Vec<(u128, u128)>,
     /// No new flows (loxilb's `block`); established flows continue.
     pub block_new_flows: bool,
+    /// Further addresses of the service (loxilb's `secondaryIPs`, SCTP only), in the VIP's
+    /// family. Each is a key of `Snapshot::services` on every port of the rule, mapping to this
+    /// service; see `sctp_multihome` for what the engine does with them.
+    pub secondaries: Vec<IpAddr>,
 }
 
 impl Service {
@@ -160,6 +164,7 @@ impl Service {
             allowed_sources: Vec::new(),
             allowed_sources_v6: Vec::new(),
             block_new_flows: false,
+            secondaries: Vec::new(),
         })
     }
 }

@@ -46,7 +46,8 @@ pub enum DropReason {
     /// DSR needs the endpoint's MAC, and it is not resolved yet (the kernel cannot send a
     /// packet addressed to the VIP for us).
     NextHopUnresolved,
-    /// ICMP to a VIP that is not an echo request (errors about flows are not translated yet).
+    /// ICMP or ICMPv6 to a VIP that is neither an echo request nor an error quoting enough of
+    /// a TCP, UDP or SCTP packet to be translated.
     IcmpNotEcho,
     /// The source is not in the service's allowed sources.
     SourceNotAllowed,

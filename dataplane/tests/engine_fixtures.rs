@@ -791,6 +791,25 @@ fn a_fragmentation_needed_about_a_reply_reaches_the_endpoint_quoting_its_own_seg
 }
 
 #[test]
+fn a_fragmentation_needed_about_a_dsr_reply_reaches_the_endpoint_unchanged_but_for_the_macs() {
+    // The endpoint answered the client from the VIP it holds: the quote is its own packet.
+    let mut fx = Fixture::new()
+        .service(Proto::Tcp, &[1])
+        .mode(NatMode::Dsr)
+        .next_hop(1);
+    fx.run(&mut hex(SYN_IN), LB0_IF);
+    let mut err = hex(REPLY_FRAG_IN);
+    let mut expected = err.clone();
+    expected[0..6].copy_from_slice(&[2, 0, 0, 0, 1, 1]);
+    expected[6..12].copy_from_slice(&LB1_MAC);
+    assert_eq!(
+        fx.run(&mut err, LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
+    assert_eq!(err, expected);
+}
+
+#[test]
 fn an_icmp_error_about_no_flow_of_ours_is_left_to_the_kernel() {
     let mut fx = Fixture::new().service(Proto::Udp, &[1]).next_hop(1);
     let mut err = hex(UNREACH_IN);

@@ -328,3 +328,67 @@ fn an_ipv6_packet_too_big_for_the_endpoint_link_earns_its_sender_a_packet_too_bi
     assert_eq!(&buf[..expected.len()], &expected[..]);
     assert_eq!(lb.engine.counters.frag_needed_sent, 1);
 }
+
+/// A frame of `dataplane/tests/fixtures/nat64_too_big.txt` (scapy).
+fn nat64_too_big_fixture(name: &str) -> Vec<u8> {
+    common::fixture(include_str!("fixtures/nat64_too_big.txt"), name)
+}
+
+#[test]
+fn an_ipv6_client_packet_too_big_once_translated_earns_a_packet_too_big_20_bytes_larger() {
+    let mut lb = Lb::new(Proto::Tcp, NatMode::FullNat, B4.into());
+    // 1500 bytes of IPv6 leave as 1480 of IPv4: too big for 1400, and the client may send
+    // 1420-byte IPv6 packets.
+    lb.snap.link_mtus.insert(LB1_IF, 1400);
+    let mut buf = too_big_fixture("BIG6_IN");
+    let v = lb.engine.process(&mut buf, LB0_IF, &lb.snap, 1);
+    let expected = nat64_too_big_fixture("PTB64_OUT");
+    assert_eq!(
+        v,
+        Verdict::TransmitFirst {
+            ifindex: LB0_IF,
+            len: expected.len()
+        }
+    );
+    assert_eq!(&buf[..expected.len()], &expected[..]);
+    assert_eq!(lb.engine.counters.frag_needed_sent, 1);
+}
+
+#[test]
+fn an_ipv4_endpoint_reply_too_big_once_translated_earns_a_fragmentation_needed_20_bytes_smaller() {
+    let mut lb = nat64(Proto::Tcp);
+    let (v, out) = lb.run(SYN6_IN, LB0_IF);
+    assert!(matches!(v, Verdict::TransmitFirst { .. }), "{v:?}");
+    assert_eq!(out, hex(SYN64_OUT), "the flow leaves from OUR4:45000");
+    // 1400 bytes of IPv4 would reach the client as 1420 of IPv6.
+    lb.snap.link_mtus.insert(LB0_IF, 1400);
+    let mut buf = nat64_too_big_fixture("BIG4_REPLY_IN");
+    let v = lb.engine.process(&mut buf, LB1_IF, &lb.snap, 2);
+    let expected = nat64_too_big_fixture("FRAG_NEEDED64_OUT");
+    assert_eq!(
+        v,
+        Verdict::TransmitFirst {
+            ifindex: LB1_IF,
+            len: expected.len()
+        }
+    );
+    assert_eq!(&buf[..expected.len()], &expected[..]);
+    assert_eq!(lb.engine.counters.frag_needed_sent, 1);
+}
+
+#[test]
+fn an_ipv4_endpoint_reply_too_big_without_df_is_dropped_and_counted() {
+    let mut lb = nat64(Proto::Tcp);
+    lb.run(SYN6_IN, LB0_IF);
+    lb.snap.link_mtus.insert(LB0_IF, 1400);
+    let mut buf = nat64_too_big_fixture("BIG4_REPLY_IN");
+    // DF off (flags byte of the IPv4 header), header checksum adjusted by the same amount.
+    buf[14 + 6] = 0;
+    let sum = u16::from_be_bytes([buf[14 + 10], buf[14 + 11]]);
+    let (folded, carry) = sum.overflowing_add(0x4000);
+    let fixed = folded + u16::from(carry);
+    buf[14 + 10..14 + 12].copy_from_slice(&fixed.to_be_bytes());
+    let v = lb.engine.process(&mut buf, LB1_IF, &lb.snap, 2);
+    assert_eq!(v, Verdict::Drop(DropReason::TooBigToForward));
+    assert_eq!(lb.engine.counters.frag_needed_sent, 0);
+}

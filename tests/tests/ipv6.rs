@@ -232,6 +232,105 @@ fn a_ping6_to_the_vip_is_answered_by_oxlb() {
     );
 }
 
+/// Python in the client namespace: one datagram on a connected UDP socket to [argv1]:argv2,
+/// then what the socket says within 3 s: "refused FROM TYPE CODE" (the ICMPv6 error's sender,
+/// type and code, read from the socket's error queue), "timeout" or "answer". The kernel
+/// reports the refusal to this socket only when the error quotes the datagram exactly as the
+/// socket sent it: to the VIP and its port, from the client's own port.
+const UDP6_REFUSED: &str = r#"
+import socket, struct, sys
+IPV6_RECVERR = 25
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+s.settimeout(3)
+s.connect((sys.argv[1], int(sys.argv[2])))
+# Several tries: the first may wait for the backend's neighbour entry.
+for _ in range(3):
+    try:
+        s.send(b"anyone?")
+        s.recv(100)
+        print("answer"); break
+    except ConnectionRefusedError:
+        _, anc, _, _ = s.recvmsg(100, 512, socket.MSG_ERRQUEUE)
+        for level, kind, data in anc:
+            if level == socket.IPPROTO_IPV6 and kind == IPV6_RECVERR:
+                # struct sock_extended_err, then the offender's sockaddr_in6.
+                _, _, icmp_type, code = struct.unpack("=IBBB", data[:7])
+                sender = socket.inet_ntop(socket.AF_INET6, data[16 + 8:16 + 24])
+                print("refused", sender, icmp_type, code)
+        break
+    except socket.timeout:
+        continue
+else:
+    print("timeout")
+"#;
+
+/// Creates UDP service VIP6:`port` in loxilb's `mode` over `endpoints` on their UDP port 9,
+/// where nothing listens: the backends' kernels answer every datagram "port unreachable".
+fn add_refusing_service6(topo: &Topology, port: u16, mode: u8, endpoints: &[&str]) {
+    let eps: Vec<serde_json::Value> = endpoints
+        .iter()
+        .map(|ip| serde_json::json!({"endpointIP": ip, "targetPort": 9, "weight": 1}))
+        .collect();
+    let body = serde_json::json!({
+        "serviceArguments": {"externalIP": VIP6, "port": port, "protocol": "udp",
+                             "sel": 0, "mode": mode, "name": "refusing"},
+        "endpoints": eps,
+    })
+    .to_string();
+    let (status, answer) = topo.api("POST", "/netlox/v1/config/loadbalancer", Some(&body));
+    assert_eq!(status, 200, "creating a refusing service: {answer}");
+}
+
+#[test]
+fn a_backends_icmpv6_port_unreachable_reaches_the_client_from_the_vip_in_every_nat66_mode() {
+    let topo = topology();
+    let _backends = topo.start_backends();
+    let oxlb = topo.start_oxlb(&[]);
+    let diag = log_of(&oxlb);
+    for mode in [0u8, 1, 2] {
+        let port = VIP_PORT + 10 + u16::from(mode);
+        add_refusing_service6(&topo, port, mode, &BACKEND_IP6S);
+        let port = port.to_string();
+        let out = topo.exec_ok(Node::Client, &["python3", "-c", UDP6_REFUSED, VIP6, &port]);
+        assert_eq!(
+            out.trim(),
+            format!("refused {VIP6} 1 4"),
+            "mode {mode}: the client did not learn of the refusal from the VIP\n{}\n{}",
+            nonzero_counters(&topo),
+            diag()
+        );
+    }
+    let (status, page) = topo.api("GET", "/metrics", None);
+    assert_eq!(status, 200, "{page}");
+    let translated =
+        oxlb_tests::metric_sample(&page, "oxlb_icmp_errors_translated_total{worker=\"0\"}");
+    assert!(translated >= 3, "{translated} errors translated\n{page}");
+}
+
+#[test]
+fn an_ipv4_backends_port_unreachable_reaches_the_ipv6_client_as_icmpv6_from_the_vip_in_nat64() {
+    let topo = topology();
+    let _backends = topo.start_backends();
+    let oxlb = topo.start_oxlb(&[]);
+    let diag = log_of(&oxlb);
+    // NAT64 in one-arm and full NAT: the backends' ICMPv4 refusal reaches the client as
+    // ICMPv6 destination unreachable (1), port unreachable (4), RFC 7915's mapping.
+    for mode in [1u8, 2] {
+        let port = VIP_PORT + 20 + u16::from(mode);
+        add_refusing_service6(&topo, port, mode, &BACKEND_IPS);
+        let port = port.to_string();
+        let out = topo.exec_ok(Node::Client, &["python3", "-c", UDP6_REFUSED, VIP6, &port]);
+        assert_eq!(
+            out.trim(),
+            format!("refused {VIP6} 1 4"),
+            "mode {mode}: the client did not learn of the refusal from the VIP\n{}\n{}",
+            nonzero_counters(&topo),
+            diag()
+        );
+    }
+}
+
 /// Runs `oxlbctl ARGS` in the LB namespace; returns (exit code, stdout, stderr).
 fn oxlbctl(topo: &Topology, args: &[&str]) -> (Option<i32>, String, String) {
     let bin = binary("oxlbctl");
@@ -561,4 +660,22 @@ fn with_two_queues_nat66_and_nat64_flows_find_their_owning_worker() {
         .map(|w| sample(format!("oxlb_handed_off_total{{worker=\"{w}\"}}")))
         .sum();
     assert!(handed > 0, "no frame was passed between workers:\n{page}");
+}
+
+#[test]
+fn a_nat64_download_through_our_smaller_link_to_the_client_teaches_the_ipv4_backend_its_path_mtu() {
+    let topo = topology();
+    // The client's own link stays at 1500 bytes, so its MSS asks for segments that, once
+    // translated to IPv6 (20 bytes more), do not fit our link toward it: the backend must
+    // learn a 1380-byte IPv4 path MTU from our "fragmentation needed".
+    topo.exec_ok(Node::Lb, &["ip", "link", "set", "lb0", "mtu", "1400"]);
+    let _backends = topo.start_backends();
+    let oxlb = topo.start_oxlb(&[]);
+    let diag = log_of(&oxlb);
+    add_service6(&topo, "tcp", VIP_PORT, 2, &BACKEND_IPS);
+    ten_megabytes_arrive_identical(&topo, VIP_PORT, &diag);
+    let (status, page) = topo.api("GET", "/metrics", None);
+    assert_eq!(status, 200, "{page}");
+    let sent = oxlb_tests::metric_sample(&page, "oxlb_frag_needed_sent_total{worker=\"0\"}");
+    assert!(sent > 0, "no fragmentation needed was sent\n{}", diag());
 }

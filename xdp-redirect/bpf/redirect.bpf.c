@@ -8,8 +8,10 @@
 // a port in that entry's range (replies in one-arm and full-NAT modes), or its
 // (src addr, src port, proto) is a known endpoint in lb_src (replies in DNAT
 // mode), or it is an ICMPv6 echo request to a VIP (key: VIP, port 0, proto
-// 58); every other ICMPv6 message (neighbour discovery, router advertisements,
-// errors) is the kernel's. A packet to one of our own addresses outside the
+// 58), or an ICMP or ICMPv6 error quoting a packet of ours (see
+// quotes_our_request and quotes_our_packet6); every other ICMPv6 message
+// (neighbour discovery, router advertisements, errors about the host's own
+// connections) is the kernel's. A packet to one of our own addresses outside the
 // range is the host's own connection (a health probe's answer, an operator's
 // session with a backend) and goes to the kernel even when it comes from an
 // endpoint's port.
@@ -34,8 +36,13 @@
 
 // Fragment offset and "more fragments" bits of iphdr.frag_off.
 #define IP_OFFSET_MASK 0x1fff
-// linux/icmpv6.h would pull in more than this one value.
+// linux/icmpv6.h would pull in more than these few values.
 #define ICMPV6_ECHO_REQUEST_TYPE 128
+// The ICMPv6 errors that quote a packet: destination unreachable (1), packet
+// too big (2), time exceeded (3), parameter problem (4).
+#define ICMPV6_FIRST_ERROR_TYPE 1
+#define ICMPV6_LAST_ERROR_TYPE 4
+#define ICMPV6_HEADER_LEN 8
 
 struct lb_key {
 	__u8 addr[16]; // IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d)
@@ -221,6 +228,45 @@ static __always_inline int quotes_our_request(struct icmphdr *icmp, void *data_e
 	return bpf_map_lookup_elem(&lb_src, &key) != 0;
 }
 
+// True for an ICMPv6 error (l4 points at its header) quoting a packet of ours:
+// a reply we sent from a VIP's service port (the error comes from the
+// client's side), a request we sent from our own address and a port of the
+// SNAT range (one-arm, full NAT), or one to an endpoint's port (DNAT). An
+// ICMPv6 error is addressed to the client, the VIP or our own address and
+// never carries ports of its own, so only its quote tells whether it is ours;
+// the workers translate it for the host it is meant for. The quote must hold
+// the quoted packet's ports right after its fixed header (no extension
+// headers).
+static __always_inline int quotes_our_packet6(void *l4, void *data_end)
+{
+	__u8 *type = l4;
+	struct ipv6hdr *quoted = l4 + ICMPV6_HEADER_LEN;
+	struct lb_key key = {};
+	__be16 *ports;
+
+	if ((void *)(quoted + 1) > data_end)
+		return 0;
+	if (*type < ICMPV6_FIRST_ERROR_TYPE || *type > ICMPV6_LAST_ERROR_TYPE)
+		return 0;
+	if (quoted->nexthdr != IPPROTO_TCP && quoted->nexthdr != IPPROTO_UDP &&
+	    quoted->nexthdr != IPPROTO_SCTP)
+		return 0;
+	ports = (void *)(quoted + 1);
+	if ((void *)(ports + 2) > data_end)
+		return 0;
+	key.family = KEY_FAMILY_V6;
+	key.proto = quoted->nexthdr;
+	__builtin_memcpy(key.addr, &quoted->saddr, 16);
+	key.port = ports[0];
+	if (bpf_map_lookup_elem(&lb_dst, &key))
+		return 1;
+	if (own_address(&key, ports[0]) == OURS_IN_RANGE)
+		return 1;
+	__builtin_memcpy(key.addr, &quoted->daddr, 16);
+	key.port = ports[1];
+	return bpf_map_lookup_elem(&lb_src, &key) != 0;
+}
+
 // True for a later IPv4 fragment (no ports) of a datagram that is the
 // balancer's: to a VIP (its ICMP key, port 0), to one of our own addresses
 // (replies of one-arm and full NAT, and the host's own traffic, which the
@@ -293,10 +339,14 @@ int oxlb_redirect(struct xdp_md *ctx)
 		if (proto == IPPROTO_ICMPV6) {
 			__u8 *type = l4;
 
-			// Only an echo request can be the load balancer's (to a VIP,
-			// checked below); neighbour discovery to a VIP's address
-			// included, every other ICMPv6 message is the kernel's.
-			if ((void *)(type + 1) > data_end || *type != ICMPV6_ECHO_REQUEST_TYPE)
+			if ((void *)(type + 1) > data_end)
+				return pass(STAT_PASSED);
+			if (quotes_our_packet6(l4, data_end))
+				goto redirect;
+			// Otherwise only an echo request can be the load balancer's
+			// (to a VIP, checked below); neighbour discovery to a VIP's
+			// address included, every other ICMPv6 message is the kernel's.
+			if (*type != ICMPV6_ECHO_REQUEST_TYPE)
 				return pass(STAT_PASSED);
 			sport = 0;
 			dport = 0;

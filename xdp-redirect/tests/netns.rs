@@ -8,7 +8,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, UdpSocket},
     os::fd::AsRawFd,
     process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -434,6 +434,7 @@ fn registering_a_socket_for_an_interface_that_is_not_attached_is_refused() {
 }
 
 const ADDR6_A: &str = "fd00::1";
+const ADDR6_B: &str = "fd00::2";
 const ICMPV6: u8 = 58;
 
 impl NetnsPair {
@@ -456,6 +457,17 @@ impl NetnsPair {
             .status()
             .expect("run ping -6")
             .success()
+    }
+
+    /// Sends one UDP datagram from a ([fd00::1]:sport) to b ([fd00::2]:dport).
+    fn udp6_from_a(&self, sport: u16, dport: u16) {
+        in_netns(&self.a, move || {
+            let socket = UdpSocket::bind((ADDR6_A.parse::<Ipv6Addr>().unwrap(), sport))
+                .expect("bind UDP socket in a");
+            socket
+                .send_to(b"oxlb", (ADDR6_B.parse::<Ipv6Addr>().unwrap(), dport))
+                .expect("send UDP datagram");
+        });
     }
 
     /// The kernel's neighbour entry in b for a's IPv6 address, as `ip -j neigh` shows it.
@@ -507,4 +519,61 @@ fn icmpv6_echo_requests_to_a_vip_are_steered_while_neighbour_discovery_reaches_t
     let after = wait_for_stats(&xdp, |s| s.passed >= before.passed + 2);
     assert_eq!(after.no_socket, before.no_socket, "{after:?}");
     assert!(after.passed >= before.passed + 2, "{after:?}");
+}
+
+#[test]
+fn icmpv6_errors_quoting_our_vip_translated_or_endpoint_bound_packets_are_steered_and_others_passed(
+) {
+    let pair = NetnsPair::new();
+    pair.add_ipv6();
+    let mut xdp = in_netns(&pair.a, || {
+        XdpRedirect::attach(&names(&[IFACE_A])).expect("attach")
+    });
+    let (a6, b6): (Ipv6Addr, Ipv6Addr) = (ADDR6_A.parse().unwrap(), ADDR6_B.parse().unwrap());
+    // a is a VIP (UDP 9999) and our own address with SNAT ports 40000-49999; b an endpoint
+    // (UDP 7777). Nothing listens on b: each datagram from a earns a real ICMPv6 port
+    // unreachable from b's kernel, quoting it; b's error rate limit is lifted so that every
+    // datagram gets its error.
+    xdp.sync_keys(
+        &BTreeSet::from([LbKey::v6(a6, 9999, UDP)]),
+        &BTreeSet::from([LbKey::v6(b6, 7777, UDP)]),
+    )
+    .expect("sync keys");
+    xdp.sync_snat(&BTreeSet::from([LbKey::v6(a6, 0, UDP)]), 40000, 49999)
+        .expect("sync snat");
+    ip(&[
+        "netns",
+        "exec",
+        &pair.b,
+        "sysctl",
+        "-qw",
+        "net.ipv6.icmp.ratelimit=0",
+    ]);
+    assert!(pair.ping6_from_b(1), "neighbours warmed");
+
+    // From one of our ports outside the range to no endpoint: the host's own datagram, whose
+    // error is the kernel's.
+    thread::sleep(Duration::from_millis(200));
+    let before = xdp.stats().expect("stats");
+    pair.udp6_from_a(30000, 7778);
+    wait_for_stats(&xdp, |s| s.passed > before.passed);
+    thread::sleep(Duration::from_millis(200));
+    let after = xdp.stats().expect("stats");
+    assert_eq!(
+        after.no_socket, before.no_socket,
+        "host's own datagram: {after:?}"
+    );
+
+    // From a VIP's service port: the error about a reply we forwarded.
+    pair.udp6_from_a(9999, 7778);
+    let vip = wait_for_stats(&xdp, |s| s.no_socket > after.no_socket);
+    assert_eq!(vip.no_socket, after.no_socket + 1, "{vip:?}");
+    // From our address and a SNAT port: a translated request's error.
+    pair.udp6_from_a(40005, 7778);
+    let snat = wait_for_stats(&xdp, |s| s.no_socket > vip.no_socket);
+    assert_eq!(snat.no_socket, vip.no_socket + 1, "{snat:?}");
+    // To an endpoint's port: a DNAT request's error.
+    pair.udp6_from_a(30001, 7777);
+    let dnat = wait_for_stats(&xdp, |s| s.no_socket > snat.no_socket);
+    assert_eq!(dnat.no_socket, snat.no_socket + 1, "{dnat:?}");
 }

@@ -23,6 +23,9 @@ pub struct LoadBalancerEntry {
     pub service_arguments: ServiceArguments,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub endpoints: Vec<Endpoint>,
+    /// Further addresses of an `sctp` rule in mode 0 (dnat), for multi-homed associations: at
+    /// most 3, of the externalIP's family, neither the externalIP nor repeated; listed sorted.
+    /// Refused (400) for other protocols and modes.
     #[serde(rename = "secondaryIPs", default, deserialize_with = "null_as_empty")]
     pub secondary_ips: Vec<SecondaryIp>,
     #[serde(rename = "allowedSources", default, deserialize_with = "null_as_empty")]

@@ -136,6 +136,10 @@ pub struct ServiceSpec {
     /// loxilb's `bgp`: the external address is advertised to the BGP neighbours as a host
     /// route while the rule exists.
     pub bgp: bool,
+    /// loxilb's `secondaryIPs` (SCTP only, at most [`MAX_SECONDARY_IPS`], the external
+    /// address's family, sorted): further addresses of the service that a multi-homed SCTP
+    /// association may use as paths. Each takes the rule's ports as the external address does.
+    pub secondary_ips: Vec<IpAddr>,
 }
 
 impl ServiceSpec {
@@ -143,7 +147,16 @@ impl ServiceSpec {
     pub fn ports(&self) -> std::ops::RangeInclusive<u16> {
         self.key.port..=self.port_max
     }
+
+    /// The external address followed by the secondary ones: every address the rule's ports
+    /// are served on.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        std::iter::once(self.key.external_ip).chain(self.secondary_ips.iter().copied())
+    }
 }
+
+/// The most secondary addresses a rule may have, as in loxilb (`LLB_MAX_MHOSTS`).
+pub const MAX_SECONDARY_IPS: usize = 3;
 
 /// The most ports one rule may cover. Every port of a range is one key of the XDP program's
 /// destination map, which holds 65 536 keys for all rules together, and one entry of the

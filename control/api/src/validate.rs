@@ -1,11 +1,11 @@
 //! Turns loxilb request bodies into typed service specs, refusing what oxlb does not implement
 //! instead of silently ignoring it; and turns specs back into loxilb bodies for listings.
 
-use crate::model::{AllowedSource, Endpoint, LoadBalancerEntry, ServiceArguments};
+use crate::model::{AllowedSource, Endpoint, LoadBalancerEntry, SecondaryIp, ServiceArguments};
 use crate::spec::{
     EndpointSpec, IpPrefix, NatMode, ProbeKind, ProbeSpec, Protocol, Selection, ServiceKey,
     ServiceSpec, DEFAULT_INACTIVE_TIMEOUT_SECS, DEFAULT_PROBE_RETRIES, DEFAULT_PROBE_TIMEOUT_SECS,
-    MAX_PORT_RANGE,
+    MAX_PORT_RANGE, MAX_SECONDARY_IPS,
 };
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -152,6 +152,10 @@ pub enum ValidationError {
         ip: IpAddr,
         port: u16,
     },
+    /// A secondary address of a rule that cannot have one, or that is not another address of
+    /// the service; `why` says what to send instead.
+    #[error("{field}: {why}")]
+    BadSecondary { field: String, why: String },
 }
 
 impl ValidationError {
@@ -167,6 +171,7 @@ impl ValidationError {
             | BadPrefix { field, .. } => return field.clone(),
             NotImplemented { field, .. } => field,
             DuplicateEndpoint { index, .. } => return format!("endpoints[{index}]"),
+            BadSecondary { field, .. } => return field.clone(),
             Nat46NotSupported { index, .. } => return format!("endpoints[{index}].endpointIP"),
             Nat64NeedsSourceTranslation { .. } => "serviceArguments.mode",
             UnknownProtocol(_) | ProtocolNotImplemented(_) => "serviceArguments.protocol",
@@ -205,13 +210,7 @@ pub fn validate(entry: &LoadBalancerEntry) -> Result<ServiceSpec, ValidationErro
         0 => DEFAULT_INACTIVE_TIMEOUT_SECS,
         t => in_range(&format!("{SA}.inactiveTimeOut"), t, 1, i64::from(i32::MAX))? as u32,
     };
-    if !entry.secondary_ips.is_empty() {
-        return Err(ValidationError::NotImplemented {
-            field: "secondaryIPs",
-            what:
-                "secondary addresses (multi-homed SCTP) are not implemented yet: send an empty list",
-        });
-    }
+    let secondary_ips = secondary_ips(&entry.secondary_ips, external_ip, protocol, mode)?;
     let allowed_sources = entry
         .allowed_sources
         .iter()
@@ -258,7 +257,85 @@ pub fn validate(entry: &LoadBalancerEntry) -> Result<ServiceSpec, ValidationErro
         block_new_flows: sa.block != 0,
         monitor,
         bgp: sa.bgp,
+        secondary_ips,
     })
+}
+
+/// loxilb's `secondaryIPs`: further addresses of an SCTP service for multi-homed associations,
+/// returned sorted (as loxilb keeps them). Only dnat (mode 0) keeps an association whole
+/// across paths here: full NAT and one-arm give each path its own SNAT port, which the
+/// endpoint would take for another association, and dsr never sees the endpoint's INIT ACK,
+/// whose addresses must be replaced by the service's.
+fn secondary_ips(
+    items: &[SecondaryIp],
+    vip: IpAddr,
+    protocol: Protocol,
+    mode: NatMode,
+) -> Result<Vec<IpAddr>, ValidationError> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let bad = |field: String, why: String| Err(ValidationError::BadSecondary { field, why });
+    if protocol != Protocol::Sctp {
+        return bad(
+            "secondaryIPs".to_owned(),
+            format!(
+                "secondary addresses serve multi-homed SCTP associations; a {protocol} rule \
+                 takes none: send an empty list, or make the rule sctp"
+            ),
+        );
+    }
+    if items.len() > MAX_SECONDARY_IPS {
+        return bad(
+            "secondaryIPs".to_owned(),
+            format!(
+                "{} secondary addresses given; a rule takes at most {MAX_SECONDARY_IPS}, as in \
+                 loxilb",
+                items.len()
+            ),
+        );
+    }
+    if mode != NatMode::Dnat {
+        return bad(
+            "secondaryIPs".to_owned(),
+            format!(
+                "mode {} does not support secondary addresses: only mode 0 (dnat) keeps a \
+                 multi-homed association on one endpoint with the same ports on every path \
+                 (full NAT and one-arm give each path its own SNAT port, dsr does not see the \
+                 endpoint's INIT ACK); use mode 0",
+                mode.number()
+            ),
+        );
+    }
+    let mut out: Vec<IpAddr> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let field = format!("secondaryIPs[{i}].secondaryIP");
+        let ip = address(&field, &item.secondary_ip)?;
+        if ip.is_ipv4() != vip.is_ipv4() {
+            return bad(
+                field,
+                format!(
+                    "{ip} is not of the family of externalIP {vip}: an association's addresses \
+                     toward the service are all of the externalIP's family"
+                ),
+            );
+        }
+        if ip == vip {
+            return bad(
+                field,
+                format!("{ip} is the externalIP itself: list only further addresses"),
+            );
+        }
+        if let Some(first) = out.iter().position(|o| *o == ip) {
+            return bad(
+                field,
+                format!("{ip} is listed twice (first as secondaryIPs[{first}])"),
+            );
+        }
+        out.push(ip);
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Refuses endpoints of the other family where oxlb cannot translate between the families:
@@ -439,7 +516,13 @@ pub fn to_entry(spec: &ServiceSpec) -> LoadBalancerEntry {
                 counter: None,
             })
             .collect(),
-        secondary_ips: Vec::new(),
+        secondary_ips: spec
+            .secondary_ips
+            .iter()
+            .map(|ip| SecondaryIp {
+                secondary_ip: ip.to_string(),
+            })
+            .collect(),
         allowed_sources: spec
             .allowed_sources
             .iter()
@@ -531,9 +614,10 @@ pub fn check_overlap<'a>(
     spec: &ServiceSpec,
     rules: impl IntoIterator<Item = &'a ServiceSpec>,
 ) -> Result<(), ValidationError> {
+    // Secondary addresses take the rule's ports too: any shared address counts.
     let clash = rules.into_iter().find(|o| {
         o.key != spec.key
-            && o.key.external_ip == spec.key.external_ip
+            && o.addresses().any(|a| spec.addresses().any(|b| a == b))
             && o.key.protocol == spec.key.protocol
             && o.key.port <= spec.port_max
             && spec.key.port <= o.port_max
@@ -739,6 +823,113 @@ pub fn oper(entry: &LoadBalancerEntry) -> Oper {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An SCTP rule on 198.18.100.1:2020 in `mode` with `secondaries`.
+    fn multihomed(mode: i64, secondaries: &[&str]) -> LoadBalancerEntry {
+        let items: Vec<_> = secondaries
+            .iter()
+            .map(|s| serde_json::json!({"secondaryIP": s}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "serviceArguments": {"externalIP": "198.18.100.1", "port": 2020,
+                                 "protocol": "sctp", "mode": mode},
+            "endpoints": [{"endpointIP": "198.18.31.1", "targetPort": 9999, "weight": 1}],
+            "secondaryIPs": items,
+        }))
+        .expect("the body parses")
+    }
+
+    fn refusal(entry: &LoadBalancerEntry) -> (String, String) {
+        let e = validate(entry).expect_err("refused");
+        (e.field(), e.to_string())
+    }
+
+    #[test]
+    fn secondary_addresses_of_an_sctp_dnat_rule_are_kept_sorted_and_listed_back() {
+        let spec = validate(&multihomed(0, &["198.18.102.1", "198.18.101.1"])).expect("valid");
+        let sorted: Vec<IpAddr> = vec![
+            "198.18.101.1".parse().unwrap(),
+            "198.18.102.1".parse().unwrap(),
+        ];
+        assert_eq!(spec.secondary_ips, sorted);
+        let listed = to_entry(&spec);
+        let listed: Vec<&str> = listed
+            .secondary_ips
+            .iter()
+            .map(|s| s.secondary_ip.as_str())
+            .collect();
+        assert_eq!(listed, ["198.18.101.1", "198.18.102.1"]);
+        // The listing validates back to the same rule (how persistence reloads it).
+        assert_eq!(validate(&to_entry(&spec)), Ok(spec));
+    }
+
+    #[test]
+    fn secondary_addresses_of_a_tcp_rule_are_refused_naming_the_field() {
+        let mut entry = multihomed(0, &["198.18.101.1"]);
+        entry.service_arguments.protocol = "tcp".to_owned();
+        let (field, msg) = refusal(&entry);
+        assert_eq!(field, "secondaryIPs");
+        assert!(msg.contains("tcp rule"), "{msg}");
+    }
+
+    #[test]
+    fn a_secondary_address_of_the_other_family_is_refused() {
+        let (field, msg) = refusal(&multihomed(0, &["198.18.101.1", "fd00::1"]));
+        assert_eq!(field, "secondaryIPs[1].secondaryIP");
+        assert!(msg.contains("family"), "{msg}");
+    }
+
+    #[test]
+    fn the_external_address_or_a_repeated_one_is_refused_as_a_secondary() {
+        let (field, msg) = refusal(&multihomed(0, &["198.18.100.1"]));
+        assert_eq!(field, "secondaryIPs[0].secondaryIP");
+        assert!(msg.contains("externalIP itself"), "{msg}");
+        let (field, msg) = refusal(&multihomed(0, &["198.18.101.1", "198.18.101.1"]));
+        assert_eq!(field, "secondaryIPs[1].secondaryIP");
+        assert!(msg.contains("twice"), "{msg}");
+    }
+
+    #[test]
+    fn more_than_three_secondaries_a_bad_address_or_a_mode_other_than_dnat_are_refused() {
+        let four = [
+            "198.18.101.1",
+            "198.18.101.2",
+            "198.18.101.3",
+            "198.18.101.4",
+        ];
+        assert_eq!(refusal(&multihomed(0, &four)).0, "secondaryIPs");
+        assert_eq!(
+            refusal(&multihomed(0, &["not-an-ip"])).0,
+            "secondaryIPs[0].secondaryIP"
+        );
+        assert_eq!(
+            refusal(&multihomed(0, &["127.0.0.1"])).0,
+            "secondaryIPs[0].secondaryIP"
+        );
+        for mode in [1, 2, 3] {
+            let (field, msg) = refusal(&multihomed(mode, &["198.18.101.1"]));
+            assert_eq!(field, "secondaryIPs");
+            assert!(msg.contains("only mode 0"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn a_rule_whose_secondary_address_takes_another_rules_ports_is_refused() {
+        let a = validate(&multihomed(0, &["198.18.101.1"])).expect("valid");
+        let mut b = multihomed(0, &[]);
+        b.service_arguments.external_ip = "198.18.101.1".to_owned();
+        let b = validate(&b).expect("valid alone");
+        let e = check_overlap(&b, [&a]).expect_err("198.18.101.1:2020/sctp is taken");
+        assert!(
+            matches!(e, ValidationError::PortRangeOverlap { .. }),
+            "{e:?}"
+        );
+        // Another port on the same address is free.
+        let mut c = b.clone();
+        c.key.port = 2021;
+        c.port_max = 2021;
+        assert_eq!(check_overlap(&c, [&a]), Ok(()));
+    }
 
     /// A monitored TCP rule over one endpoint, with probe type `probetype`.
     fn monitored(probetype: &str) -> LoadBalancerEntry {

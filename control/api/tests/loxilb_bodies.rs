@@ -670,10 +670,19 @@ fn a_negative_inactivity_timeout_is_refused() {
 }
 
 #[test]
-fn secondary_ips_are_refused_as_not_implemented_yet() {
+fn secondary_ips_of_a_tcp_rule_are_refused_and_those_of_an_sctp_rule_kept() {
     let e = refused(|v| v["secondaryIPs"] = json!([{"secondaryIP": "198.18.100.2"}]));
     assert_eq!(e.field(), "secondaryIPs");
-    assert!(e.to_string().contains("not implemented yet"));
+    assert!(e.to_string().contains("tcp rule"), "{e}");
+    let spec = validate_modified(|v| {
+        v["serviceArguments"]["protocol"] = json!("sctp");
+        v["secondaryIPs"] = json!([{"secondaryIP": "198.18.100.2"}]);
+    })
+    .expect("an sctp dnat rule takes secondary addresses");
+    assert_eq!(
+        spec.secondary_ips,
+        ["198.18.100.2".parse::<std::net::IpAddr>().unwrap()]
+    );
 }
 
 #[test]

@@ -48,7 +48,8 @@ pub fn desired(state: &DesiredState) -> Desired {
         routes: state
             .services()
             .filter(|s| s.bgp)
-            .map(|s| (s.key.external_ip, preference))
+            // Secondary addresses (multi-homed SCTP) are reached as the VIP is, as in loxilb.
+            .flat_map(|s| s.addresses().map(move |a| (a, preference)))
             .collect(),
     }
 }
@@ -316,6 +317,19 @@ mod tests {
             },
         );
         s
+    }
+
+    #[test]
+    fn the_secondary_addresses_of_a_rule_with_bgp_set_are_advertised_too() {
+        let mut s = configured();
+        let sec: IpAddr = "198.18.101.1".parse().unwrap();
+        s.upsert(oxlb_api::ServiceSpec {
+            bgp: true,
+            secondary_ips: vec![sec],
+            ..test_spec(80, &[1])
+        });
+        let routes: Vec<IpAddr> = desired(&s).routes.into_keys().collect();
+        assert_eq!(routes, ["198.18.100.1".parse::<IpAddr>().unwrap(), sec]);
     }
 
     #[test]

@@ -110,6 +110,7 @@ fn service(spec: &ServiceSpec, down: &Down) -> Result<Service, String> {
         svc.allowed_sources = spec.allowed_sources.iter().filter_map(|p| p.v4()).collect();
         svc.allowed_sources_v6 = spec.allowed_sources.iter().filter_map(|p| p.v6()).collect();
         svc.block_new_flows = spec.block_new_flows;
+        svc.secondaries = spec.secondary_ips.clone();
         if spec.monitor.is_some() {
             svc.live = spec
                 .endpoints
@@ -158,16 +159,24 @@ pub fn snapshot(
                 snap.own_addrs.insert(*src);
             }
         }
-        snap.vips.insert(svc.key.vip);
-        // One entry per port of the range (see `Snapshot::services`); the API refuses
-        // overlapping rules, and this refuses them again rather than let one shadow another.
-        for port in spec.ports() {
-            let at = snapshot::ServiceKey { port, ..svc.key };
-            if let Some(other) = snap.services.insert(at, svc.clone()) {
-                return Err(format!(
-                    "service {}: port {port} is also a port of {}:{}-{}/{}",
-                    spec.key, other.key.vip, other.key.port, other.port_max, spec.key.protocol
-                ));
+        // One entry per port of the range and address of the rule (see
+        // `Snapshot::services`): a secondary address maps to the service as the VIP does. The
+        // API refuses overlapping rules, and this refuses them again rather than let one
+        // shadow another.
+        for vip in spec.addresses() {
+            snap.vips.insert(vip);
+            for port in spec.ports() {
+                let at = snapshot::ServiceKey {
+                    vip,
+                    port,
+                    ..svc.key
+                };
+                if let Some(other) = snap.services.insert(at, svc.clone()) {
+                    return Err(format!(
+                        "service {}: {vip} port {port} is also a port of {}:{}-{}/{}",
+                        spec.key, other.key.vip, other.key.port, other.port_max, spec.key.protocol
+                    ));
+                }
             }
         }
     }
@@ -183,14 +192,17 @@ pub fn xdp_keys(state: &DesiredState, reach: &Reachability) -> XdpKeys {
         // A range is steered with one key per port rather than a range-aware lookup in the
         // XDP program: the per-packet path stays one hash lookup, the C program unchanged, and
         // the API caps a rule at MAX_PORT_RANGE (1024) ports of the map's 65 536 keys.
-        for port in spec.ports() {
-            keys.dst.insert(LbKey::new(vip, port, p));
-        }
-        // ICMP to the VIP (echo) comes to us too; port 0 is how the XDP program keys it. For
-        // ICMPv6 the program steers only echo requests with that key: neighbour discovery
-        // to the VIP's address stays with the kernel.
+        // Secondary addresses (multi-homed SCTP) are steered exactly as the VIP.
         let icmp = if vip.is_ipv4() { ICMP } else { ICMPV6 };
-        keys.dst.insert(LbKey::new(vip, 0, icmp));
+        for addr in spec.addresses() {
+            for port in spec.ports() {
+                keys.dst.insert(LbKey::new(addr, port, p));
+            }
+            // ICMP to the VIP (echo) comes to us too; port 0 is how the XDP program keys it.
+            // For ICMPv6 the program steers only echo requests with that key: neighbour
+            // discovery to the VIP's address stays with the kernel.
+            keys.dst.insert(LbKey::new(addr, 0, icmp));
+        }
         match mode(spec.mode) {
             // Endpoints answer from their own address and port, straight to the client.
             // Their answers to our own address are the host's connections (health probes):
@@ -290,6 +302,33 @@ mod tests {
         assert_eq!(svc.live, [false]);
         let snap = snapshot(&s, &reach(), &Down::new()).unwrap();
         assert_eq!(snap.services.values().next().unwrap().live, [true]);
+    }
+
+    #[test]
+    fn secondary_addresses_are_steered_and_map_to_the_service_on_every_port() {
+        let mut s = DesiredState::default();
+        let sec: IpAddr = Ipv4Addr::new(198, 18, 101, 1).into();
+        let mut spec = crate::state::test_spec(2020, &[1]);
+        spec.key.protocol = oxlb_api::Protocol::Sctp;
+        spec.port_max = 2021;
+        spec.secondary_ips = vec![sec];
+        s.upsert(spec);
+        let k = xdp_keys(&s, &reach());
+        for port in [2020, 2021] {
+            assert!(k.dst.contains(&LbKey::new(sec, port, Proto::Sctp as u8)));
+        }
+        assert!(!k.dst.contains(&LbKey::new(sec, 2022, Proto::Sctp as u8)));
+        let snap = snapshot(&s, &reach(), &Down::new()).unwrap();
+        let at = |vip, port| snapshot::ServiceKey {
+            vip,
+            port,
+            proto: Proto::Sctp,
+        };
+        let primary = at(Ipv4Addr::new(198, 18, 100, 1).into(), 2020);
+        let svc = &snap.services[&at(sec, 2021)];
+        assert_eq!(svc.key, primary);
+        assert_eq!(svc.secondaries, [sec]);
+        assert!(snap.vips.contains(&sec));
     }
 
     #[test]

@@ -98,6 +98,7 @@ pub(crate) fn test_spec(port: u16, endpoints: &[u8]) -> ServiceSpec {
             .collect(),
         inactive_timeout_secs: 1800,
         allowed_sources: Vec::new(),
+        secondary_ips: Vec::new(),
         block_new_flows: false,
         monitor: None,
         bgp: false,

@@ -545,3 +545,75 @@ async fn an_ipv6_rule_is_created_listed_refused_where_it_cannot_be_translated_an
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(listed_rules(&s.list().await), []);
 }
+
+/// An SCTP rule on `ip`:2020 with secondary addresses `secondaries`.
+fn sctp_rule(ip: &str, secondaries: &[&str]) -> Value {
+    let mut body = rule(ip, 2020, &["198.18.31.1"]);
+    body["serviceArguments"]["protocol"] = json!("sctp");
+    body["secondaryIPs"] = secondaries
+        .iter()
+        .map(|s| json!({"secondaryIP": s}))
+        .collect();
+    body
+}
+
+#[tokio::test]
+async fn an_sctp_rule_keeps_its_secondary_addresses_and_lists_them_sorted() {
+    let s = start().await;
+    let (status, body) = s
+        .post(&sctp_rule(
+            "198.18.100.1",
+            &["198.18.102.1", "198.18.101.1"],
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let list = s.list().await;
+    assert_eq!(
+        list["lbAttr"][0]["secondaryIPs"],
+        json!([{"secondaryIP": "198.18.101.1"}, {"secondaryIP": "198.18.102.1"}])
+    );
+    // Attaching an endpoint keeps them.
+    let mut attach = with_oper(sctp_rule("198.18.100.1", &[]), 1);
+    attach["endpoints"][0]["endpointIP"] = json!("198.18.31.2");
+    assert_eq!(s.post(&attach).await.0, StatusCode::OK);
+    let list = s.list().await;
+    assert_eq!(
+        list["lbAttr"][0]["secondaryIPs"].as_array().unwrap().len(),
+        2
+    );
+    assert_eq!(list["lbAttr"][0]["endpoints"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn secondary_addresses_on_tcp_or_taken_by_another_rule_are_refused_and_nothing_changes() {
+    let s = start().await;
+    let mut tcp = sctp_rule("198.18.100.1", &["198.18.101.1"]);
+    tcp["serviceArguments"]["protocol"] = json!("tcp");
+    let (status, body) = s.post(&tcp).await;
+    assert_refused(status, &body, "tcp rule");
+    assert_eq!(body["fields"], json!(["secondaryIPs"]));
+    let (status, body) = s.post(&sctp_rule("198.18.100.1", &["198.18.100.1"])).await;
+    assert_refused(status, &body, "externalIP itself");
+    assert_eq!(body["fields"], json!(["secondaryIPs[0].secondaryIP"]));
+    assert_eq!(s.applied(), 0);
+
+    assert_eq!(
+        s.post(&sctp_rule("198.18.100.1", &["198.18.101.1"]))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    // Another rule's VIP on an address this rule already serves as a secondary.
+    let (status, body) = s.post(&sctp_rule("198.18.101.1", &[])).await;
+    assert_refused(status, &body, "overlap");
+    // A replacement with a bad secondary leaves the rule as it was.
+    let (status, _) = s
+        .post(&sctp_rule("198.18.100.1", &["198.18.101.1", "fd00::1"]))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        s.list().await["lbAttr"][0]["secondaryIPs"],
+        json!([{"secondaryIP": "198.18.101.1"}])
+    );
+    assert_eq!(s.applied(), 1);
+}
