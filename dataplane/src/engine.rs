@@ -74,6 +74,8 @@ struct PacketRepr<A> {
     dont_fragment: bool,
     /// The frame is IPv6 (a NAT64 reply is IPv4 in the IPv6 table).
     is_v6: bool,
+    /// IPv6 extension headers precede the transport header (kept in place by NAT66).
+    extended: bool,
 }
 
 /// What an engine is given at start and keeps for its life.
@@ -508,6 +510,9 @@ impl Engine {
             },
         };
         let translate = pkt.is_v6 != to.family_of.is_ipv6();
+        if translate && pkt.extended {
+            return Err(DropReason::Nat64ExtensionHeaders);
+        }
         let out_len = match (translate, pkt.is_v6) {
             (false, _) => pkt.ip_len,
             (true, true) => pkt.ip_len - IP_HEADER_GROWTH,
@@ -880,6 +885,11 @@ impl Engine {
         // The other way round (NAT46, IPv4 clients to IPv6 endpoints) is not done.
         if cross_family && (service.key.vip.is_ipv4() || !service.mode.translates_source()) {
             return Err(DropReason::AddressFamily);
+        }
+        // Refused before the flow exists, so that no entry is left behind for it (the check
+        // in `forward_found` catches the flow's later packets).
+        if cross_family && pkt.extended {
+            return Err(DropReason::Nat64ExtensionHeaders);
         }
         let snat = match service.mode {
             NatMode::FullNat if !cross_family => Some(service.snat_addr.unwrap_or(service.key.vip)),
@@ -1291,6 +1301,7 @@ fn parse(frame: &[u8]) -> Result<PacketRepr<Ipv4Addr>, DropReason> {
         ip_len: ip.total_len(),
         dont_fragment: ip.dont_fragment(),
         is_v6: false,
+        extended: false,
     })
 }
 
@@ -1320,16 +1331,20 @@ fn l4_fields(proto: Proto, l4: &[u8], head: bool) -> Result<(u16, u16, u8), Drop
     })
 }
 
-/// Parses an IPv6 frame carrying TCP, UDP or SCTP right after the fixed header. Extension
-/// headers are not walked: a fragment is dropped as such, anything else as unsupported.
+/// Parses an IPv6 frame carrying TCP, UDP or SCTP, after any hop-by-hop, routing (with no
+/// segments left) and destination options headers. IPv6 fragments are not followed: they
+/// are dropped as such.
 fn parse_v6(frame: &[u8]) -> Result<PacketRepr<Ipv6Addr>, DropReason> {
     let eth = ethernet::Frame::new_checked(frame).map_err(wire_drop)?;
     let ip = ipv6::Packet::new_checked(&frame[ethernet::HEADER_LEN..]).map_err(wire_drop)?;
-    if ip.is_fragment_header() {
-        return Err(DropReason::Fragment);
-    }
-    let proto = Proto::from_ip_proto(ip.next_header()).ok_or(DropReason::UnsupportedProtocol)?;
-    let l4 = &frame[ethernet::HEADER_LEN + ipv6::HEADER_LEN..ethernet::HEADER_LEN + ip.total_len()];
+    let upper = ip.upper_layer().map_err(|e| match e {
+        ipv6::ExtensionError::Truncated => DropReason::Truncated,
+        ipv6::ExtensionError::Fragment => DropReason::Fragment,
+        ipv6::ExtensionError::SegmentsLeft => DropReason::RoutingSegmentsLeft,
+        ipv6::ExtensionError::TooMany => DropReason::UnsupportedProtocol,
+    })?;
+    let proto = Proto::from_ip_proto(upper.proto).ok_or(DropReason::UnsupportedProtocol)?;
+    let l4 = &frame[ethernet::HEADER_LEN + upper.offset..ethernet::HEADER_LEN + ip.total_len()];
     let (src_port, dst_port, tcp_flags) = l4_fields(proto, l4, false)?;
     Ok(PacketRepr {
         key: FlowKey {
@@ -1346,6 +1361,7 @@ fn parse_v6(frame: &[u8]) -> Result<PacketRepr<Ipv6Addr>, DropReason> {
         // Routers never fragment IPv6: a packet too big is always reported to its sender.
         dont_fragment: true,
         is_v6: true,
+        extended: upper.extended,
     })
 }
 
@@ -1368,6 +1384,7 @@ impl PacketRepr<Ipv4Addr> {
             ip_len: self.ip_len,
             dont_fragment: self.dont_fragment,
             is_v6: false,
+            extended: false,
         }
     }
 }

@@ -222,12 +222,10 @@ pub enum Rewrite6 {
 /// any error the packet is left untouched.
 pub fn rewrite_v6(ip_buf: &mut [u8], proto: Proto, rw: Rewrite6) -> Result<(), WireError> {
     let ip = ipv6::Packet::new_checked(&*ip_buf)?;
-    if ip.next_header() != proto as u8 {
-        return Err(WireError::Malformed);
-    }
+    let upper = upper_layer_of(&ip, proto)?;
     // The transport header is checked before anything is written: a refused packet is left
     // as it came.
-    let l4 = &ip_buf[ipv6::HEADER_LEN..ip.total_len()];
+    let l4 = &ip_buf[upper.offset..ip.total_len()];
     match proto {
         Proto::Tcp => tcp::Segment::new_checked(l4).map(drop)?,
         Proto::Udp => udp::Datagram::new_checked(l4).map(drop)?,
@@ -241,7 +239,8 @@ pub fn rewrite_v6(ip_buf: &mut [u8], proto: Proto, rw: Rewrite6) -> Result<(), W
     }
     let mut ip = ipv6::Packet::new_checked(&mut *ip_buf)?;
     let (src, dst) = (ip.src(), ip.dst());
-    let l4_len = ip.payload_len();
+    // The pseudo-header counts the upper layer only, not the extension headers before it.
+    let l4_len = ip.total_len() - upper.offset;
     let old_pseudo = pseudo_header_v6(src, dst, proto as u8, l4_len);
     let (old_addr, new_addr, source_side, new_port) = match rw {
         Rewrite6::Source(a, p) => {
@@ -292,6 +291,20 @@ pub fn rewrite_v6(ip_buf: &mut [u8], proto: Proto, rw: Rewrite6) -> Result<(), W
     Ok(())
 }
 
+/// The upper-layer header of an IPv6 packet, which must be `proto`. Extension headers that
+/// cannot be walked (or leave the checksum's destination elsewhere) are `Malformed`: the
+/// engine refuses those packets, with their own reasons, before rewriting.
+fn upper_layer_of<T: AsRef<[u8]>>(
+    ip: &ipv6::Packet<T>,
+    proto: Proto,
+) -> Result<ipv6::UpperLayer, WireError> {
+    match ip.upper_layer() {
+        Ok(u) if u.proto == proto as u8 => Ok(u),
+        Err(ipv6::ExtensionError::Truncated) => Err(WireError::Truncated),
+        _ => Err(WireError::Malformed),
+    }
+}
+
 /// Writes the port of one end (the source when `source_side`) and returns the one it replaced.
 fn set_port_at(v: &mut impl Ports, source_side: bool, port: u16) -> u16 {
     if source_side {
@@ -309,10 +322,13 @@ fn set_port_at(v: &mut impl Ports, source_side: bool, port: u16) -> u16 {
 /// [`complete_checksum_v4`] does; a zero UDP checksum, invalid over IPv6, is computed too.
 pub fn complete_checksum_v6(ip_buf: &mut [u8], proto: Proto) -> Result<(), WireError> {
     let mut ip = ipv6::Packet::new_checked(&mut *ip_buf)?;
-    if ip.next_header() != proto as u8 {
-        return Err(WireError::Malformed);
-    }
-    let pseudo = pseudo_header_v6(ip.src(), ip.dst(), proto as u8, ip.payload_len());
+    let upper = upper_layer_of(&ip, proto)?;
+    let pseudo = pseudo_header_v6(
+        ip.src(),
+        ip.dst(),
+        proto as u8,
+        ip.total_len() - upper.offset,
+    );
     let (_, l4) = ip.split_l4_mut();
     let field_at = match proto {
         Proto::Tcp => tcp::CHECKSUM,
@@ -343,13 +359,16 @@ pub fn complete_checksum_v6(ip_buf: &mut [u8], proto: Proto) -> Result<(), WireE
 
 /// True when the L4 checksum of the IPv6 packet in `ip_buf` verifies. Every IPv6 upper-layer
 /// checksum covers the pseudo-header, ICMPv6's included; a zero UDP checksum never verifies.
-/// The next header is taken as the upper layer (no extension headers are walked).
+/// Extension headers are walked to the upper layer; one that cannot be never verifies.
 pub fn l4_checksum_ok_v6(ip_buf: &[u8]) -> bool {
     let Ok(ip) = ipv6::Packet::new_checked(ip_buf) else {
         return false;
     };
-    let l4 = &ip_buf[ipv6::HEADER_LEN..ip.total_len()];
-    let proto = ip.next_header();
+    let Ok(upper) = ip.upper_layer() else {
+        return false;
+    };
+    let l4 = &ip_buf[upper.offset..ip.total_len()];
+    let proto = upper.proto;
     if proto == ipv6::PROTO_UDP && l4.len() >= udp::CHECKSUM + 2 && l4[6..8] == [0, 0] {
         return false;
     }

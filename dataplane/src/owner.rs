@@ -128,12 +128,10 @@ fn ports_of(frame: &[u8]) -> Option<(IpAddr, IpAddr, Proto, u16, u16)> {
         }
         ethernet::ETHERTYPE_IPV6 => {
             let ip = ipv6::Packet::new_checked(ip_buf).ok()?;
-            (
-                ip.src().into(),
-                ip.dst().into(),
-                ip.next_header(),
-                ipv6::HEADER_LEN,
-            )
+            // Behind any extension headers, as the engine reads them, so that a flow's
+            // packets with and without them meet the same worker.
+            let upper = ip.upper_layer().ok()?;
+            (ip.src().into(), ip.dst().into(), upper.proto, upper.offset)
         }
         _ => return None,
     };
@@ -317,5 +315,25 @@ mod tests {
         let mut icmp = f.clone();
         icmp[23] = 1;
         assert_eq!(two.owner(&icmp, &snap), None);
+    }
+
+    #[test]
+    fn ipv6_ports_are_read_behind_extension_headers() {
+        let mut plain = vec![0u8; 14 + 40 + 8];
+        plain[12..14].copy_from_slice(&ethernet::ETHERTYPE_IPV6.to_be_bytes());
+        plain[14] = 0x60;
+        plain[18..20].copy_from_slice(&8u16.to_be_bytes());
+        plain[20] = 17;
+        plain[54..56].copy_from_slice(&40000u16.to_be_bytes());
+        plain[56..58].copy_from_slice(&2020u16.to_be_bytes());
+        let mut extended = plain[..54].to_vec();
+        extended[18..20].copy_from_slice(&16u16.to_be_bytes());
+        // A destination options header (8 bytes, PadN) before the same UDP header.
+        extended[20] = ipv6::PROTO_DEST_OPTIONS;
+        extended.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]);
+        extended.extend_from_slice(&plain[54..]);
+        let tuple = ports_of(&plain).expect("plain UDP");
+        assert_eq!((tuple.3, tuple.4), (40000, 2020));
+        assert_eq!(ports_of(&extended), Some(tuple));
     }
 }

@@ -174,7 +174,8 @@ fn sctp_bounds(frame: &[u8]) -> Option<(usize, usize)> {
         }
         ethernet::ETHERTYPE_IPV6 => {
             let ip = ipv6::Packet::new_checked(ip_buf).ok()?;
-            (ip.next_header() == ipv6::PROTO_SCTP).then(|| (ipv6::HEADER_LEN, ip.total_len()))
+            let upper = ip.upper_layer().ok()?;
+            (upper.proto == ipv6::PROTO_SCTP).then(|| (upper.offset, ip.total_len()))
         }
         _ => None,
     }

@@ -65,10 +65,16 @@ pub enum DropReason {
     /// The flow's addresses mix families in a way no mode translates (an IPv4 service with
     /// an IPv6 endpoint: the control plane refuses those rules).
     AddressFamily,
+    /// An IPv6 routing header with segments left: the packet is not at its final
+    /// destination, so the transport checksum covers an address we would not rewrite.
+    RoutingSegmentsLeft,
+    /// NAT64 of an IPv6 packet with extension headers: IPv4 has no place for them, and
+    /// dropping options a sender chose to send would change the packet's meaning.
+    Nat64ExtensionHeaders,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 23] = [
+    pub const ALL: [DropReason; 25] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::NotIp,
@@ -92,6 +98,8 @@ impl DropReason {
         DropReason::TooBigToForward,
         DropReason::SctpNotInit,
         DropReason::AddressFamily,
+        DropReason::RoutingSegmentsLeft,
+        DropReason::Nat64ExtensionHeaders,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -121,6 +129,8 @@ impl DropReason {
             DropReason::TooBigToForward => "too_big_to_forward",
             DropReason::SctpNotInit => "sctp_not_init",
             DropReason::AddressFamily => "address_family",
+            DropReason::RoutingSegmentsLeft => "routing_segments_left",
+            DropReason::Nat64ExtensionHeaders => "nat64_extension_headers",
         }
     }
 }

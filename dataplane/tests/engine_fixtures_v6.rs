@@ -392,3 +392,99 @@ fn an_ipv4_endpoint_reply_too_big_without_df_is_dropped_and_counted() {
     assert_eq!(v, Verdict::Drop(DropReason::TooBigToForward));
     assert_eq!(lb.engine.counters.frag_needed_sent, 0);
 }
+
+fn ext_fixture(name: &str) -> String {
+    let frame = common::fixture(include_str!("fixtures/ipv6_extension_headers.txt"), name);
+    frame.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn an_ipv6_syn_with_hop_by_hop_and_destination_options_is_rewritten_with_them_in_place() {
+    let mut lb = Lb::new(Proto::Tcp, NatMode::Dnat, B6.into());
+    let input = hex(&ext_fixture("EXT_SYN6_IN"));
+    assert!(l4_checksum_ok(&input[14..]), "scapy's checksum verifies");
+    let (v, out) = lb.run(&ext_fixture("EXT_SYN6_IN"), LB0_IF);
+    assert_eq!(v, Verdict::Transmit { ifindex: LB1_IF });
+    assert_eq!(out, hex(&ext_fixture("EXT_SYN6_DNAT_OUT")));
+    let (v, out) = lb.run(&ext_fixture("EXT_SYNACK6_IN"), LB1_IF);
+    assert_eq!(v, Verdict::Transmit { ifindex: LB0_IF });
+    assert_eq!(out, hex(&ext_fixture("EXT_SYNACK6_OUT")));
+}
+
+#[test]
+fn an_ipv6_udp_datagram_with_a_finished_routing_header_is_rewritten_to_its_endpoint() {
+    let mut lb = Lb::new(Proto::Udp, NatMode::Dnat, B6.into());
+    let (v, out) = lb.run(&ext_fixture("RT0_UDP6_IN"), LB0_IF);
+    assert_eq!(v, Verdict::Transmit { ifindex: LB1_IF });
+    assert_eq!(out, hex(&ext_fixture("RT0_UDP6_DNAT_OUT")));
+}
+
+#[test]
+fn a_routing_header_with_segments_left_is_dropped_and_counted_as_such() {
+    let mut lb = Lb::new(Proto::Udp, NatMode::Dnat, B6.into());
+    let (v, _) = lb.run(&ext_fixture("RT1_UDP6_IN"), LB0_IF);
+    assert_eq!(v, Verdict::Drop(DropReason::RoutingSegmentsLeft));
+    assert_eq!(lb.engine.conntrack_v6().len(), 0);
+}
+
+#[test]
+fn an_ipv6_fragment_is_dropped_as_a_fragment() {
+    let mut lb = Lb::new(Proto::Udp, NatMode::Dnat, B6.into());
+    let (v, _) = lb.run(&ext_fixture("FRAG_UDP6_IN"), LB0_IF);
+    assert_eq!(v, Verdict::Drop(DropReason::Fragment));
+}
+
+#[test]
+fn nat64_of_a_packet_with_extension_headers_is_dropped_and_counted() {
+    let mut lb = nat64(Proto::Udp);
+    let (v, _) = lb.run(&ext_fixture("DST_UDP6_IN"), LB0_IF);
+    assert_eq!(v, Verdict::Drop(DropReason::Nat64ExtensionHeaders));
+    assert_eq!(
+        lb.engine.counters.flows_created, 0,
+        "no flow is left behind"
+    );
+    // Without them the same datagram is translated (the drop is about the headers).
+    let (_, out) = lb.run(UDP6_IN, LB0_IF);
+    assert_eq!(out, hex(UDP64_OUT));
+}
+
+#[test]
+fn every_truncation_and_byte_change_of_an_extended_packet_leaves_the_engine_standing() {
+    let names = ["EXT_SYN6_IN", "RT0_UDP6_IN", "RT1_UDP6_IN", "FRAG_UDP6_IN"];
+    let mut forwarded = 0;
+    for proto in [Proto::Tcp, Proto::Udp] {
+        let mut lb = Lb::new(proto, NatMode::FullNat, B6.into());
+        snat_from_45000(&mut lb);
+        for name in names {
+            let frame = hex(&ext_fixture(name));
+            let mut variants: Vec<Vec<u8>> =
+                (0..frame.len()).map(|n| frame[..n].to_vec()).collect();
+            for at in 14..frame.len() {
+                for value in [0u8, 1, 0x2b, 0x2c, 0x3c, 0xff] {
+                    let mut f = frame.clone();
+                    f[at] = value;
+                    variants.push(f);
+                }
+            }
+            for mut f in variants {
+                let len = f.len();
+                // A change that broke the checksum stays broken: only valid packets are
+                // held to leaving valid.
+                let arrived_valid = len > 14 && l4_checksum_ok(&f[14..]);
+                f.resize(len + 64, 0);
+                if let Verdict::Transmit { .. } = lb
+                    .engine
+                    .process_with_room(&mut f, len, LB0_IF, &lb.snap, 1)
+                {
+                    forwarded += 1;
+                    assert!(
+                        !arrived_valid || l4_checksum_ok(&f[14..len]),
+                        "left invalid: {:02x?}",
+                        &f[..len]
+                    );
+                }
+            }
+        }
+    }
+    assert!(forwarded > 100, "only {forwarded} variants forwarded");
+}

@@ -301,3 +301,89 @@ fn rewrite_v6_never_panics_and_keeps_a_valid_packet_valid() {
     assert!(rewritten > 3000, "only {rewritten} packets rewritten");
     assert!(checked > 2000, "only {checked} valid packets checked");
 }
+
+/// `plausible_v6` with one to three extension headers (hop-by-hop, destination options, a
+/// routing header, sometimes with segments left) between the fixed and transport headers.
+/// The transport checksum covers the transport header only, as RFC 8200 says.
+fn plausible_v6_extended(rng: &mut Rng) -> Vec<u8> {
+    let f = plausible_v6(rng);
+    let (head, l4) = f.split_at(ETH + 40);
+    let mut head = head.to_vec();
+    let mut ext = Vec::new();
+    let mut next = head[ETH + 6];
+    for _ in 0..=rng.below(3) {
+        let kind = [0u8, 60, 43][rng.below(3) as usize];
+        let units = rng.below(3) as usize;
+        let mut h = vec![0u8; (units + 1) * 8];
+        h[0] = next;
+        h[1] = units as u8;
+        if kind == 43 {
+            // Segments left: mostly none, the case the engine rewrites.
+            h[3] = u8::from(rng.below(4) == 0);
+        } else {
+            // PadN over the options area, so the header is well-formed.
+            h[2] = 1;
+            h[3] = (h.len() - 4) as u8;
+        }
+        // Headers are built from the transport header outwards.
+        h.extend_from_slice(&ext);
+        ext = h;
+        next = kind;
+    }
+    head[ETH + 6] = next;
+    let payload = (ext.len() + l4.len()) as u16;
+    head[ETH + 4..ETH + 6].copy_from_slice(&payload.to_be_bytes());
+    head.extend_from_slice(&ext);
+    head.extend_from_slice(l4);
+    head
+}
+
+#[test]
+fn rewrite_v6_through_extension_headers_never_panics_and_keeps_a_valid_packet_valid() {
+    let mut rng = Rng(0x6e78_0044);
+    let (mut rewritten, mut checked) = (0, 0);
+    for _ in 0..20_000 {
+        let intact = rng.below(2) == 0;
+        let f = plausible_v6_extended(&mut rng);
+        let f = if intact { f } else { damage(&mut rng, f) };
+        let Some(ip) = f.get(ETH..) else { continue };
+        let mut p = ip.to_vec();
+        let proto = if p.len() > 40 {
+            let ip = oxlb_dataplane::wire::ipv6::Packet::new_checked(&p[..]);
+            ip.ok()
+                .and_then(|ip| ip.upper_layer().ok())
+                .and_then(|u| Proto::from_ip_proto(u.proto))
+        } else {
+            None
+        };
+        let proto = proto.unwrap_or(Proto::Tcp);
+        // A sender's partial or zero checksum completed first, through the headers.
+        let completed = complete_checksum_v6(&mut p, proto).is_ok();
+        let arrived_valid = intact && completed && l4_checksum_ok(&p);
+        let port = rng.next() as u16;
+        let rw = if rng.below(2) == 0 {
+            Rewrite6::Source(Ipv6Addr::from(rng.next() as u128), port)
+        } else {
+            Rewrite6::Destination(Ipv6Addr::from(u128::from(rng.next()) << 64), port)
+        };
+        let before = p.clone();
+        if rewrite_v6(&mut p, proto, rw).is_err() {
+            assert_eq!(p, before, "a refused packet is left untouched");
+            continue;
+        }
+        rewritten += 1;
+        let ip = oxlb_dataplane::wire::ipv6::Packet::new_checked(&before[..]).unwrap();
+        let at = ip.upper_layer().unwrap().offset;
+        assert_eq!(
+            p[40..at],
+            before[40..at],
+            "extension headers stay as they came"
+        );
+        if arrived_valid {
+            checked += 1;
+            assert!(l4_checksum_ok(&p), "left invalid: {p:02x?}");
+        }
+    }
+    assert!(rewritten > 5000, "only {rewritten} packets rewritten");
+    assert!(checked > 5000, "only {checked} valid packets checked");
+}

@@ -679,3 +679,49 @@ fn a_nat64_download_through_our_smaller_link_to_the_client_teaches_the_ipv4_back
     let sent = oxlb_tests::metric_sample(&page, "oxlb_frag_needed_sent_total{worker=\"0\"}");
     assert!(sent > 0, "no fragmentation needed was sent\n{}", diag());
 }
+
+/// Sends a UDP datagram "with-options" to `[argv[1]]:argv[2]` carrying a destination options
+/// header (a PadN option only, which every receiver skips) and prints the first answer, or
+/// "timeout" after three tries.
+const UDP6_WITH_DSTOPTS: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+# Next header (the kernel fills it), length 0 (8 bytes), PadN of 4 bytes.
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, bytes([0, 0, 1, 4, 0, 0, 0, 0]))
+s.settimeout(2)
+for _ in range(3):
+    s.sendto(b"with-options", (sys.argv[1], int(sys.argv[2])))
+    try:
+        print(s.recv(2048).decode())
+        break
+    except socket.timeout:
+        continue
+else:
+    print("timeout")
+"#;
+
+#[test]
+fn a_udp_datagram_with_a_destination_options_header_reaches_an_ipv6_backend_and_is_answered() {
+    let topo = topology();
+    let _backends = topo.start_backends();
+    let oxlb = topo.start_oxlb(&[]);
+    let diag = log_of(&oxlb);
+    add_service6(&topo, "udp", VIP_PORT, 0, &BACKEND_IP6S);
+    let port = VIP_PORT.to_string();
+    let out = topo.exec_ok(
+        Node::Client,
+        &["python3", "-c", UDP6_WITH_DSTOPTS, VIP6, &port],
+    );
+    assert_ne!(
+        out.trim(),
+        "timeout",
+        "no answer to a datagram with extension headers\n{}\n{}",
+        nonzero_counters(&topo),
+        diag()
+    );
+    let a = parse_answer(&out);
+    assert_eq!(
+        (a.peer_ip.as_str(), a.rest.as_str()),
+        (CLIENT_IP6, "with-options")
+    );
+}

@@ -14,7 +14,9 @@
 // connections) is the kernel's. A packet to one of our own addresses outside the
 // range is the host's own connection (a health probe's answer, an operator's
 // session with a backend) and goes to the kernel even when it comes from an
-// endpoint's port.
+// endpoint's port. IPv6 extension headers are walked to the ports behind them
+// (skip_ext6); later fragments, IPv4 or IPv6, have none and follow their
+// datagram by address (later_fragment_is_ours, later_fragment6_is_ours).
 // The userspace loader (src/lib.rs) writes the maps and mirrors struct lb_key
 // byte for byte; change them together.
 
@@ -43,6 +45,30 @@
 #define ICMPV6_FIRST_ERROR_TYPE 1
 #define ICMPV6_LAST_ERROR_TYPE 4
 #define ICMPV6_HEADER_LEN 8
+// IPv6 extension headers walked to reach the transport header. More than a
+// few is not traffic a load balancer serves; the bound also keeps the
+// verifier's unrolled walk short. Such a packet goes to the kernel.
+#define IPV6_MAX_EXT_HEADERS 4
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_DEST 60
+// Fragment offset bits of the IPv6 fragment header's frag_off (host order).
+#define IPV6_FRAG_OFFSET_MASK 0xfff8
+
+// The first two bytes of a hop-by-hop, routing or destination options header;
+// its length is (hdrlen + 1) * 8 bytes.
+struct ext6_hdr {
+	__u8 nexthdr;
+	__u8 hdrlen;
+};
+
+struct frag6_hdr {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off;
+	__be32 id;
+};
 
 struct lb_key {
 	__u8 addr[16]; // IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d)
@@ -288,6 +314,65 @@ static __always_inline int later_fragment_is_ours(struct iphdr *ip)
 	return bpf_map_lookup_elem(&lb_src, &key) != 0;
 }
 
+// Moves *l4 past the IPv6 extension headers (at most IPV6_MAX_EXT_HEADERS) and
+// sets *proto to the header found there. Returns 0 at the upper layer (or at a
+// header we do not walk, whose ports read_ports then refuses), 1 for a later
+// fragment (*proto is its datagram's protocol; it has no ports), -1 when a
+// header is cut short.
+static __always_inline int skip_ext6(void **l4, void *data_end, __u8 *proto)
+{
+	void *at = *l4;
+	__u8 next = *proto;
+
+#pragma unroll
+	for (int i = 0; i < IPV6_MAX_EXT_HEADERS; i++) {
+		if (next == NEXTHDR_HOP || next == NEXTHDR_ROUTING || next == NEXTHDR_DEST) {
+			struct ext6_hdr *h = at;
+
+			if ((void *)(h + 1) > data_end)
+				return -1;
+			next = h->nexthdr;
+			at += ((__u32)h->hdrlen + 1) * 8;
+		} else if (next == NEXTHDR_FRAGMENT) {
+			struct frag6_hdr *f = at;
+
+			if ((void *)(f + 1) > data_end)
+				return -1;
+			next = f->nexthdr;
+			at = f + 1;
+			if (f->frag_off & bpf_htons(IPV6_FRAG_OFFSET_MASK)) {
+				*proto = next;
+				return 1;
+			}
+		} else {
+			break;
+		}
+	}
+	*l4 = at;
+	*proto = next;
+	return 0;
+}
+
+// later_fragment_is_ours for IPv6: to a VIP (its ICMPv6 key, port 0), to one
+// of our own addresses, or from an endpoint (its port-0 key). The workers do
+// not follow IPv6 fragments: they count and drop them, so a datagram of ours
+// is dropped as a whole and visibly rather than half of it reaching the kernel.
+static __always_inline int later_fragment6_is_ours(struct ipv6hdr *ip6, __u8 proto)
+{
+	struct lb_key key = {};
+
+	key.family = KEY_FAMILY_V6;
+	key.proto = IPPROTO_ICMPV6;
+	__builtin_memcpy(key.addr, &ip6->daddr, 16);
+	if (bpf_map_lookup_elem(&lb_dst, &key))
+		return 1;
+	key.proto = proto;
+	if (bpf_map_lookup_elem(&lb_snat, &key))
+		return 1;
+	__builtin_memcpy(key.addr, &ip6->saddr, 16);
+	return bpf_map_lookup_elem(&lb_src, &key) != 0;
+}
+
 SEC("xdp")
 int oxlb_redirect(struct xdp_md *ctx)
 {
@@ -333,9 +418,20 @@ int oxlb_redirect(struct xdp_md *ctx)
 
 		if ((void *)(ip6 + 1) > data_end)
 			return pass(STAT_NOT_PARSED);
-		// Extension headers are not walked: such packets go to the kernel.
+		int later;
+
 		proto = ip6->nexthdr;
 		l4 = ip6 + 1;
+		// A first fragment (offset 0) is matched by its ports like any
+		// packet; later ones as later IPv4 fragments are.
+		later = skip_ext6(&l4, data_end, &proto);
+		if (later < 0)
+			return pass(STAT_NOT_PARSED);
+		if (later) {
+			if (!later_fragment6_is_ours(ip6, proto))
+				return pass(STAT_PASSED);
+			goto redirect;
+		}
 		if (proto == IPPROTO_ICMPV6) {
 			__u8 *type = l4;
 

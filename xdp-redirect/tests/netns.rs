@@ -577,3 +577,125 @@ fn icmpv6_errors_quoting_our_vip_translated_or_endpoint_bound_packets_are_steere
     let dnat = wait_for_stats(&xdp, |s| s.no_socket > snat.no_socket);
     assert_eq!(dnat.no_socket, snat.no_socket + 1, "{dnat:?}");
 }
+
+impl NetnsPair {
+    /// Sends the IPv6 packet `scapy` (a scapy expression, IPv6 layer first) from b's `vxb`,
+    /// broadcast at the Ethernet layer: XDP sees the frame before any address filter.
+    fn scapy6_from_b(&self, scapy: &str) {
+        let script = format!(
+            "from scapy.all import *\n\
+             sendp(Ether(dst='ff:ff:ff:ff:ff:ff')/{scapy}, iface='vxb', verbose=False)\n"
+        );
+        let ok = Command::new("ip")
+            .args(["netns", "exec", &self.b, "/usr/bin/python3", "-c", &script])
+            .status()
+            .expect("run scapy")
+            .success();
+        assert!(ok, "scapy failed to send {scapy}");
+    }
+}
+
+/// Sends each packet from b and asserts whether the program steered it (no AF_XDP socket is
+/// registered, so steering shows as `no_socket`) or passed it to the kernel.
+fn assert_steering6(pair: &NetnsPair, xdp: &XdpRedirect, cases: &[(&str, bool)]) {
+    for &(packet, steered) in cases {
+        let before = xdp.stats().expect("stats");
+        pair.scapy6_from_b(packet);
+        let after = wait_for_stats(xdp, |s| {
+            s.no_socket > before.no_socket || s.passed > before.passed
+        });
+        let got = after.no_socket - before.no_socket;
+        assert_eq!(got, u64::from(steered), "{packet}: {after:?}");
+        if !steered {
+            assert!(after.passed > before.passed, "{packet} passed: {after:?}");
+        }
+    }
+}
+
+#[test]
+fn ipv6_packets_with_extension_headers_are_steered_by_the_ports_behind_them() {
+    let pair = NetnsPair::new();
+    pair.add_ipv6();
+    let mut xdp = in_netns(&pair.a, || {
+        XdpRedirect::attach(&names(&[IFACE_A])).expect("attach")
+    });
+    let (a6, b6): (Ipv6Addr, Ipv6Addr) = (ADDR6_A.parse().unwrap(), ADDR6_B.parse().unwrap());
+    // a is a VIP (UDP 9999, TCP 8443) and our own address with SNAT ports 40000-49999; b an
+    // endpoint (UDP 7777).
+    xdp.sync_keys(
+        &BTreeSet::from([
+            LbKey::v6(a6, 9999, UDP),
+            LbKey::v6(a6, 8443, TCP),
+            LbKey::v6(a6, 0, ICMPV6),
+        ]),
+        &BTreeSet::from([LbKey::v6(b6, 7777, UDP)]),
+    )
+    .expect("sync keys");
+    xdp.sync_snat(&BTreeSet::from([LbKey::v6(a6, 0, UDP)]), 40000, 49999)
+        .expect("sync snat");
+    let hbh = "IPv6ExtHdrHopByHop(options=[PadN(optdata=b'\\x00'*4)])";
+    let dst = "IPv6ExtHdrDestOpt(options=[PadN(optdata=b'\\x00'*12)])";
+    let rt0 = "IPv6ExtHdrRouting(addresses=['fd00::99'], segleft=0)";
+    let to_a = "IPv6(src='fd00::2', dst='fd00::1')";
+    // The endpoint answering a client directly (DNAT), not our own address.
+    let to_client = "IPv6(src='fd00::2', dst='fd00::5')";
+    assert_steering6(
+        &pair,
+        &xdp,
+        &[
+            (
+                &format!("{to_a}/{hbh}/{dst}/UDP(sport=5000, dport=9999)"),
+                true,
+            ),
+            (&format!("{to_a}/{rt0}/TCP(sport=5000, dport=8443)"), true),
+            (&format!("{to_a}/{dst}/UDP(sport=5000, dport=9998)"), false),
+            // A reply to our own address on a SNAT port, and an endpoint's DNAT reply.
+            (&format!("{to_a}/{dst}/UDP(sport=80, dport=40001)"), true),
+            (
+                &format!("{to_client}/{hbh}/UDP(sport=7777, dport=30000)"),
+                true,
+            ),
+            (
+                &format!("{to_client}/{hbh}/UDP(sport=7778, dport=30000)"),
+                false,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn ipv6_fragments_follow_their_datagram_first_by_ports_then_by_address() {
+    let pair = NetnsPair::new();
+    pair.add_ipv6();
+    let mut xdp = in_netns(&pair.a, || {
+        XdpRedirect::attach(&names(&[IFACE_A])).expect("attach")
+    });
+    let a6: Ipv6Addr = ADDR6_A.parse().unwrap();
+    xdp.sync_keys(
+        &BTreeSet::from([LbKey::v6(a6, 9999, UDP), LbKey::v6(a6, 0, ICMPV6)]),
+        &BTreeSet::new(),
+    )
+    .expect("sync keys");
+    let to_a = "IPv6(src='fd00::2', dst='fd00::1')";
+    let to_other = "IPv6(src='fd00::2', dst='fd00::77')";
+    let dst = "IPv6ExtHdrDestOpt(options=[PadN(optdata=b'\\x00'*4)])";
+    let first = "IPv6ExtHdrFragment(offset=0, m=1, id=7, nh=17)";
+    let later = "IPv6ExtHdrFragment(offset=100, m=0, id=7, nh=17)";
+    // Five extension headers: more than the program walks.
+    let deep = format!("{dst}/{dst}/{dst}/{dst}/{dst}");
+    assert_steering6(
+        &pair,
+        &xdp,
+        &[
+            (&format!("{to_a}/{first}/UDP(sport=5000, dport=9999)"), true),
+            (
+                &format!("{to_a}/{first}/UDP(sport=5000, dport=9998)"),
+                false,
+            ),
+            (&format!("{to_a}/{later}/Raw(b'x'*16)"), true),
+            (&format!("{to_a}/{dst}/{later}/Raw(b'x'*16)"), true),
+            (&format!("{to_other}/{later}/Raw(b'x'*16)"), false),
+            (&format!("{to_a}/{deep}/UDP(sport=5000, dport=9999)"), false),
+        ],
+    );
+}

@@ -102,7 +102,16 @@ pub struct ServiceOptions {
     pub zone_select: Option<String>,
     /// `ipam`: the address family asked for (None: from `spec.ipFamilies`, IPv4 by default).
     pub ipam: Option<AddressKind>,
+    /// `num-secondary-networks`: how many secondary (multi-homed SCTP) addresses to allocate,
+    /// one from each of the first that many `--externalSecondaryCIDRs` pools.
+    pub secondary_count: usize,
+    /// `secondaryIPs`: secondary addresses given by hand (they win over allocation in
+    /// kube-loxilb; here giving both is refused).
+    pub secondary_ips: Vec<IpAddr>,
 }
+
+/// The most secondary addresses one rule can carry (the appliance's and kube-loxilb's limit).
+pub const MAX_SECONDARY: usize = 3;
 
 /// One annotation value looked up under both prefixes.
 fn get<'a>(
@@ -284,15 +293,40 @@ pub fn parse(ann: &BTreeMap<String, String>) -> Result<ServiceOptions, Annotatio
             return Err(not_implemented(&k, v, "external endpoints; use no"));
         }
     }
-    let refused: [(&str, &'static str); 6] = [
+    let secondary_count = get(ann, "num-secondary-networks")?;
+    if let Some((k, v)) = &secondary_count {
+        o.secondary_count = number(k, v, "use a number of secondary addresses, 0 to 3")?;
+        if o.secondary_count > MAX_SECONDARY {
+            return Err(bad(k, v, "use a number of secondary addresses, 0 to 3"));
+        }
+    }
+    if let Some((k, v)) = get(ann, "secondaryIPs")? {
+        const EXPECTED: &str = "use 1 to 3 distinct IP addresses of one family, comma-separated";
+        let ips: Vec<IpAddr> = v
+            .split(',')
+            .map(|s| number(&k, s, EXPECTED))
+            .collect::<Result<_, _>>()?;
+        let mut distinct = ips.clone();
+        distinct.sort();
+        distinct.dedup();
+        let one_family = ips.iter().all(|ip| ip.is_ipv4() == ips[0].is_ipv4());
+        if ips.len() > MAX_SECONDARY || distinct.len() != ips.len() || !one_family {
+            return Err(bad(&k, v, EXPECTED));
+        }
+        if o.secondary_count > 0 {
+            return Err(bad(
+                &k,
+                v,
+                "give either loxilb.io/secondaryIPs or loxilb.io/num-secondary-networks, not both",
+            ));
+        }
+        o.secondary_ips = ips;
+    }
+    let refused: [(&str, &'static str); 4] = [
         (
             "poolSelectSecondary",
-            "secondary (multi-homed SCTP) addresses",
-        ),
-        ("secondaryIPs", "secondary (multi-homed SCTP) addresses"),
-        (
-            "num-secondary-networks",
-            "secondary (multi-homed SCTP) addresses",
+            "secondary addresses from named pools; use loxilb.io/num-secondary-networks with \
+             --externalSecondaryCIDRs, or loxilb.io/secondaryIPs",
         ),
         ("multus-nets", "Multus pod networks"),
         ("nodelabel", "selecting endpoint nodes by label"),
@@ -416,7 +450,7 @@ mod tests {
     #[test]
     fn unimplemented_features_are_refused_by_name() {
         for (k, v) in [
-            ("loxilb.io/secondaryIPs", "10.0.0.1"),
+            ("loxilb.io/poolSelectSecondary", "pool2,pool3"),
             ("loxilb.io/multus-nets", "net1"),
             ("loxilb.io/prefLocalPod", "yes"),
             ("oxlb.io/mtls-frontend-mode", "strict"),
@@ -429,6 +463,44 @@ mod tests {
             assert!(e.to_string().contains(k), "{e}");
         }
         assert!(parse(&ann(&[("loxilb.io/prefLocalPod", "no")])).is_ok());
+    }
+
+    #[test]
+    fn secondary_addresses_are_a_count_or_a_list_of_up_to_three_of_one_family() {
+        let o = parse(&ann(&[("loxilb.io/num-secondary-networks", "2")])).unwrap();
+        assert_eq!((o.secondary_count, o.secondary_ips.len()), (2, 0));
+        let o = parse(&ann(&[("oxlb.io/secondaryIPs", "10.0.0.9, 10.0.0.3")])).unwrap();
+        assert_eq!(
+            o.secondary_ips,
+            ["10.0.0.9", "10.0.0.3"].map(|s| s.parse::<IpAddr>().unwrap())
+        );
+        assert_eq!(o.secondary_count, 0);
+        for (k, v) in [
+            ("loxilb.io/num-secondary-networks", "4"),
+            ("loxilb.io/num-secondary-networks", "-1"),
+            ("loxilb.io/num-secondary-networks", "two"),
+            (
+                "loxilb.io/secondaryIPs",
+                "10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4",
+            ),
+            ("loxilb.io/secondaryIPs", "10.0.0.1,10.0.0.1"),
+            ("loxilb.io/secondaryIPs", "10.0.0.1,fd00::1"),
+            ("loxilb.io/secondaryIPs", "10.0.0.1,"),
+            ("loxilb.io/secondaryIPs", ""),
+        ] {
+            let e = parse(&ann(&[(k, v)])).unwrap_err();
+            assert!(
+                matches!(e, AnnotationError::BadValue { .. }),
+                "{k}={v}: {e}"
+            );
+            assert!(e.to_string().contains(k), "{e}");
+        }
+        let both = parse(&ann(&[
+            ("loxilb.io/num-secondary-networks", "1"),
+            ("loxilb.io/secondaryIPs", "10.0.0.1"),
+        ]))
+        .unwrap_err();
+        assert!(both.to_string().contains("not both"), "{both}");
     }
 
     #[test]

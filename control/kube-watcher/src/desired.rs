@@ -12,7 +12,7 @@
 use crate::annotations::{self, AddressKind, AnnotationError, EpSelect, ServiceOptions};
 use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use oxlb_api::{AllowedSource, Endpoint, LoadBalancerEntry, ServiceArguments};
+use oxlb_api::{AllowedSource, Endpoint, LoadBalancerEntry, SecondaryIp, ServiceArguments};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
@@ -77,6 +77,15 @@ pub enum DesiredError {
     BadExternalIp(String),
     #[error("spec.ipFamilies entry {0:?} is not IPv4 or IPv6")]
     BadIpFamily(String),
+    /// Secondary addresses asked for, but the Service has no SCTP port to carry them.
+    #[error("secondary addresses (loxilb.io/num-secondary-networks, loxilb.io/secondaryIPs) are for SCTP multi-homing, but the Service has no SCTP port")]
+    SecondaryWithoutSctp,
+    /// Secondary addresses asked for with a NAT mode the appliance takes them in.
+    #[error("secondary addresses are supported in lbmode default (dnat) only, not mode {0}: remove loxilb.io/lbmode or set it to default")]
+    SecondaryMode(i64),
+    /// A secondary address of another family than the Service's address.
+    #[error("secondary address {secondary} is not of the family of the Service's address {vip}")]
+    SecondaryFamily { secondary: IpAddr, vip: IpAddr },
     #[error("{ip} is an {family} address but the Service's addresses are {wanted} (loxilb.io/ipam, spec.ipFamilies)")]
     WrongFamily {
         ip: IpAddr,
@@ -215,6 +224,47 @@ pub fn external_ips(svc: &Service) -> Result<Vec<IpAddr>, DesiredError> {
                 .map_err(|_| DesiredError::BadExternalIp(s.clone()))
         })
         .collect()
+}
+
+/// Refuses secondary addresses the appliance would refuse: they ride on SCTP rules, in mode 0
+/// (dnat) only. A Service asking for none passes.
+pub fn check_secondary_request(svc: &Service, settings: &Settings) -> Result<(), DesiredError> {
+    let opts = options(svc)?;
+    if opts.secondary_count == 0 && opts.secondary_ips.is_empty() {
+        return Ok(());
+    }
+    if !service_ports(svc)?.iter().any(|(_, p)| p == "sctp") {
+        return Err(DesiredError::SecondaryWithoutSctp);
+    }
+    match opts.lb_mode.unwrap_or(settings.lb_mode) {
+        0 => Ok(()),
+        mode => Err(DesiredError::SecondaryMode(mode)),
+    }
+}
+
+/// Puts `secondaries` (sorted, as loxilb keeps them) on every SCTP rule whose address is of
+/// their family; other rules keep none, as the appliance wants.
+pub fn add_secondaries(rules: &mut [LoadBalancerEntry], secondaries: &[IpAddr]) {
+    let Some(first) = secondaries.first() else {
+        return;
+    };
+    let mut sorted = secondaries.to_vec();
+    sorted.sort();
+    for r in rules.iter_mut() {
+        let sa = &r.service_arguments;
+        let same_family = sa
+            .external_ip
+            .parse::<IpAddr>()
+            .is_ok_and(|vip| vip.is_ipv4() == first.is_ipv4());
+        if sa.protocol == "sctp" && same_family {
+            r.secondary_ips = sorted
+                .iter()
+                .map(|ip| SecondaryIp {
+                    secondary_ip: ip.to_string(),
+                })
+                .collect();
+        }
+    }
 }
 
 /// The `(port, protocol)` pairs of the Service, protocol lower-case as loxilb names it.
@@ -469,4 +519,43 @@ fn node_addresses(nodes: &[&Node], only: Option<&BTreeSet<&str>>, family: Family
         }
     }
     set.into_iter().collect()
+}
+
+#[cfg(test)]
+mod secondary_tests {
+    use super::*;
+
+    fn rule(vip: &str, port: u16, protocol: &str) -> LoadBalancerEntry {
+        serde_json::from_value(serde_json::json!({"serviceArguments":
+            {"externalIP": vip, "port": port, "protocol": protocol, "name": "shop_sig:llb-inst0"},
+            "endpoints": [{"endpointIP": "10.244.7.7", "targetPort": port, "weight": 1}]}))
+        .unwrap()
+    }
+
+    #[test]
+    fn secondaries_go_sorted_on_sctp_rules_of_their_family_only() {
+        let mut rules = vec![
+            rule("198.18.100.1", 38412, "sctp"),
+            rule("198.18.100.1", 80, "tcp"),
+            rule("fd00::1", 38412, "sctp"),
+        ];
+        let secondaries: Vec<IpAddr> = ["125.125.125.1", "124.124.124.1"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        add_secondaries(&mut rules, &secondaries);
+        let got: Vec<Vec<&str>> = rules
+            .iter()
+            .map(|r| {
+                r.secondary_ips
+                    .iter()
+                    .map(|s| s.secondary_ip.as_str())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![vec!["124.124.124.1", "125.125.125.1"], vec![], vec![]]
+        );
+    }
 }

@@ -35,6 +35,8 @@ pub struct Flags {
     /// IPv6 pools, same syntax as --cidrPools (kube-loxilb's default: defaultPool=3ffe:cafe::1/96).
     #[arg(long = "cidr6Pools", default_value = "")]
     pub cidr6_pools: String,
+    /// Pools of secondary (multi-homed SCTP) addresses: CIDR|FIRST-LAST,... (at most 3);
+    /// `loxilb.io/num-secondary-networks: N` takes one address from each of the first N.
     #[arg(long = "externalSecondaryCIDRs", default_value = "")]
     pub external_secondary_cidrs: String,
     /// Default NAT mode: 0 DNAT, 1 one-arm, 2 full-NAT.
@@ -153,16 +155,11 @@ pub fn go_style(args: impl IntoIterator<Item = String>) -> Vec<String> {
 impl Flags {
     /// The first flag given whose feature is missing, or `Ok`.
     pub fn check_implemented(&self) -> Result<(), Refused> {
-        let checks: [(bool, &'static str, &'static str); 7] = [
+        let checks: [(bool, &'static str, &'static str); 6] = [
             (
                 !self.config.is_empty(),
                 "config",
                 "give the settings as flags",
-            ),
-            (
-                !self.external_secondary_cidrs.is_empty(),
-                "externalSecondaryCIDRs",
-                "secondary addresses",
             ),
             (
                 self.num_zone_instances != 1,
@@ -457,10 +454,6 @@ mod tests {
     #[test]
     fn every_unimplemented_flag_is_refused_by_name() {
         for (arg, name) in [
-            (
-                "--externalSecondaryCIDRs=10.0.0.0/24",
-                "externalSecondaryCIDRs",
-            ),
             ("--numZoneInstances=2", "numZoneInstances"),
             ("--useExternalEndpoint", "useExternalEndpoint"),
             ("--privateCIDR=10.0.0.1/32", "privateCIDR"),

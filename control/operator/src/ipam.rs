@@ -43,6 +43,49 @@ pub enum IpamError {
     },
     #[error("address {ip} is already used by Service {owner} and --setUniqueIP is set")]
     AddressTaken { ip: IpAddr, owner: String },
+    #[error(
+        "--externalSecondaryCIDRs entry {0:?} is invalid: use CIDR or FIRST-LAST, comma-separated"
+    )]
+    BadSecondaryPool(String),
+    #[error("--externalSecondaryCIDRs has {0} pools; at most {MAX_SECONDARY_POOLS} are allowed (one per secondary address)")]
+    TooManySecondaryPools(usize),
+    #[error("loxilb.io/num-secondary-networks asks for {wanted} secondary address(es) but --externalSecondaryCIDRs defines {pools} pool(s)")]
+    NotEnoughSecondaryPools { wanted: usize, pools: usize },
+}
+
+/// kube-loxilb's limit on `--externalSecondaryCIDRs` pools (a rule carries at most three
+/// secondary addresses).
+pub const MAX_SECONDARY_POOLS: usize = 3;
+
+/// The name of the `n`th (from 1) `--externalSecondaryCIDRs` pool; secondary address `n` of a
+/// Service comes from it.
+pub fn secondary_pool_name(n: usize) -> String {
+    format!("secondary{n}")
+}
+
+/// The key under which a Service holds its `n`th secondary address in the secondary `Ipam`.
+pub fn secondary_holder(service: &str, n: usize) -> String {
+    format!("{service}#secondary{n}")
+}
+
+/// Parses `--externalSecondaryCIDRs` (`CIDR|FIRST-LAST,...`, at most three), kube-loxilb's
+/// pools of secondary (multi-homed SCTP) addresses, named `secondary1`...`secondary3`.
+pub fn secondary_pools_from_flag(list: &str) -> Result<Vec<Pool>, IpamError> {
+    let defs: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if defs.len() > MAX_SECONDARY_POOLS {
+        return Err(IpamError::TooManySecondaryPools(defs.len()));
+    }
+    defs.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            Pool::parse(&secondary_pool_name(i + 1), d)
+                .map_err(|_| IpamError::BadSecondaryPool((*d).to_owned()))
+        })
+        .collect()
 }
 
 /// A named range of addresses of one family (inclusive).
@@ -338,6 +381,40 @@ impl Ipam {
 mod tests {
     use super::*;
     use kube_watcher::Family::{V4, V6};
+
+    #[test]
+    fn secondary_cidrs_become_numbered_pools_and_bad_or_too_many_are_refused() {
+        let pools =
+            secondary_pools_from_flag("124.124.124.0/24, 125.125.125.10-125.125.125.20").unwrap();
+        let got: Vec<(String, IpAddr, IpAddr)> = pools
+            .iter()
+            .map(|p| (p.name.clone(), p.first, p.last))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "secondary1".to_owned(),
+                    ip("124.124.124.1"),
+                    ip("124.124.124.254")
+                ),
+                (
+                    "secondary2".to_owned(),
+                    ip("125.125.125.10"),
+                    ip("125.125.125.20")
+                ),
+            ]
+        );
+        assert_eq!(secondary_pools_from_flag("").unwrap(), []);
+        assert_eq!(
+            secondary_pools_from_flag("10.0.0.0/24,nonsense"),
+            Err(IpamError::BadSecondaryPool("nonsense".to_owned()))
+        );
+        assert_eq!(
+            secondary_pools_from_flag("10.0.1.0/24,10.0.2.0/24,10.0.3.0/24,10.0.4.0/24"),
+            Err(IpamError::TooManySecondaryPools(4))
+        );
+    }
 
     #[test]
     fn a_pool_added_at_run_time_serves_new_services_and_its_removal_keeps_given_addresses() {

@@ -51,6 +51,8 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Prepared {
     pub pools: Vec<ipam::Pool>,
+    /// `--externalSecondaryCIDRs`, in order (`secondary1`...).
+    pub secondary_pools: Vec<ipam::Pool>,
     pub settings: kube_watcher::Settings,
     pub appliances: Vec<appliance::Appliance>,
     /// Present with `--setRoles`.
@@ -77,6 +79,7 @@ pub fn prepare(f: &flags::Flags) -> Result<Prepared, StartError> {
         pools
     };
     let pools6 = ipam::pools6_from_flag(&f.cidr6_pools)?;
+    let secondary_pools = ipam::secondary_pools_from_flag(&f.external_secondary_cidrs)?;
     if pools6.is_empty() {
         // kube-loxilb always has an IPv6 default pool.
         pools.extend(ipam::pools6_from_flag(&format!(
@@ -153,6 +156,7 @@ pub fn prepare(f: &flags::Flags) -> Result<Prepared, StartError> {
     });
     Ok(Prepared {
         pools,
+        secondary_pools,
         settings,
         appliances,
         roles,
@@ -171,6 +175,7 @@ pub async fn run(f: flags::Flags) -> Result<(), StartError> {
     let f = f.with_config_file()?;
     let Prepared {
         pools,
+        secondary_pools,
         settings,
         appliances,
         roles,
@@ -196,6 +201,8 @@ pub async fn run(f: flags::Flags) -> Result<(), StartError> {
         client: client.clone(),
         appliances: fleet::Fleet::new(appliances),
         ipam: Mutex::new(ipam),
+        secondary_ipam: Mutex::new(ipam::Ipam::new(secondary_pools.clone(), f.set_unique_ip)),
+        secondary_pools,
         settings,
         slices,
         nodes,

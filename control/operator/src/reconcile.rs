@@ -4,7 +4,7 @@
 
 use crate::appliance::ApplianceError;
 use crate::fleet::Fleet;
-use crate::ipam::{Ipam, IpamError, PortKey};
+use crate::ipam::{self, Ipam, IpamError, PortKey};
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -15,7 +15,7 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 use kube_watcher::{desired, watch, DesiredError, Family, Settings};
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -70,6 +70,12 @@ pub struct Context {
     /// `--loxiURL` appliances and those LoxiURL objects add.
     pub appliances: Fleet,
     pub ipam: Mutex<Ipam>,
+    /// Secondary addresses, from the `--externalSecondaryCIDRs` pools; a Service holds its
+    /// `n`th one under [`ipam::secondary_holder`]. Not in the status (kube-loxilb shows only
+    /// the primary address), so an operator restart finds them in the appliances' rules.
+    pub secondary_ipam: Mutex<Ipam>,
+    /// The `--externalSecondaryCIDRs` pools, in order.
+    pub secondary_pools: Vec<ipam::Pool>,
     pub settings: Settings,
     pub slices: Store<EndpointSlice>,
     pub nodes: Store<Node>,
@@ -212,6 +218,123 @@ fn addresses(ctx: &Context, svc: &Service) -> Result<Vec<IpAddr>, Error> {
     Ok(out)
 }
 
+/// Frees the secondary addresses `service` holds from the `keep`+1th on.
+fn release_secondaries(ctx: &Context, service: &str, keep: usize) {
+    let mut sec = ctx.secondary_ipam.lock().expect("secondary ipam lock");
+    for n in keep + 1..=ipam::MAX_SECONDARY_POOLS {
+        sec.release(&ipam::secondary_holder(service, n));
+    }
+}
+
+/// Records, for every Service not yet holding them, the secondary addresses its rules on an
+/// appliance carry (rule names are `<namespace>_<name>:...`; neither part can hold `_` or
+/// `:`), each under the pool that contains it, with the ports of those rules.
+fn adopt_secondaries(ctx: &Context, rules: &[oxlb_api::LoadBalancerEntry]) {
+    let mut found: BTreeMap<(String, usize, IpAddr), Vec<PortKey>> = BTreeMap::new();
+    for r in rules {
+        let sa = &r.service_arguments;
+        let Some((ns, rest)) = sa.name.split_once('_') else {
+            continue;
+        };
+        let Some((name, _)) = rest.split_once(':') else {
+            continue;
+        };
+        let Ok(port) = u16::try_from(sa.port) else {
+            continue;
+        };
+        for s in &r.secondary_ips {
+            let Ok(ip) = s.secondary_ip.parse::<IpAddr>() else {
+                continue;
+            };
+            if let Some(n) = ctx.secondary_pools.iter().position(|p| p.contains(ip)) {
+                found
+                    .entry((format!("{ns}/{name}"), n + 1, ip))
+                    .or_default()
+                    .push((port, sa.protocol.clone()));
+            }
+        }
+    }
+    let mut sec = ctx.secondary_ipam.lock().expect("secondary ipam lock");
+    for ((service, n, ip), ports) in found {
+        let holder = ipam::secondary_holder(&service, n);
+        if sec.address_of(&holder, Family::of(ip)).is_none() {
+            if let Err(e) = sec.claim(&holder, ip, &ports) {
+                log::warn!("{service}: keeping secondary address {ip} failed: {e}");
+            }
+        }
+    }
+}
+
+/// The Service's secondary (multi-homed SCTP) addresses: those `loxilb.io/secondaryIPs` names,
+/// or one from each of the first `loxilb.io/num-secondary-networks` `--externalSecondaryCIDRs`
+/// pools, as kube-loxilb gives them (the pool's first address free for the Service's ports).
+/// An allocated one is the one held, else after an operator restart the one the appliances'
+/// rules for the Service already carry from that pool, else a new one. Those no longer asked
+/// for go back to their pools. They must be of the family of `vip`, the Service's address.
+async fn secondaries(ctx: &Context, svc: &Service, vip: IpAddr) -> Result<Vec<IpAddr>, Error> {
+    let k = key(svc);
+    let opts = desired::options(svc).map_err(DesiredError::from)?;
+    if opts.secondary_count == 0 {
+        release_secondaries(ctx, &k, 0);
+    }
+    if !opts.secondary_ips.is_empty() {
+        if let Some(&secondary) = opts
+            .secondary_ips
+            .iter()
+            .find(|ip| ip.is_ipv4() != vip.is_ipv4())
+        {
+            return Err(DesiredError::SecondaryFamily { secondary, vip }.into());
+        }
+        return Ok(opts.secondary_ips);
+    }
+    let wanted = opts.secondary_count;
+    if wanted == 0 {
+        return Ok(Vec::new());
+    }
+    let pools: Vec<ipam::Pool> = ctx.secondary_pools.clone();
+    if pools.len() < wanted {
+        return Err(IpamError::NotEnoughSecondaryPools {
+            wanted,
+            pools: pools.len(),
+        }
+        .into());
+    }
+    let family = Family::of(vip);
+    if let Some(p) = pools[..wanted].iter().find(|p| p.family() != family) {
+        return Err(DesiredError::SecondaryFamily {
+            secondary: p.first,
+            vip,
+        }
+        .into());
+    }
+    let ports = port_keys(svc)?;
+    let all_held = {
+        let sec = ctx.secondary_ipam.lock().expect("secondary ipam lock");
+        (1..=wanted).all(|n| {
+            sec.address_of(&ipam::secondary_holder(&k, n), family)
+                .is_some()
+        })
+    };
+    if !all_held {
+        // After a restart the addresses are only in the appliances' rules: adopt what every
+        // Service's rules carry before giving out anything, so no Service takes another's.
+        for a in ctx.appliances.snapshot().iter() {
+            if let Ok(rules) = a.list().await {
+                adopt_secondaries(ctx, &rules);
+                break;
+            }
+        }
+    }
+    release_secondaries(ctx, &k, wanted);
+    let mut sec = ctx.secondary_ipam.lock().expect("secondary ipam lock");
+    let mut out = Vec::new();
+    for (i, pool) in pools[..wanted].iter().enumerate() {
+        let holder = ipam::secondary_holder(&k, i + 1);
+        out.push(sec.allocate(&holder, family, Some(&pool.name), &ports)?);
+    }
+    Ok(out)
+}
+
 async fn patch_finalizers(
     ctx: &Context,
     svc: &Service,
@@ -246,6 +369,7 @@ async fn cleanup(ctx: &Context, svc: &Service) -> Result<Action, Error> {
         return Err(Error::Cleanup(errors.join("; ")));
     }
     ctx.ipam.lock().expect("ipam lock").release(&key(svc));
+    release_secondaries(ctx, &key(svc), 0);
     ctx.status_written
         .lock()
         .expect("status lock")
@@ -303,6 +427,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
         older_versions.extend(patch_finalizers(&ctx, &svc, f).await?);
     }
     // Compute everything before touching an appliance: an invalid Service changes nothing.
+    desired::check_secondary_request(&svc, &ctx.settings)?;
     let own = addresses(&ctx, &svc)?;
     let mut vips = own.clone();
     vips.extend(desired::external_ips(&svc)?);
@@ -312,7 +437,12 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
     let slice_refs: Vec<&EndpointSlice> = slices.iter().map(Arc::as_ref).collect();
     let nodes = ctx.nodes.state();
     let node_refs: Vec<&Node> = nodes.iter().map(Arc::as_ref).collect();
-    let rules = desired::desired_rules(&svc, &slice_refs, &node_refs, &ctx.settings, &vips)?;
+    let mut rules = desired::desired_rules(&svc, &slice_refs, &node_refs, &ctx.settings, &vips)?;
+    let secondary = match own.first() {
+        Some(vip) => secondaries(&ctx, &svc, *vip).await?,
+        None => Vec::new(),
+    };
+    desired::add_secondaries(&mut rules, &secondary);
 
     let prefix = desired::rule_prefix(&ns, &name);
     let appliances = ctx.appliances.snapshot();

@@ -147,3 +147,72 @@ fn a_service_is_served_through_its_vip_scaled_and_removed() {
         .http_get(Node::Client, "http://198.18.100.1:2020/", 2)
         .is_err());
 }
+
+#[test]
+fn an_sctp_service_with_secondaries_gets_them_on_the_real_appliance_until_deleted() {
+    let topo = Topology::build(&unique_prefix(), TopologyOptions::default());
+    let oxlb = topo.start_oxlb(&[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let api = ApiServer::default();
+    let listener = listen_in_netns(topo.ns(Node::Lb).name());
+    let port = listener.local_addr().unwrap().port();
+    api.serve(listener);
+    let kc = support::kubeconfig(topo.scratch_dir(), port);
+    let kc_env = format!("KUBECONFIG={}", kc.display());
+    let operator = topo.spawn(
+        Node::Lb,
+        &[
+            "env",
+            &kc_env,
+            "RUST_LOG=info",
+            env!("CARGO_BIN_EXE_oxlb-operator"),
+            "--loxiURL=http://127.0.0.1:11111",
+            "--externalCIDR=198.18.100.0/24",
+            "--externalSecondaryCIDRs=198.18.110.0/24,198.18.111.0/24",
+            "--usePodNetwork",
+            "--resyncPeriod=2",
+        ],
+        "operator",
+    );
+    let diag = || format!("operator:\n{}\noxlb:\n{}", operator.log(), oxlb.log());
+    let mut slice = slice("shop", "sig", &BACKEND_IPS[..1]);
+    slice["ports"] = json!([{"name": "http", "port": 38412, "protocol": "SCTP"}]);
+    let mut svc = service(
+        "shop",
+        "sig",
+        38412,
+        json!({"loxilb.io/num-secondary-networks": "2"}),
+    );
+    svc["spec"]["ports"][0]["protocol"] = json!("SCTP");
+    api.apply("endpointslices", slice);
+    api.apply("services", svc);
+
+    let sig_rule = || {
+        rules(&topo)
+            .into_iter()
+            .find(|r| r["serviceArguments"]["name"] == "shop_sig:llb-inst0")
+    };
+    let rule = wait_for(30, "the SCTP rule on the appliance", sig_rule, &diag);
+    assert_eq!(rule["serviceArguments"]["externalIP"], "198.18.100.1");
+    assert_eq!(rule["serviceArguments"]["protocol"], "sctp");
+    assert_eq!(
+        rule["secondaryIPs"],
+        json!([{"secondaryIP": "198.18.110.1"}, {"secondaryIP": "198.18.111.1"}]),
+        "{}",
+        diag()
+    );
+    let svc = wait_for_ingress(&api, "shop", "sig", 30, &diag);
+    assert_eq!(
+        svc["status"]["loadBalancer"]["ingress"],
+        json!([{"hostname": "llb-198.18.100.1"}])
+    );
+
+    api.delete("services", "shop", "sig");
+    wait_for(
+        30,
+        "the SCTP rule removed",
+        || sig_rule().is_none().then_some(()),
+        &diag,
+    );
+}

@@ -65,3 +65,20 @@ fn bad_role_settings_a_missing_token_file_and_https_urls_stop_the_binary_at_star
         "{err}"
     );
 }
+
+#[test]
+fn bad_external_secondary_cidrs_stop_the_binary_at_start() {
+    let err = start_error(&[
+        "-loxiURL=http://127.0.0.1:1",
+        "-externalSecondaryCIDRs=124.124.124.0/24,bogus",
+    ]);
+    assert!(
+        err.contains("--externalSecondaryCIDRs entry \"bogus\" is invalid"),
+        "{err}"
+    );
+    let err = start_error(&[
+        "-loxiURL=http://127.0.0.1:1",
+        "-externalSecondaryCIDRs=10.0.1.0/24,10.0.2.0/24,10.0.3.0/24,10.0.4.0/24",
+    ]);
+    assert!(err.contains("has 4 pools; at most 3"), "{err}");
+}

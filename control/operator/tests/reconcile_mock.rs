@@ -209,8 +209,11 @@ fn slice(service: &str, pods: &[&str]) -> EndpointSlice {
     .unwrap()
 }
 
-/// One operator: a context as `run` builds it (pool 198.18.100.0/24, zone `llb`, pod
-/// network), over the mocked API and one fake appliance, with the EndpointSlice store's writer
+/// `--externalSecondaryCIDRs` of every operator here.
+const SECONDARY_CIDRS: &str = "124.124.124.0/24,125.125.125.0/24";
+
+/// One operator: a context as `run` builds it (pool 198.18.100.0/24, secondary pools
+/// [`SECONDARY_CIDRS`], zone `llb`, pod network), over the mocked API and one fake appliance, with the EndpointSlice store's writer
 /// in the test's hands.
 struct Operator {
     ctx: Arc<Context>,
@@ -236,6 +239,8 @@ impl Operator {
             .map(|v| serde_json::from_value(v.clone()).unwrap())
             .collect();
         reconcile::rebuild(&mut ipam, &existing, &settings.lb_class, &settings.zone);
+        // Rebuilt lazily, from the appliance, by the reconcile that needs it.
+        let secondary_pools = ipam::secondary_pools_from_flag(SECONDARY_CIDRS).unwrap();
         let (slices, writer) = reflector::store::<EndpointSlice>();
         let (nodes, _) = reflector::store::<Node>();
         let appliance = Appliance::new(
@@ -248,6 +253,8 @@ impl Operator {
             client: client.clone(),
             appliances: Fleet::new(vec![appliance]),
             ipam: Mutex::new(ipam),
+            secondary_ipam: Mutex::new(Ipam::new(secondary_pools.clone(), false)),
+            secondary_pools,
             settings,
             slices,
             nodes,
@@ -562,4 +569,198 @@ async fn a_restarted_operator_keeps_the_address_from_the_status_and_writes_nothi
             "shop_web2:llb-inst0 198.18.100.2:80/tcp -> 10.244.3.3:8080",
         ]
     );
+}
+
+/// An SCTP Service `shop/<name>` on port 38412 with `annotations`, and its one-pod slice.
+fn sctp_service(name: &str, annotations: Value) -> (Value, EndpointSlice) {
+    let mut svc = service_json(name, annotations);
+    svc["spec"]["ports"] = json!([{"name": "ngap", "port": 38412, "protocol": "SCTP",
+        "targetPort": 38412, "nodePort": 30412}]);
+    let slice = serde_json::from_value(json!({"apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice", "addressType": "IPv4",
+        "metadata": {"name": format!("{name}-abc"), "namespace": "shop",
+                     "labels": {"kubernetes.io/service-name": name}},
+        "ports": [{"name": "ngap", "port": 38412, "protocol": "SCTP"}],
+        "endpoints": [{"addresses": ["10.244.7.7"], "conditions": {"ready": true}}]}))
+    .unwrap();
+    (svc, slice)
+}
+
+/// The secondary addresses of the appliance's rules, per rule name.
+fn secondaries_on(a: &FakeAppliance) -> Vec<(String, Vec<String>)> {
+    a.rules()
+        .iter()
+        .map(|r| {
+            let ips = r
+                .secondary_ips
+                .iter()
+                .map(|s| s.secondary_ip.clone())
+                .collect();
+            (r.service_arguments.name.clone(), ips)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_sctp_service_asking_for_two_secondaries_gets_one_from_each_secondary_pool() {
+    let api = ApiMock::default();
+    let (svc, slice) = sctp_service("sig", json!({"loxilb.io/num-secondary-networks": "2"}));
+    api.put(svc);
+    let (client, _server) = api.client();
+    let (appliance, url) = appliance();
+    let mut op = Operator::start(&client, &api, &url);
+    op.set_slice(slice);
+
+    op.reconcile(api.service("shop/sig")).await.unwrap();
+
+    // The status shows the primary address only, as kube-loxilb writes it.
+    assert_eq!(
+        api.take_calls().pop().unwrap(),
+        merge_patch(
+            "/api/v1/namespaces/shop/services/sig/status?",
+            json!({"status": {"loadBalancer": {"ingress": [{"hostname": "llb-198.18.100.1"}]}}})
+        )
+    );
+    // One GET to adopt secondaries other rules carry, one for the sync.
+    assert_eq!(
+        appliance.take_requests(),
+        vec!["GET all", "GET all", "POST 198.18.100.1:38412/sctp 1"]
+    );
+    let rules = appliance.rules();
+    assert_eq!(rules.len(), 1);
+    // The exact body the appliance received (mode 0, dnat, is left out as loxilb's default).
+    assert_eq!(
+        serde_json::to_value(&rules[0]).unwrap(),
+        json!({
+            "serviceArguments": {"externalIP": "198.18.100.1", "port": 38412, "protocol": "sctp",
+                "name": "shop_sig:llb-inst0", "inactiveTimeOut": 1800, "managed": true},
+            "endpoints": [{"endpointIP": "10.244.7.7", "targetPort": 38412, "weight": 1}],
+            "secondaryIPs": [{"secondaryIP": "124.124.124.1"}, {"secondaryIP": "125.125.125.1"}],
+            "allowedSources": [],
+        })
+    );
+    // What the appliance's own validation makes of it: accepted, sorted.
+    oxlb_api::validate::validate(&rules[0]).expect("the appliance accepts the rule");
+
+    // Asking for one: the second goes back to its pool and the rule is rewritten.
+    let mut changed = api.services.lock().unwrap()["shop/sig"].clone();
+    changed["metadata"]["annotations"]["loxilb.io/num-secondary-networks"] = json!("1");
+    api.put(changed);
+    op.reconcile(api.service("shop/sig")).await.unwrap();
+    assert_eq!(
+        secondaries_on(&appliance),
+        vec![(
+            "shop_sig:llb-inst0".to_owned(),
+            vec!["124.124.124.1".to_owned()]
+        )]
+    );
+    let sec = op.ctx.secondary_ipam.lock().unwrap();
+    assert_eq!(
+        sec.address_of(&ipam::secondary_holder("shop/sig", 2), Family::V4),
+        None
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_operator_keeps_secondaries_the_appliance_carries_and_frees_them_on_delete() {
+    let api = ApiMock::default();
+    let (svc, slice) = sctp_service("sig", json!({"loxilb.io/num-secondary-networks": "2"}));
+    api.put(svc);
+    let (client, _server) = api.client();
+    let (appliance, url) = appliance();
+    let mut op = Operator::start(&client, &api, &url);
+    op.set_slice(slice.clone());
+    op.reconcile(api.service("shop/sig")).await.unwrap();
+    drop(op);
+    // A second Service on the same SCTP port appears while the operator is down.
+    let (svc2, slice2) = sctp_service("sig2", json!({"loxilb.io/num-secondary-networks": "1"}));
+    api.put(svc2);
+    let mut op = Operator::start(&client, &api, &url);
+    op.set_slice(slice);
+    op.set_slice(slice2);
+    api.take_calls();
+    appliance.take_requests();
+
+    // The newcomer first: it must not be given what sig's rule carries.
+    op.reconcile(api.service("shop/sig2")).await.unwrap();
+    op.reconcile(api.service("shop/sig")).await.unwrap();
+
+    assert_eq!(
+        secondaries_on(&appliance),
+        vec![
+            (
+                "shop_sig:llb-inst0".to_owned(),
+                vec!["124.124.124.1".to_owned(), "125.125.125.1".to_owned()]
+            ),
+            (
+                "shop_sig2:llb-inst0".to_owned(),
+                vec!["124.124.124.2".to_owned()]
+            ),
+        ]
+    );
+    // sig's rule was left alone: it was adopted, not reallocated.
+    let requests = appliance.take_requests();
+    assert!(
+        !requests.iter().any(|r| r.starts_with("POST 198.18.100.1:")),
+        "{requests:?}"
+    );
+
+    // Deleted: its secondaries go back, and the next Service gets them.
+    {
+        let mut services = api.services.lock().unwrap();
+        let svc = services.get_mut("shop/sig").unwrap();
+        svc["metadata"]["deletionTimestamp"] =
+            serde_json::to_value(Time(k8s_openapi::jiff::Timestamp::now())).unwrap();
+    }
+    op.reconcile(api.service("shop/sig")).await.unwrap();
+    let sec = op.ctx.secondary_ipam.lock().unwrap();
+    for n in 1..=2 {
+        assert_eq!(
+            sec.address_of(&ipam::secondary_holder("shop/sig", n), Family::V4),
+            None
+        );
+    }
+}
+
+#[tokio::test]
+async fn secondaries_on_a_tcp_service_or_in_full_nat_are_refused_before_any_appliance_call() {
+    for (annotations, ports_sctp, want) in [
+        (
+            json!({"loxilb.io/num-secondary-networks": "1"}),
+            false,
+            "the Service has no SCTP port",
+        ),
+        (
+            json!({"loxilb.io/secondaryIPs": "124.124.124.9", "loxilb.io/lbmode": "fullnat"}),
+            true,
+            "lbmode default (dnat) only, not mode 2",
+        ),
+        (
+            json!({"loxilb.io/secondaryIPs": "fd00::9"}),
+            true,
+            "secondary address fd00::9 is not of the family",
+        ),
+        (
+            json!({"loxilb.io/num-secondary-networks": "3"}),
+            true,
+            "asks for 3 secondary address(es) but --externalSecondaryCIDRs defines 2 pool(s)",
+        ),
+    ] {
+        let api = ApiMock::default();
+        let (mut svc, slice) = sctp_service("sig", annotations.clone());
+        if !ports_sctp {
+            svc["spec"]["ports"][0]["protocol"] = json!("TCP");
+        }
+        api.put(svc);
+        let (client, _server) = api.client();
+        let (appliance, url) = appliance();
+        let mut op = Operator::start(&client, &api, &url);
+        op.set_slice(slice);
+
+        let err = op.reconcile(api.service("shop/sig")).await.unwrap_err();
+
+        assert!(err.to_string().contains(want), "{annotations}: {err}");
+        let rules = appliance.rules();
+        assert!(rules.is_empty(), "{annotations}: {rules:?}");
+    }
 }

@@ -1,8 +1,8 @@
 //! IPv6 fixed headers (RFC 8200).
 //!
-//! Extension headers are not walked: the engine handles a packet whose next header is TCP,
-//! UDP, SCTP or ICMPv6 and treats any other as unsupported. A Fragment header has its own
-//! check, [`Packet::is_fragment_header`], so it can be counted apart.
+//! Extension headers (hop-by-hop, routing, destination options, fragment) are walked in
+//! place by [`Packet::upper_layer`]; nothing is copied and they stay where they are when
+//! addresses or ports are rewritten.
 
 use super::{get_u16, set_u16, WireError};
 use core::ops::Range;
@@ -15,6 +15,14 @@ pub const PROTO_SCTP: u8 = 132;
 pub const PROTO_ICMPV6: u8 = 58;
 /// The Fragment extension header's next-header value.
 pub const PROTO_FRAGMENT: u8 = 44;
+pub const PROTO_HOP_BY_HOP: u8 = 0;
+pub const PROTO_ROUTING: u8 = 43;
+pub const PROTO_DEST_OPTIONS: u8 = 60;
+/// More extension headers than this ahead of the transport header is not a packet worth
+/// walking: it bounds the work a crafted packet can make us do.
+pub const MAX_EXTENSION_HEADERS: usize = 8;
+/// A Fragment header's fixed length.
+const FRAGMENT_HEADER_LEN: usize = 8;
 
 const VER_TC_FLOW: usize = 0;
 const PAYLOAD_LEN: usize = 4;
@@ -22,6 +30,31 @@ const NEXT_HEADER: usize = 6;
 const HOP_LIMIT: usize = 7;
 const SRC: Range<usize> = 8..24;
 const DST: Range<usize> = 24..40;
+
+/// Where the upper-layer header of a packet starts and what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpperLayer {
+    /// Offset from the start of the IPv6 header.
+    pub offset: usize,
+    /// Its next-header value (TCP, UDP, ...).
+    pub proto: u8,
+    /// True when extension headers precede it.
+    pub extended: bool,
+}
+
+/// Why a packet's upper-layer header cannot be used as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtensionError {
+    /// An extension header runs past the payload.
+    Truncated,
+    /// A Fragment header: the packet is (a piece of) a fragmented datagram.
+    Fragment,
+    /// A Routing header with segments left: the destination address is not the final one,
+    /// which the transport checksum is computed with.
+    SegmentsLeft,
+    /// More than [`MAX_EXTENSION_HEADERS`].
+    TooMany,
+}
 
 /// A view over an IPv6 packet. `new_checked` guarantees: version 6, the 40-byte header and the
 /// payload length within the buffer (Ethernet padding may follow it).
@@ -91,6 +124,48 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.buf.as_ref()[HOP_LIMIT]
     }
 
+    /// Walks the hop-by-hop, routing and destination options headers to the upper-layer
+    /// header. Any other next header is taken as the upper layer (the caller decides whether
+    /// it knows it). Never panics on a view made by `new_checked`: every length is checked
+    /// against the payload.
+    pub fn upper_layer(&self) -> Result<UpperLayer, ExtensionError> {
+        let b = &self.buf.as_ref()[..self.total_len().min(self.buf.as_ref().len())];
+        let mut proto = self.next_header();
+        let mut offset = HEADER_LEN;
+        for _ in 0..=MAX_EXTENSION_HEADERS {
+            match proto {
+                PROTO_HOP_BY_HOP | PROTO_ROUTING | PROTO_DEST_OPTIONS => {
+                    // Next header, then the length in 8-byte units not counting the first.
+                    let ext = b.get(offset..offset + 2).ok_or(ExtensionError::Truncated)?;
+                    let len = (usize::from(ext[1]) + 1) * 8;
+                    if offset + len > b.len() {
+                        return Err(ExtensionError::Truncated);
+                    }
+                    // Segments left is the routing header's fourth byte.
+                    if proto == PROTO_ROUTING && b[offset + 3] != 0 {
+                        return Err(ExtensionError::SegmentsLeft);
+                    }
+                    proto = ext[0];
+                    offset += len;
+                }
+                PROTO_FRAGMENT => {
+                    if offset + FRAGMENT_HEADER_LEN > b.len() {
+                        return Err(ExtensionError::Truncated);
+                    }
+                    return Err(ExtensionError::Fragment);
+                }
+                _ => {
+                    return Ok(UpperLayer {
+                        offset,
+                        proto,
+                        extended: offset != HEADER_LEN,
+                    })
+                }
+            }
+        }
+        Err(ExtensionError::TooMany)
+    }
+
     pub fn src(&self) -> Ipv6Addr {
         Ipv6Addr::from(self.src_octets())
     }
@@ -136,10 +211,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         set_u16(self.buf.as_mut(), PAYLOAD_LEN, len);
     }
 
-    /// Fixed header and payload (without Ethernet padding), split so both can be edited.
+    /// Headers (the fixed one and any extension headers) and the upper-layer header with
+    /// its payload (without Ethernet padding), split so both can be edited. A packet whose
+    /// extension headers cannot be walked is split after the fixed header, as its callers
+    /// refuse it before they get here.
     pub fn split_l4_mut(&mut self) -> (&mut [u8], &mut [u8]) {
         let total = self.total_len();
-        self.buf.as_mut()[..total].split_at_mut(HEADER_LEN)
+        let at = self.upper_layer().map_or(HEADER_LEN, |u| u.offset);
+        self.buf.as_mut()[..total].split_at_mut(at)
     }
 }
 
@@ -201,6 +280,61 @@ mod tests {
             Packet::new_checked(&b[..39]).err(),
             Some(WireError::Truncated)
         );
+    }
+
+    /// A packet whose extension headers are `exts` (next header, length in 8-byte units
+    /// after the first, byte 3), in order, followed by 8 bytes of UDP.
+    fn extended(exts: &[(u8, u8, u8)]) -> Vec<u8> {
+        let mut b = header(0);
+        b[6] = exts.first().map_or(PROTO_UDP, |e| e.0);
+        for (i, &(_, units, third)) in exts.iter().enumerate() {
+            let next = exts.get(i + 1).map_or(PROTO_UDP, |e| e.0);
+            let mut h = vec![0u8; (usize::from(units) + 1) * 8];
+            h[0] = next;
+            h[1] = units;
+            h[3] = third;
+            b.extend_from_slice(&h);
+        }
+        b.extend_from_slice(&[0; 8]);
+        let payload = (b.len() - HEADER_LEN) as u16;
+        b[4..6].copy_from_slice(&payload.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn the_upper_layer_is_found_after_hop_by_hop_routing_and_destination_options() {
+        let b = extended(&[
+            (PROTO_HOP_BY_HOP, 0, 0),
+            (PROTO_ROUTING, 2, 0),
+            (PROTO_DEST_OPTIONS, 1, 0),
+        ]);
+        let u = Packet::new_checked(&b[..]).unwrap().upper_layer().unwrap();
+        assert_eq!(u.offset, HEADER_LEN + 8 + 24 + 16);
+        assert_eq!(u.proto, PROTO_UDP);
+        assert!(u.extended);
+        let plain = extended(&[]);
+        let u = Packet::new_checked(&plain[..])
+            .unwrap()
+            .upper_layer()
+            .unwrap();
+        assert_eq!((u.offset, u.extended), (HEADER_LEN, false));
+    }
+
+    #[test]
+    fn routing_with_segments_left_fragments_and_overlong_headers_are_refused() {
+        let check = |b: &[u8]| Packet::new_checked(b).unwrap().upper_layer();
+        let seg = extended(&[(PROTO_ROUTING, 0, 1)]);
+        assert_eq!(check(&seg), Err(ExtensionError::SegmentsLeft));
+        let frag = extended(&[(PROTO_DEST_OPTIONS, 0, 0), (PROTO_FRAGMENT, 0, 0)]);
+        assert_eq!(check(&frag), Err(ExtensionError::Fragment));
+        let mut long = extended(&[(PROTO_HOP_BY_HOP, 0, 0)]);
+        // A length reaching past the payload.
+        long[HEADER_LEN + 1] = 9;
+        assert_eq!(check(&long), Err(ExtensionError::Truncated));
+        let many = extended(&[(PROTO_DEST_OPTIONS, 0, 0); MAX_EXTENSION_HEADERS + 1]);
+        assert_eq!(check(&many), Err(ExtensionError::TooMany));
+        let enough = extended(&[(PROTO_DEST_OPTIONS, 0, 0); MAX_EXTENSION_HEADERS]);
+        assert!(check(&enough).is_ok());
     }
 
     #[test]
