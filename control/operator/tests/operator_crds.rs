@@ -284,7 +284,13 @@ fn bgp_peers_reach_every_appliance_and_a_refusal_is_an_event_retried_with_backof
         || (!oxlb_like.neighbors().is_empty()).then_some(()),
         &diag,
     );
-    assert!(op.log().contains(&added_there), "{}", diag());
+    // The stand-in records the neighbour before it answers; the operator logs after.
+    wait_for(
+        10,
+        "the operator's log of the neighbour added",
+        || op.log().contains(&added_there).then_some(()),
+        &diag,
+    );
 
     // Deleting the object deletes the neighbour on both, with loxilb's path and query.
     api.delete("bgppeerservices", "", "peer1");
