@@ -99,7 +99,7 @@ impl NetnsPair {
     /// Sends one UDP datagram from a (198.18.0.1:sport) to b (198.18.0.2:dport).
     fn udp_from_a(&self, sport: u16, dport: u16) {
         in_netns(&self.a, move || {
-            let socket = UdpSocket::bind((ADDR_A, sport)).expect("bind UDP socket in a");
+            let socket = bind_udp((ADDR_A, sport).into());
             socket
                 .send_to(b"oxlb", (ADDR_B, dport))
                 .expect("send UDP datagram");
@@ -109,11 +109,28 @@ impl NetnsPair {
     /// Sends one UDP datagram from b (198.18.0.2:sport) to a (198.18.0.1:dport).
     fn udp_from_b(&self, sport: u16, dport: u16) {
         in_netns(&self.b, move || {
-            let socket = UdpSocket::bind((ADDR_B, sport)).expect("bind UDP socket in b");
+            let socket = bind_udp((ADDR_B, sport).into());
             socket
                 .send_to(b"oxlb", (ADDR_A, dport))
                 .expect("send UDP datagram");
         });
+    }
+}
+
+/// A UDP socket bound to `addr`. The same source port is bound again right after the last
+/// socket on it closed; a process another test thread is starting at that moment may still
+/// hold a copy of that socket until its exec closes it, so a refusal is retried briefly.
+fn bind_udp(addr: std::net::SocketAddr) -> UdpSocket {
+    let mut tries = 0;
+    loop {
+        match UdpSocket::bind(addr) {
+            Ok(socket) => return socket,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("bind UDP socket to {addr}: {e}"),
+        }
     }
 }
 
@@ -462,8 +479,7 @@ impl NetnsPair {
     /// Sends one UDP datagram from a ([fd00::1]:sport) to b ([fd00::2]:dport).
     fn udp6_from_a(&self, sport: u16, dport: u16) {
         in_netns(&self.a, move || {
-            let socket = UdpSocket::bind((ADDR6_A.parse::<Ipv6Addr>().unwrap(), sport))
-                .expect("bind UDP socket in a");
+            let socket = bind_udp((ADDR6_A.parse::<Ipv6Addr>().unwrap(), sport).into());
             socket
                 .send_to(b"oxlb", (ADDR6_B.parse::<Ipv6Addr>().unwrap(), dport))
                 .expect("send UDP datagram");
