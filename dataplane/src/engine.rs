@@ -20,7 +20,9 @@ use crate::nat64::{four_to_six, six_to_four};
 use crate::ports::PortPools;
 use crate::sctp_multihome::Associations;
 use crate::select::{EndpointKey, FlowTuple, SelectorState, SharedSelection};
-use crate::snapshot::{Endpoint, NatMode, PortRange, Proto, Service, ServiceKey, Snapshot};
+use crate::snapshot::{
+    Endpoint, NatMode, NextHop, PortRange, Proto, Service, ServiceKey, Snapshot,
+};
 use crate::stats::{Counters, DropReason};
 use crate::wire::{ethernet, icmp, icmpv6, ipv4, ipv6, sctp, tcp, udp, WireError};
 use hashbrown::HashMap;
@@ -320,13 +322,25 @@ impl Engine {
             ethernet::ETHERTYPE_IPV4 => {}
             ethernet::ETHERTYPE_IPV6 => {
                 if is_icmp_v6(frame) {
-                    if let Some(quote) = icmp6_error::quote(&frame[ethernet::HEADER_LEN..]) {
-                        return self.translate_icmp6_error(frame, &quote, snap, now_ms);
-                    }
-                    return self.answer_echo_v6(frame, ingress_ifindex, snap);
+                    return match icmp6_error::try_quote(&frame[ethernet::HEADER_LEN..]) {
+                        Ok(Some(quote)) => self.translate_icmp6_error(frame, &quote, snap, now_ms),
+                        Ok(None) => self.answer_echo_v6(frame, ingress_ifindex, snap),
+                        Err(icmp6_error::QuoteError::CutInExtensionHeaders) => {
+                            Err(DropReason::IcmpQuoteTruncated)
+                        }
+                    };
+                }
+                // Looked for only behind extension headers, where a Fragment header can be.
+                let piece = fragments::fragment_of(frame);
+                if let Some((key, Piece::Later)) = piece {
+                    return self.follow_fragment(frame, &key, snap, now_ms);
                 }
                 let pkt = parse_v6(frame)?;
-                return self.forward(buf, len, &pkt, ingress_ifindex, snap, now_ms);
+                let verdict = self.forward(buf, len, &pkt, ingress_ifindex, snap, now_ms)?;
+                if let Some((key, Piece::First)) = piece {
+                    self.remember_fragment(key, &buf[..len], verdict, now_ms);
+                }
+                return Ok(verdict);
             }
             _ => return Err(DropReason::NotIp),
         }
@@ -383,15 +397,24 @@ impl Engine {
             // An ICMP error built in its place, or a drop: nothing for the others to follow.
             Verdict::TransmitFirst { .. } | Verdict::Drop(_) => return,
         };
-        let (Ok(eth), Ok(ip)) = (
-            ethernet::Frame::new_checked(frame),
-            ipv4::Packet::new_checked(&frame[ethernet::HEADER_LEN..]),
-        ) else {
+        let Ok(eth) = ethernet::Frame::new_checked(frame) else {
+            return;
+        };
+        let ip_buf = &frame[ethernet::HEADER_LEN..];
+        let addrs: Option<(IpAddr, IpAddr)> = match key {
+            FragKey::V4 { .. } => ipv4::Packet::new_checked(ip_buf)
+                .ok()
+                .map(|ip| (ip.src().into(), ip.dst().into())),
+            FragKey::V6 { .. } => ipv6::Packet::new_checked(ip_buf)
+                .ok()
+                .map(|ip| (ip.src().into(), ip.dst().into())),
+        };
+        let Some((src, dst)) = addrs else {
             return;
         };
         let t = Treatment {
-            src: ip.src(),
-            dst: ip.dst(),
+            src,
+            dst,
             eth_src: eth.src(),
             eth_dst: eth.dst(),
             ifindex,
@@ -409,7 +432,7 @@ impl Engine {
         now_ms: u64,
     ) -> Result<Verdict, DropReason> {
         let Some(t) = self.fragments.get(key, now_ms) else {
-            if snap.own_addrs.contains(&IpAddr::V4(key.dst)) {
+            if snap.own_addrs.contains(&key.dst()) {
                 return Ok(Verdict::Kernel);
             }
             return Err(DropReason::Fragment);
@@ -640,63 +663,17 @@ impl Engine {
         };
         let flow = self.tables.v4.flow(slot);
         // Every address of a flow in the IPv4 table is IPv4.
-        let (ep, vip) = (v4(flow.endpoint().addr)?, v4(flow.service().vip)?);
-        let snat = match flow.snat() {
-            Some((addr, port)) => Some((v4(addr)?, port)),
-            None => None,
-        };
-        let (endpoint, service, client, original, mode) = (
-            flow.endpoint(),
-            flow.service(),
-            flow.client(),
-            flow.original(),
-            flow.mode(),
-        );
-        let ip_buf = &mut frame[ethernet::HEADER_LEN..];
-        let (dst_mac, src_mac, ifindex) = match dir {
-            // A DSR endpoint answered from the VIP it holds itself: the error quotes its
-            // packet as it sent it and goes to it unchanged, like the flow's own packets.
-            Direction::Original if mode == NatMode::Dsr => {
-                let nh = snap
-                    .next_hops
-                    .get(&endpoint.addr)
-                    .ok_or(DropReason::NextHopUnresolved)?;
-                (nh.dst_mac, nh.src_mac, nh.ifindex)
-            }
-            Direction::Reply => {
-                let t = Translation {
-                    outer_src: Some(vip),
-                    outer_dst: original.src,
-                    quoted_src: (original.src, original.src_port),
-                    quoted_dst: (vip, service.port),
-                };
-                icmp_error::translate(ip_buf, quote, &t).map_err(wire_drop)?;
-                (client.peer_mac, client.own_mac, client.ifindex)
-            }
-            Direction::Original => {
-                let t = Translation {
-                    outer_src: None,
-                    outer_dst: ep,
-                    quoted_src: (ep, endpoint.port),
-                    quoted_dst: snat.unwrap_or((original.src, original.src_port)),
-                };
-                icmp_error::translate(ip_buf, quote, &t).map_err(wire_drop)?;
-                let Some(nh) = snap.next_hops.get(&endpoint.addr) else {
-                    return Ok(Verdict::Kernel);
-                };
-                (nh.dst_mac, nh.src_mac, nh.ifindex)
-            }
-        };
-        let mut eth = ethernet::Frame::new_checked(&mut *frame).map_err(wire_drop)?;
-        eth.set_dst(dst_mac);
-        eth.set_src(src_mac);
-        self.counters.icmp_errors_translated += 1;
-        Ok(Verdict::Transmit { ifindex })
+        let t = icmp_error::translation(flow, dir, Ipv4Addr::from_ip)
+            .ok_or(DropReason::AddressFamily)?;
+        let to = error_egress(flow, dir, snap)?;
+        icmp_error::translate(&mut frame[ethernet::HEADER_LEN..], quote, &t).map_err(wire_drop)?;
+        let len = frame.len();
+        self.send_translated_error(frame, len, len, to)
     }
 
     /// [`Engine::translate_icmp_error`] for an ICMPv6 error quoting a packet of one of our
-    /// IPv6 flows (see `icmp6_error`). An error about no flow of ours, or one meant for the
-    /// IPv4 endpoint of a NAT64 flow (not translated to ICMPv4), is the kernel's.
+    /// IPv6 flows (see `icmp6_error`); one about a NAT64 flow's answer becomes the ICMPv4
+    /// error of its endpoint. An error about no flow of ours is the kernel's.
     fn translate_icmp6_error(
         &mut self,
         frame: &mut [u8],
@@ -708,26 +685,46 @@ impl Engine {
             return Ok(Verdict::Kernel);
         };
         let flow = self.tables.v6.flow(slot);
+        if let Some(t) = icmp6_error::translation_to_v4(flow, dir) {
+            let (endpoint, client) = (flow.endpoint(), flow.client());
+            return self.translate_icmp_error_46(frame, quote, &t, endpoint, client, snap);
+        }
         let Some(t) = icmp6_error::translation(flow, dir) else {
             return Ok(Verdict::Kernel);
         };
-        let (endpoint, client) = (flow.endpoint(), flow.client());
-        let ip_buf = &mut frame[ethernet::HEADER_LEN..];
-        icmp6_error::translate(ip_buf, quote, &t).map_err(wire_drop)?;
-        let (dst_mac, src_mac, ifindex) = match dir {
-            Direction::Reply => (client.peer_mac, client.own_mac, client.ifindex),
-            Direction::Original => {
-                let Some(nh) = snap.next_hops.get(&endpoint.addr) else {
-                    return Ok(Verdict::Kernel);
-                };
-                (nh.dst_mac, nh.src_mac, nh.ifindex)
-            }
-        };
-        let mut eth = ethernet::Frame::new_checked(&mut *frame).map_err(wire_drop)?;
-        eth.set_dst(dst_mac);
-        eth.set_src(src_mac);
-        self.counters.icmp_errors_translated += 1;
-        Ok(Verdict::Transmit { ifindex })
+        let to = error_egress(flow, dir, snap)?;
+        icmp6_error::translate(&mut frame[ethernet::HEADER_LEN..], quote, &t).map_err(wire_drop)?;
+        let len = frame.len();
+        self.send_translated_error(frame, len, len, to)
+    }
+
+    /// An ICMPv6 error from the client's side of a NAT64 flow about an answer we sent, in
+    /// `frame`: its IPv4 endpoint gets the matching ICMPv4 error from our address it answered
+    /// (see `icmp6_error::to_icmpv4`). One RFC 7915 does not translate is dropped: the kernel
+    /// knows nothing of the flow either.
+    fn translate_icmp_error_46(
+        &mut self,
+        frame: &mut [u8],
+        quote: &icmp6_error::Quote,
+        t: &Translation,
+        endpoint: Endpoint,
+        client: ClientL2,
+        snap: &Snapshot,
+    ) -> Result<Verdict, DropReason> {
+        let to = next_hop(snap, endpoint.addr);
+        // Fragmentation needed must fit the IPv4 link toward the endpoint and, 20 bytes
+        // longer as IPv6, the client's link.
+        let endpoint_link = to.and_then(|nh| snap.link_mtus.get(&nh.ifindex).copied());
+        let client_link = snap
+            .link_mtus
+            .get(&client.ifindex)
+            .map(|m| m.saturating_sub(20));
+        let mtu_cap = endpoint_link.into_iter().chain(client_link).min();
+        let len = frame.len();
+        let translated =
+            icmp6_error::to_icmpv4(frame, len, quote, t, mtu_cap).map_err(wire_drop)?;
+        let frame_len = translated.ok_or(DropReason::IcmpUntranslatable)?;
+        self.send_translated_error(frame, frame_len, len, to)
     }
 
     /// An ICMPv4 error from the IPv4 side of a NAT64 flow about a request we forwarded, in
@@ -756,14 +753,30 @@ impl Engine {
         let Some(frame_len) = translated else {
             return Ok(Verdict::Kernel);
         };
+        self.send_translated_error(buf, frame_len, len, Some(toward_client(client)))
+    }
+
+    /// Where every ICMP error translation ends: the error rewritten in `buf[..frame_len]`
+    /// (received as `len` bytes) leaves toward `to` and is counted; without `to` (a next hop
+    /// whose MAC is not known yet) the kernel sends the IP packet, which says its length.
+    fn send_translated_error(
+        &mut self,
+        buf: &mut [u8],
+        frame_len: usize,
+        len: usize,
+        to: Option<NextHop>,
+    ) -> Result<Verdict, DropReason> {
+        let Some(to) = to else {
+            return Ok(Verdict::Kernel);
+        };
         let mut eth = ethernet::Frame::new_checked(&mut buf[..frame_len]).map_err(wire_drop)?;
-        eth.set_dst(client.peer_mac);
-        eth.set_src(client.own_mac);
+        eth.set_dst(to.dst_mac);
+        eth.set_src(to.src_mac);
         self.counters.icmp_errors_translated += 1;
-        Ok(Verdict::TransmitFirst {
-            ifindex: client.ifindex,
-            len: frame_len,
-        })
+        let sent = Verdict::Transmit {
+            ifindex: to.ifindex,
+        };
+        Ok(sized(sent, frame_len, len))
     }
 
     fn new_flow<A: Family>(
@@ -1067,20 +1080,35 @@ impl Engine {
         ingress_ifindex: u32,
         snap: &Snapshot,
     ) -> Result<Verdict, DropReason> {
+        let len = frame.len();
         let ip_buf = &mut frame[ethernet::HEADER_LEN..];
         let mut ip = ipv6::Packet::new_checked(&mut *ip_buf).map_err(wire_drop)?;
         let (src, dst) = (ip.src(), ip.dst());
         if !snap.vips.contains(&IpAddr::V6(dst)) {
             return Err(DropReason::NoFlowNoService);
         }
-        let (_, l4) = ip.split_l4_mut();
+        let (headers, l4) = ip.split_l4_mut();
+        let (icmp_at, icmp_len) = (headers.len(), l4.len());
         // ICMPv6 shares ICMP's first four bytes (type, code, checksum) and echo layout; the
-        // pseudo-header's sum does not change when source and destination swap.
+        // pseudo-header's sum does not change when source and destination swap, nor when
+        // extension headers go (it counts the ICMPv6 message's length only).
         echo_to_reply(l4, icmpv6::TYPE_ECHO_REQUEST, icmpv6::TYPE_ECHO_REPLY)?;
         ip.set_src(dst);
         ip.set_dst(src);
         ip.set_hop_limit(64);
-        self.send_echo_reply(frame, ingress_ifindex)
+        let mut frame_len = len;
+        if icmp_at != ipv6::HEADER_LEN {
+            // The reply leaves without the request's extension headers: their options were
+            // for the request's way to us and for us, and a reply owes the request only its
+            // identifier, sequence and data (RFC 4443 section 4.2). The message moves up to
+            // the fixed header, as no frame can start later in its buffer.
+            ip.set_next_header(ipv6::PROTO_ICMPV6);
+            ip.set_payload_len(icmp_len as u16);
+            ip_buf.copy_within(icmp_at..icmp_at + icmp_len, ipv6::HEADER_LEN);
+            frame_len = ethernet::HEADER_LEN + ipv6::HEADER_LEN + icmp_len;
+        }
+        let sent = self.send_echo_reply(frame, ingress_ifindex)?;
+        Ok(sized(sent, frame_len, len))
     }
 
     /// Picks the endpoint of a new flow; returns it and its index in the service's list.
@@ -1248,11 +1276,25 @@ fn is_fragment_v4(frame: &[u8]) -> bool {
         .is_some_and(|f| u16::from_be_bytes([f[0], f[1]]) & 0x3fff != 0)
 }
 
-/// An IPv6 frame whose next header is ICMPv6.
+/// An IPv6 frame carrying ICMPv6, right after the fixed header or behind hop-by-hop,
+/// routing (segments left 0) and destination options headers; not a fragment. Only a frame
+/// starting with one of those extension headers is walked: TCP and UDP cost one comparison.
 fn is_icmp_v6(frame: &[u8]) -> bool {
-    frame.len() > ethernet::HEADER_LEN + 6
-        && frame[12..14] == ethernet::ETHERTYPE_IPV6.to_be_bytes()
-        && frame[ethernet::HEADER_LEN + 6] == ipv6::PROTO_ICMPV6
+    if frame.len() <= ethernet::HEADER_LEN + 6
+        || frame[12..14] != ethernet::ETHERTYPE_IPV6.to_be_bytes()
+    {
+        return false;
+    }
+    match frame[ethernet::HEADER_LEN + 6] {
+        ipv6::PROTO_ICMPV6 => true,
+        ipv6::PROTO_HOP_BY_HOP | ipv6::PROTO_ROUTING | ipv6::PROTO_DEST_OPTIONS => {
+            ipv6::Packet::new_checked(&frame[ethernet::HEADER_LEN..])
+                .ok()
+                .and_then(|ip| ip.upper_layer().ok())
+                .is_some_and(|u| u.proto == ipv6::PROTO_ICMPV6 && u.fragment.is_none())
+        }
+        _ => false,
+    }
 }
 
 /// A TCP SYN without ACK or RST, or an SCTP INIT: the only packets allowed to open a flow of
@@ -1323,6 +1365,10 @@ fn l4_fields(proto: Proto, l4: &[u8], head: bool) -> Result<(u16, u16, u8), Drop
             .map_err(wire_drop)?;
             (d.src_port(), d.dst_port(), 0)
         }
+        // SCTP's CRC32c covers the whole packet, which a fragment does not hold: a port
+        // rewrite could neither check nor recompute it (an offloaded zero would be filled in
+        // wrong). SCTP avoids IP fragmentation itself (it fragments chunks), so these are rare.
+        Proto::Sctp if head => return Err(DropReason::Fragment),
         // SCTP's control bits are its first chunk's type (INIT, ABORT, SHUTDOWN, ...).
         Proto::Sctp => {
             let p = sctp::Packet::new_checked(l4).map_err(wire_drop)?;
@@ -1332,20 +1378,26 @@ fn l4_fields(proto: Proto, l4: &[u8], head: bool) -> Result<(u16, u16, u8), Drop
 }
 
 /// Parses an IPv6 frame carrying TCP, UDP or SCTP, after any hop-by-hop, routing (with no
-/// segments left) and destination options headers. IPv6 fragments are not followed: they
-/// are dropped as such.
+/// segments left), destination options and Fragment headers. A first fragment is parsed as
+/// its datagram's head (see `follow_fragment` for the later ones, which have no transport
+/// header and are dropped as fragments here).
 fn parse_v6(frame: &[u8]) -> Result<PacketRepr<Ipv6Addr>, DropReason> {
     let eth = ethernet::Frame::new_checked(frame).map_err(wire_drop)?;
     let ip = ipv6::Packet::new_checked(&frame[ethernet::HEADER_LEN..]).map_err(wire_drop)?;
     let upper = ip.upper_layer().map_err(|e| match e {
         ipv6::ExtensionError::Truncated => DropReason::Truncated,
-        ipv6::ExtensionError::Fragment => DropReason::Fragment,
+        ipv6::ExtensionError::LaterFragment(_) => DropReason::Fragment,
         ipv6::ExtensionError::SegmentsLeft => DropReason::RoutingSegmentsLeft,
         ipv6::ExtensionError::TooMany => DropReason::UnsupportedProtocol,
     })?;
     let proto = Proto::from_ip_proto(upper.proto).ok_or(DropReason::UnsupportedProtocol)?;
+    let head = upper.fragment.is_some();
+    // SCTP's CRC covers the whole packet and cannot be updated from a piece of it.
+    if head && proto == Proto::Sctp {
+        return Err(DropReason::Fragment);
+    }
     let l4 = &frame[ethernet::HEADER_LEN + upper.offset..ethernet::HEADER_LEN + ip.total_len()];
-    let (src_port, dst_port, tcp_flags) = l4_fields(proto, l4, false)?;
+    let (src_port, dst_port, tcp_flags) = l4_fields(proto, l4, head)?;
     Ok(PacketRepr {
         key: FlowKey {
             src: ip.src(),
@@ -1511,10 +1563,34 @@ fn sized(v: Verdict, frame_len: usize, len: usize) -> Verdict {
     }
 }
 
-/// An address of an IPv4 flow as IPv4.
-fn v4(ip: IpAddr) -> Result<Ipv4Addr, DropReason> {
-    match ip {
-        IpAddr::V4(a) => Ok(a),
-        IpAddr::V6(_) => Err(DropReason::AddressFamily),
+/// Where an ICMP error about `flow` travelling in `dir` leaves: back to the client, or
+/// toward the endpoint (`None`: through the kernel, while the endpoint's MAC is unknown).
+fn error_egress<A: FlowAddr>(
+    flow: &Flow<A>,
+    dir: Direction,
+    snap: &Snapshot,
+) -> Result<Option<NextHop>, DropReason> {
+    match dir {
+        Direction::Reply => Ok(Some(toward_client(flow.client()))),
+        // A DSR endpoint's error is addressed to the VIP, which the kernel keeps for itself.
+        Direction::Original if flow.mode() == NatMode::Dsr => next_hop(snap, flow.endpoint().addr)
+            .map(Some)
+            .ok_or(DropReason::NextHopUnresolved),
+        Direction::Original => Ok(next_hop(snap, flow.endpoint().addr)),
+    }
+}
+
+/// Where a packet to `addr` (an endpoint) leaves; `None` while its next hop's MAC is not
+/// known, when the kernel must send it.
+fn next_hop(snap: &Snapshot, addr: IpAddr) -> Option<NextHop> {
+    snap.next_hops.get(&addr).copied()
+}
+
+/// Where a packet back to a flow's client leaves: where the flow's first packet came in.
+fn toward_client(client: ClientL2) -> NextHop {
+    NextHop {
+        ifindex: client.ifindex,
+        src_mac: client.own_mac,
+        dst_mac: client.peer_mac,
     }
 }

@@ -1,11 +1,15 @@
-//! IPv4 fragments: only the first fragment of a datagram carries the ports that decide its
-//! flow, so the later ones follow the first.
+//! IPv4 and IPv6 fragments: only the first fragment of a datagram carries the ports that
+//! decide its flow, so the later ones follow the first.
 //!
 //! - The first fragment is handled like any packet of its flow; what was done to it (the
 //!   addresses it left with, the MACs and the interface) is remembered under the datagram's
-//!   identity (source, destination, IP id, protocol) for a short while.
+//!   identity (source, destination, identification, protocol) for a short while.
 //! - A later fragment gets the same addresses and MACs (the transport checksum is in the
 //!   first fragment only, so nothing else changes) and leaves the same way.
+//!
+//! An IPv6 fragment is one with a Fragment header anywhere in its chain of extension headers
+//! (see `ipv6::Packet::upper_layer`); an atomic fragment (offset 0, no more to come, RFC
+//! 6946) is a whole packet and not a fragment here.
 //!
 //! With several workers, every fragment of a datagram reaches the same queue (RSS hashes
 //! fragments on their addresses only), but the first fragment may belong to another worker's
@@ -15,10 +19,10 @@
 //! A later fragment seen before its first, or after the first was forgotten, is dropped and
 //! counted (`fragment`). Reassembly is not done: fragments leave as they came.
 
-use crate::wire::{ethernet, ipv4};
+use crate::wire::{ethernet, ipv4, ipv6, WireError};
 use hashbrown::HashMap;
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// How long the first fragment's decision is kept for its followers: a datagram's fragments
 /// travel back to back, and the IP id wraps slowly.
@@ -26,13 +30,33 @@ pub const FOLLOW_MS: u64 = 2_000;
 /// Datagrams remembered at once per worker; the oldest is forgotten beyond that.
 pub const CAPACITY: usize = 4096;
 
-/// A datagram's identity, shared by all its fragments.
+/// A datagram's identity, shared by all its fragments. One variant per family keeps the
+/// IPv4 key as small as it was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FragKey {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
-    pub id: u16,
-    pub proto: u8,
+pub enum FragKey {
+    V4 {
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        id: u16,
+        proto: u8,
+    },
+    /// `proto` is the Fragment header's next header: the same in every fragment.
+    V6 {
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        id: u32,
+        proto: u8,
+    },
+}
+
+impl FragKey {
+    /// The datagram's destination.
+    pub fn dst(&self) -> IpAddr {
+        match *self {
+            FragKey::V4 { dst, .. } => dst.into(),
+            FragKey::V6 { dst, .. } => dst.into(),
+        }
+    }
 }
 
 /// Which fragment a frame is.
@@ -44,18 +68,24 @@ pub enum Piece {
     Later,
 }
 
-/// The datagram and piece of an IPv4 fragment; `None` for anything else (IPv6, whole packets,
-/// frames that do not parse).
+/// The datagram and piece of an IPv4 or IPv6 fragment; `None` for anything else (whole
+/// packets, atomic fragments, frames that do not parse).
 pub fn fragment_of(frame: &[u8]) -> Option<(FragKey, Piece)> {
     let eth = ethernet::Frame::new_checked(frame).ok()?;
-    if eth.ethertype() != ethernet::ETHERTYPE_IPV4 {
-        return None;
+    let ip_buf = &frame[ethernet::HEADER_LEN..];
+    match eth.ethertype() {
+        ethernet::ETHERTYPE_IPV4 => fragment_of_v4(ip_buf),
+        ethernet::ETHERTYPE_IPV6 => fragment_of_v6(ip_buf),
+        _ => None,
     }
-    let ip = ipv4::Packet::new_checked(&frame[ethernet::HEADER_LEN..]).ok()?;
+}
+
+fn fragment_of_v4(ip_buf: &[u8]) -> Option<(FragKey, Piece)> {
+    let ip = ipv4::Packet::new_checked(ip_buf).ok()?;
     if !ip.is_fragment() {
         return None;
     }
-    let key = FragKey {
+    let key = FragKey::V4 {
         src: ip.src(),
         dst: ip.dst(),
         id: ip.ident(),
@@ -67,6 +97,40 @@ pub fn fragment_of(frame: &[u8]) -> Option<(FragKey, Piece)> {
         Piece::Later
     };
     Some((key, piece))
+}
+
+fn fragment_of_v6(ip_buf: &[u8]) -> Option<(FragKey, Piece)> {
+    // Checked first so that the common packet (straight to its transport header) costs no
+    // walk: a Fragment header can only be behind one of these.
+    if !ip_buf.get(6).is_some_and(|&next| is_extension(next)) {
+        return None;
+    }
+    let ip = ipv6::Packet::new_checked(ip_buf).ok()?;
+    let (f, piece) = match ip.upper_layer() {
+        Ok(ipv6::UpperLayer {
+            fragment: Some(f), ..
+        }) => (f, Piece::First),
+        Err(ipv6::ExtensionError::LaterFragment(f)) => (f, Piece::Later),
+        _ => return None,
+    };
+    let key = FragKey::V6 {
+        src: ip.src(),
+        dst: ip.dst(),
+        id: f.id,
+        proto: f.next_header,
+    };
+    Some((key, piece))
+}
+
+/// A next-header value that `ipv6::Packet::upper_layer` walks past.
+fn is_extension(next: u8) -> bool {
+    matches!(
+        next,
+        ipv6::PROTO_HOP_BY_HOP
+            | ipv6::PROTO_ROUTING
+            | ipv6::PROTO_DEST_OPTIONS
+            | ipv6::PROTO_FRAGMENT
+    )
 }
 
 /// A bounded map of recent datagrams: entries expire after [`FOLLOW_MS`] and the oldest is
@@ -121,28 +185,43 @@ impl<V: Copy> Recent<V> {
     }
 }
 
-/// What was done to a first fragment, to do again to the later ones.
+/// What was done to a first fragment, to do again to the later ones. The addresses are of
+/// the fragment's own family (a fragment is never translated between families).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Treatment {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub eth_src: [u8; 6],
     pub eth_dst: [u8; 6],
     /// `None`: the first fragment went to the kernel (unresolved next hop).
     pub ifindex: Option<u32>,
 }
 
-/// Gives the later fragment in `frame` the addresses and MACs of `t` (the IP header checksum
-/// follows; there is no transport header to touch).
-pub fn apply(frame: &mut [u8], t: &Treatment) -> Result<(), crate::wire::WireError> {
-    let mut ip = ipv4::Packet::new_checked(&mut frame[ethernet::HEADER_LEN..])?;
-    let (src, dst) = (ip.src(), ip.dst());
-    let mut check = ip.checksum();
-    check = crate::checksum::update32(check, src.octets(), t.src.octets());
-    check = crate::checksum::update32(check, dst.octets(), t.dst.octets());
-    ip.set_src(t.src);
-    ip.set_dst(t.dst);
-    ip.set_checksum(check);
+/// Gives the later fragment in `frame` the addresses and MACs of `t` (the IPv4 header
+/// checksum follows; IPv6 has none, and there is no transport header to touch). Addresses of
+/// the other family than the frame's are `Malformed`, and the frame is left as it came.
+pub fn apply(frame: &mut [u8], t: &Treatment) -> Result<(), WireError> {
+    let ip_buf = frame
+        .get_mut(ethernet::HEADER_LEN..)
+        .ok_or(WireError::Truncated)?;
+    match (t.src, t.dst) {
+        (IpAddr::V4(new_src), IpAddr::V4(new_dst)) => {
+            let mut ip = ipv4::Packet::new_checked(ip_buf)?;
+            let (src, dst) = (ip.src(), ip.dst());
+            let mut check = ip.checksum();
+            check = crate::checksum::update32(check, src.octets(), new_src.octets());
+            check = crate::checksum::update32(check, dst.octets(), new_dst.octets());
+            ip.set_src(new_src);
+            ip.set_dst(new_dst);
+            ip.set_checksum(check);
+        }
+        (IpAddr::V6(new_src), IpAddr::V6(new_dst)) if ip_buf.first().map(|b| b >> 4) == Some(6) => {
+            let mut ip = ipv6::Packet::new_checked(ip_buf)?;
+            ip.set_src(new_src);
+            ip.set_dst(new_dst);
+        }
+        _ => return Err(WireError::Malformed),
+    }
     let mut eth = ethernet::Frame::new_checked(frame)?;
     eth.set_src(t.eth_src);
     eth.set_dst(t.eth_dst);
@@ -154,12 +233,78 @@ mod tests {
     use super::*;
 
     fn key(id: u16) -> FragKey {
-        FragKey {
+        FragKey::V4 {
             src: Ipv4Addr::new(198, 18, 0, 2),
             dst: Ipv4Addr::new(198, 18, 100, 1),
             id,
             proto: 17,
         }
+    }
+
+    /// An Ethernet frame of an IPv6 packet to fd00:100::1 whose extension headers are a
+    /// destination options header then a Fragment header (`offset`, `more`, id 7), carrying
+    /// 8 bytes of UDP.
+    fn v6_fragment(offset: u16, more: bool) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&ethernet::ETHERTYPE_IPV6.to_be_bytes());
+        let mut ip = vec![0x60, 0, 0, 0, 0, 24, ipv6::PROTO_DEST_OPTIONS, 64];
+        ip.extend_from_slice(&"fd00::2".parse::<Ipv6Addr>().unwrap().octets());
+        ip.extend_from_slice(&"fd00:100::1".parse::<Ipv6Addr>().unwrap().octets());
+        ip.extend_from_slice(&[ipv6::PROTO_FRAGMENT, 0, 1, 4, 0, 0, 0, 0]);
+        let bits = offset << 3 | u16::from(more);
+        ip.extend_from_slice(&[ipv6::PROTO_UDP, 0]);
+        ip.extend_from_slice(&bits.to_be_bytes());
+        ip.extend_from_slice(&7u32.to_be_bytes());
+        ip.extend_from_slice(&[0xc3, 0x50, 0x07, 0xe4, 0, 40, 0, 0]);
+        f.extend_from_slice(&ip);
+        f
+    }
+
+    #[test]
+    fn ipv6_fragments_behind_other_extension_headers_are_recognised_as_first_or_later() {
+        let first = fragment_of(&v6_fragment(0, true));
+        let later = fragment_of(&v6_fragment(3, false));
+        let (Some((k1, Piece::First)), Some((k2, Piece::Later))) = (first, later) else {
+            panic!("{first:?} {later:?}");
+        };
+        assert_eq!(k1, k2, "one datagram");
+        let FragKey::V6 { id, proto, .. } = k1 else {
+            panic!("{k1:?}");
+        };
+        assert_eq!((id, proto), (7, ipv6::PROTO_UDP));
+        // An atomic fragment is a whole packet.
+        assert_eq!(fragment_of(&v6_fragment(0, false)), None);
+    }
+
+    #[test]
+    fn a_later_ipv6_fragment_gets_the_addresses_and_macs_of_its_treatment_and_nothing_else() {
+        let mut f = v6_fragment(3, false);
+        let before = f.clone();
+        let t = Treatment {
+            src: "fd00:100::1".parse::<Ipv6Addr>().unwrap().into(),
+            dst: "fd00:31::1".parse::<Ipv6Addr>().unwrap().into(),
+            eth_src: [2, 0, 0, 0, 1, 0xfe],
+            eth_dst: [2, 0, 0, 0, 1, 1],
+            ifindex: Some(3),
+        };
+        apply(&mut f, &t).unwrap();
+        assert_eq!(f[0..6], t.eth_dst);
+        assert_eq!(f[6..12], t.eth_src);
+        let ip = ipv6::Packet::new_checked(&f[14..]).unwrap();
+        assert_eq!(
+            (IpAddr::from(ip.src()), IpAddr::from(ip.dst())),
+            (t.src, t.dst)
+        );
+        assert_eq!(f[14..22], before[14..22]);
+        assert_eq!(f[54..], before[54..]);
+        // A treatment of the other family leaves the frame as it came.
+        let mut g = before.clone();
+        let t4 = Treatment {
+            src: Ipv4Addr::new(198, 18, 0, 2).into(),
+            ..t
+        };
+        assert_eq!(apply(&mut g, &t4), Err(WireError::Malformed));
+        assert_eq!(g, before);
     }
 
     #[test]

@@ -15,10 +15,10 @@
 //! connection table knows the flow in the direction the error travels.
 
 use crate::checksum::{fold, ipv4_header, pseudo_header_v6, sum, update16, update32};
-use crate::conntrack::FlowKey;
-use crate::snapshot::Proto;
+use crate::conntrack::{Direction, Flow, FlowAddr, FlowKey};
+use crate::snapshot::{NatMode, Proto};
 use crate::wire::{get_u16, icmpv6, ipv4, ipv6, set_u16, WireError};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub const TYPE_DEST_UNREACHABLE: u8 = 3;
 pub const TYPE_TIME_EXCEEDED: u8 = 11;
@@ -26,9 +26,10 @@ pub const TYPE_PARAMETER_PROBLEM: u8 = 12;
 /// Destination unreachable, code 4: fragmentation needed and DF set (RFC 1191).
 pub const CODE_FRAG_NEEDED: u8 = 4;
 
-/// Bytes of the quoted packet's transport header every ICMP error carries (RFC 792).
-const QUOTED_L4: usize = 8;
-const ICMP_HEADER: usize = 8;
+/// Bytes of the quoted packet's transport header every ICMP error carries (RFC 792): the
+/// ports and, for UDP, the checksum.
+pub(crate) const QUOTED_L4: usize = 8;
+pub(crate) const ICMP_HEADER: usize = 8;
 
 /// Whether an ICMP type is an error that quotes the packet it is about.
 pub fn is_error(icmp_type: u8) -> bool {
@@ -70,27 +71,90 @@ pub fn quote(ip_buf: &[u8]) -> Option<Quote> {
     }
     let proto = Proto::from_ip_proto(inner.protocol())?;
     Some(Quote {
-        key: FlowKey {
-            src: inner.dst(),
-            dst: inner.src(),
-            src_port: get_u16(l4, 2),
-            dst_port: get_u16(l4, 0),
-            proto,
-        },
+        key: answering_key(inner.src(), inner.dst(), l4, proto),
         inner_at,
         inner_header_len,
     })
 }
 
-/// How to rewrite an ICMP error: the outer addresses and the quoted packet's endpoints.
+/// The key of the flow an error is about, from the quoted packet's addresses, its transport
+/// header `l4` (the ports in its first 4 bytes) and protocol: the quoted tuple reversed, the
+/// tuple of a packet answering the quoted one, travelling the way the error does.
+pub(crate) fn answering_key<A>(src: A, dst: A, l4: &[u8], proto: Proto) -> FlowKey<A> {
+    FlowKey {
+        src: dst,
+        dst: src,
+        src_port: get_u16(l4, 2),
+        dst_port: get_u16(l4, 0),
+        proto,
+    }
+}
+
+/// How to rewrite an ICMP error (of IPv4, or of IPv6 with `A = Ipv6Addr`): the outer
+/// addresses and the quoted packet's endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Translation {
+pub struct Translation<A = Ipv4Addr> {
     /// The outer source, or `None` to keep whoever sent the error.
-    pub outer_src: Option<Ipv4Addr>,
-    pub outer_dst: Ipv4Addr,
+    pub outer_src: Option<A>,
+    pub outer_dst: A,
     /// The quoted packet's source and destination (address, port).
-    pub quoted_src: (Ipv4Addr, u16),
-    pub quoted_dst: (Ipv4Addr, u16),
+    pub quoted_src: (A, u16),
+    pub quoted_dst: (A, u16),
+}
+
+/// The rewrite of an error about `flow` travelling in direction `dir` (the direction of the
+/// flow's packets going the error's way):
+///
+/// - `Reply`: about a request we forwarded; the client gets it from the VIP, quoting its own
+///   request to the VIP;
+/// - `Original`: about a reply we forwarded; the endpoint gets it quoting its own answer (a
+///   DSR endpoint's answer came from the VIP, and that is what the error already quotes).
+///
+/// `addr` converts a flow's address to the table's family, `None` when it is of the other:
+/// the host the error is meant for does not speak the error's family (the IPv4 endpoint of a
+/// NAT64 flow in the IPv6 table), and there is no translation.
+pub(crate) fn translation<A: FlowAddr>(
+    flow: &Flow<A>,
+    dir: Direction,
+    addr: impl Fn(IpAddr) -> Option<A>,
+) -> Option<Translation<A>> {
+    let original = flow.original();
+    let (service, endpoint) = (flow.service(), flow.endpoint());
+    Some(match dir {
+        Direction::Reply => {
+            let vip = addr(service.vip)?;
+            Translation {
+                outer_src: Some(vip),
+                outer_dst: original.src,
+                quoted_src: (original.src, original.src_port),
+                quoted_dst: (vip, service.port),
+            }
+        }
+        // A DSR endpoint answered from the VIP itself (it holds the address): the error is
+        // about a packet exactly as it sent it, and goes to it unchanged (only the MACs).
+        Direction::Original if flow.mode() == NatMode::Dsr => {
+            let vip = addr(service.vip)?;
+            Translation {
+                outer_src: None,
+                outer_dst: vip,
+                quoted_src: (vip, service.port),
+                quoted_dst: (original.src, original.src_port),
+            }
+        }
+        Direction::Original => {
+            let ep = addr(endpoint.addr)?;
+            let quoted_dst = match flow.snat() {
+                Some((a, port)) => (addr(a)?, port),
+                None => (original.src, original.src_port),
+            };
+            Translation {
+                outer_src: None,
+                outer_dst: ep,
+                quoted_src: (ep, endpoint.port),
+                quoted_dst,
+            }
+        }
+    })
 }
 
 /// Rewrites the error in `ip_buf` described by `quote`: the quoted header and ports (with the
@@ -114,33 +178,14 @@ pub fn translate(ip_buf: &mut [u8], quote: &Quote, t: &Translation) -> Result<()
     let c = ipv4_header(&inner[..ihl]);
     set_u16(inner, 10, c);
 
-    let l4 = &mut inner[ihl..];
-    let (old_sport, old_dport) = (get_u16(l4, 0), get_u16(l4, 2));
-    set_u16(l4, 0, t.quoted_src.1);
-    set_u16(l4, 2, t.quoted_dst.1);
-    // The quoted transport checksum: UDP's lies within the 8 quoted bytes; TCP's only when
-    // the sender quoted more. Zero means "no checksum" for UDP and stays zero. Updating it
-    // incrementally keeps the quote exactly as the host sent it.
+    // UDP's checksum lies within the 8 quoted bytes; TCP's only when the sender quoted more.
     // SCTP's CRC covers the whole packet, which a quote never holds: it stays as quoted.
-    let check_at = match quote.key.proto {
-        Proto::Udp => Some(6),
-        Proto::Tcp => Some(16),
-        Proto::Sctp => None,
-    }
-    .filter(|&at| l4.len() >= at + 2);
-    if let Some(at) = check_at {
-        let mut c = get_u16(l4, at);
-        if !(quote.key.proto == Proto::Udp && c == 0) {
-            c = update32(c, old_src, new_src);
-            c = update32(c, old_dst, new_dst);
-            c = update16(c, old_sport, t.quoted_src.1);
-            c = update16(c, old_dport, t.quoted_dst.1);
-            if quote.key.proto == Proto::Udp && c == 0 {
-                c = 0xffff;
-            }
-            set_u16(l4, at, c);
-        }
-    }
+    rewrite_quoted_l4(
+        &mut inner[ihl..],
+        quote.key.proto,
+        (t.quoted_src.1, t.quoted_dst.1),
+        |c| update32(update32(c, old_src, new_src), old_dst, new_dst),
+    );
 
     let mut outer = ipv4::Packet::new_checked(&mut *ip_buf)?;
     if let Some(src) = t.outer_src {
@@ -157,6 +202,47 @@ pub fn translate(ip_buf: &mut [u8], quote: &Quote, t: &Translation) -> Result<()
     let c = !fold(sum(icmp));
     set_u16(icmp, 2, c);
     Ok(())
+}
+
+/// Where the transport checksum of `proto` lies in its header, if it covers addresses (SCTP's
+/// CRC covers none).
+fn l4_checksum_at(proto: Proto) -> Option<usize> {
+    match proto {
+        Proto::Udp => Some(6),
+        Proto::Tcp => Some(16),
+        Proto::Sctp => None,
+    }
+}
+
+/// Rewrites the ports of a quoted transport header `l4` (at least [`QUOTED_L4`] bytes) to
+/// `src_port` and `dst_port`, and its checksum when the quote holds it and it covers
+/// addresses: `addresses` moves it to the quote's new addresses (or new pseudo-header). The
+/// checksum is updated, not recomputed, so the quote stays exactly as its host sent it, and a
+/// UDP zero ("no checksum") stays zero. Returns the checksum's old and new values when it
+/// changed, for a caller keeping a checksum over the whole quote up to date.
+pub(crate) fn rewrite_quoted_l4(
+    l4: &mut [u8],
+    proto: Proto,
+    (src_port, dst_port): (u16, u16),
+    addresses: impl FnOnce(u16) -> u16,
+) -> Option<(u16, u16)> {
+    let (old_sport, old_dport) = (get_u16(l4, 0), get_u16(l4, 2));
+    set_u16(l4, 0, src_port);
+    set_u16(l4, 2, dst_port);
+    let at = l4_checksum_at(proto).filter(|&at| l4.len() >= at + 2)?;
+    let old = get_u16(l4, at);
+    let udp = proto == Proto::Udp;
+    if udp && old == 0 {
+        return None;
+    }
+    let mut c = addresses(old);
+    c = update16(c, old_sport, src_port);
+    c = update16(c, old_dport, dst_port);
+    if udp && c == 0 {
+        c = 0xffff;
+    }
+    set_u16(l4, at, c);
+    Some((old, c))
 }
 
 /// Turns `frame`, an IPv4 packet with DF set that is too big for the link it must leave by,

@@ -213,22 +213,30 @@ pub enum Rewrite6 {
 }
 
 /// Rewrites one address and port of the IPv6 packet in `ip_buf` (which starts at the IPv6
-/// header and whose next header is `proto`: no extension header in between) and fixes the L4
+/// header; its upper layer, behind any extension headers, is `proto`) and fixes the L4
 /// checksum; IPv6 has no header checksum.
 ///
 /// As [`rewrite_v4`]: a complete checksum is updated incrementally, a partial one recomputed.
 /// A UDP checksum of zero, which IPv6 forbids (RFC 8200 section 8.1), is computed in full, so
 /// the packet leaves valid. A next header other than `proto` is refused as `Malformed`. On
 /// any error the packet is left untouched.
+///
+/// The first fragment of a datagram (behind its Fragment header) is rewritten as IPv4's is:
+/// its checksum covers the whole datagram, so it is only ever updated incrementally, and a
+/// zero UDP checksum is left as it came. SCTP's CRC cannot be updated without the whole
+/// packet: a fragment of it is `Malformed`.
 pub fn rewrite_v6(ip_buf: &mut [u8], proto: Proto, rw: Rewrite6) -> Result<(), WireError> {
     let ip = ipv6::Packet::new_checked(&*ip_buf)?;
     let upper = upper_layer_of(&ip, proto)?;
+    let head = upper.fragment.is_some();
     // The transport header is checked before anything is written: a refused packet is left
     // as it came.
     let l4 = &ip_buf[upper.offset..ip.total_len()];
     match proto {
         Proto::Tcp => tcp::Segment::new_checked(l4).map(drop)?,
+        Proto::Udp if head => udp::Datagram::new_head(l4).map(drop)?,
         Proto::Udp => udp::Datagram::new_checked(l4).map(drop)?,
+        Proto::Sctp if head => return Err(WireError::Malformed),
         Proto::Sctp => {
             let p = sctp::Packet::new_checked(l4)?;
             // As in `rewrite_sctp_port`: a wrong CRC is refused, a zero (offloaded) one filled.
@@ -262,8 +270,16 @@ pub fn rewrite_v6(ip_buf: &mut [u8], proto: Proto, rw: Rewrite6) -> Result<(), W
             (tcp::CHECKSUM, s.checksum(), old_port)
         }
         Proto::Udp => {
-            let mut d = udp::Datagram::new_checked(&mut *l4)?;
+            let mut d = if head {
+                udp::Datagram::new_head(&mut *l4)?
+            } else {
+                udp::Datagram::new_checked(&mut *l4)?
+            };
             let old_port = set_port_at(&mut d, source_side, new_port);
+            // Without the rest of the datagram there is nothing to compute it from.
+            if head && d.checksum() == 0 {
+                return Ok(());
+            }
             (udp::CHECKSUM, d.checksum(), old_port)
         }
         Proto::Sctp => {
@@ -278,7 +294,9 @@ pub fn rewrite_v6(ip_buf: &mut [u8], proto: Proto, rw: Rewrite6) -> Result<(), W
         }
     };
     let zero_udp = proto == Proto::Udp && old_check == 0;
-    let mut check = if zero_udp || is_partial(old_check, old_pseudo) {
+    // A fragmented datagram's checksum was computed whole before it was cut (no offload
+    // leaves it partial), and this fragment holds only part of what it covers.
+    let mut check = if !head && (zero_udp || is_partial(old_check, old_pseudo)) {
         l4_full(l4, field_at, new_pseudo)
     } else {
         let c = update128(old_check, old_addr.octets(), new_addr.octets());
@@ -320,9 +338,13 @@ fn set_port_at(v: &mut impl Ports, source_side: bool, port: u16) -> u16 {
 
 /// Completes the L4 checksum of an IPv6 packet forwarded without rewrite (DSR), as
 /// [`complete_checksum_v4`] does; a zero UDP checksum, invalid over IPv6, is computed too.
+/// A first fragment is left as it is: its checksum covers bytes it does not hold.
 pub fn complete_checksum_v6(ip_buf: &mut [u8], proto: Proto) -> Result<(), WireError> {
     let mut ip = ipv6::Packet::new_checked(&mut *ip_buf)?;
     let upper = upper_layer_of(&ip, proto)?;
+    if upper.fragment.is_some() {
+        return Ok(());
+    }
     let pseudo = pseudo_header_v6(
         ip.src(),
         ip.dst(),

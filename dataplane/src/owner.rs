@@ -107,8 +107,8 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// Addresses, protocol and ports of a TCP, UDP or SCTP frame (IPv4 or IPv6), read without
-/// validating more than needed to find them; ICMP, fragments and anything malformed give
-/// `None`.
+/// validating more than needed to find them; a first fragment has them too. ICMP, later
+/// fragments and anything malformed give `None`.
 fn ports_of(frame: &[u8]) -> Option<(IpAddr, IpAddr, Proto, u16, u16)> {
     let eth = ethernet::Frame::new_checked(frame).ok()?;
     let ip_buf = &frame[ethernet::HEADER_LEN..];
@@ -129,7 +129,9 @@ fn ports_of(frame: &[u8]) -> Option<(IpAddr, IpAddr, Proto, u16, u16)> {
         ethernet::ETHERTYPE_IPV6 => {
             let ip = ipv6::Packet::new_checked(ip_buf).ok()?;
             // Behind any extension headers, as the engine reads them, so that a flow's
-            // packets with and without them meet the same worker.
+            // packets with and without them meet the same worker; a first fragment's behind
+            // its Fragment header (a later one has none: the worker routes it after its
+            // first fragment).
             let upper = ip.upper_layer().ok()?;
             (ip.src().into(), ip.dst().into(), upper.proto, upper.offset)
         }
@@ -335,5 +337,49 @@ mod tests {
         let tuple = ports_of(&plain).expect("plain UDP");
         assert_eq!((tuple.3, tuple.4), (40000, 2020));
         assert_eq!(ports_of(&extended), Some(tuple));
+    }
+
+    #[test]
+    fn an_ipv6_first_fragment_has_its_flows_owner_and_a_later_one_none() {
+        let own = Ownership::new(4, PortRange::default(), 0xf00d);
+        let mut snap = snapshot();
+        let vip: std::net::Ipv6Addr = "fd00:100::1".parse().unwrap();
+        let key = ServiceKey {
+            vip: vip.into(),
+            port: 2020,
+            proto: Proto::Udp,
+        };
+        let mut svc = snap.services.values().next().unwrap().clone();
+        svc.key = key;
+        snap.services.insert(key, svc);
+        let frame = |sport: u16, frag: Option<(u16, bool)>| {
+            let mut f = vec![0u8; 12];
+            f.extend_from_slice(&ethernet::ETHERTYPE_IPV6.to_be_bytes());
+            let ext = if frag.is_some() { 8 } else { 0 };
+            let mut ip = vec![0x60, 0, 0, 0, 0, 8 + ext, 17, 64];
+            ip.extend_from_slice(&"fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+            ip.extend_from_slice(&vip.octets());
+            if let Some((offset, more)) = frag {
+                ip[6] = ipv6::PROTO_FRAGMENT;
+                ip.extend_from_slice(&[17, 0]);
+                ip.extend_from_slice(&(offset << 3 | u16::from(more)).to_be_bytes());
+                ip.extend_from_slice(&[0, 0, 0, 9]);
+            }
+            for v in [sport, 2020, 3000, 0] {
+                ip.extend_from_slice(&v.to_be_bytes());
+            }
+            f.extend_from_slice(&ip);
+            f
+        };
+        let mut owners = std::collections::BTreeSet::new();
+        for port in 40000..40100u16 {
+            let whole = own.owner(&frame(port, None), &snap);
+            assert_eq!(own.owner(&frame(port, Some((0, true))), &snap), whole);
+            owners.insert(whole);
+        }
+        assert!(owners.len() > 1, "every flow went to one worker");
+        // A later fragment's ports are payload bytes: its worker is the one its first was
+        // passed to (see `worker::owner_of`).
+        assert_eq!(own.owner(&frame(40000, Some((185, false))), &snap), None);
     }
 }

@@ -20,8 +20,8 @@ pub enum DropReason {
     Malformed,
     /// Neither IPv4 nor IPv6.
     NotIp,
-    /// A later IPv4 fragment whose first fragment was not seen (or was forgotten), or an
-    /// IPv6 fragment (not followed).
+    /// A later fragment (IPv4 or IPv6) whose first fragment was not seen (or was
+    /// forgotten), or an SCTP-over-IPv6 first fragment (its CRC cannot be updated).
     Fragment,
     /// Neither TCP nor UDP.
     UnsupportedProtocol,
@@ -71,10 +71,17 @@ pub enum DropReason {
     /// NAT64 of an IPv6 packet with extension headers: IPv4 has no place for them, and
     /// dropping options a sender chose to send would change the packet's meaning.
     Nat64ExtensionHeaders,
+    /// An ICMPv6 error whose quote ends inside the quoted packet's extension headers, before
+    /// the ports that would tell whose flow it is about.
+    IcmpQuoteTruncated,
+    /// An ICMPv6 error about a NAT64 flow that RFC 7915 section 5.2 gives no ICMPv4
+    /// counterpart (unknown types and codes, a parameter problem pointing at a field IPv4
+    /// lacks): its IPv4 endpoint cannot be told.
+    IcmpUntranslatable,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 25] = [
+    pub const ALL: [DropReason; 27] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::NotIp,
@@ -100,6 +107,8 @@ impl DropReason {
         DropReason::AddressFamily,
         DropReason::RoutingSegmentsLeft,
         DropReason::Nat64ExtensionHeaders,
+        DropReason::IcmpQuoteTruncated,
+        DropReason::IcmpUntranslatable,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -131,6 +140,8 @@ impl DropReason {
             DropReason::AddressFamily => "address_family",
             DropReason::RoutingSegmentsLeft => "routing_segments_left",
             DropReason::Nat64ExtensionHeaders => "nat64_extension_headers",
+            DropReason::IcmpQuoteTruncated => "icmp_quote_truncated",
+            DropReason::IcmpUntranslatable => "icmp_untranslatable",
         }
     }
 }
@@ -192,7 +203,7 @@ pub struct Counters {
     /// "Fragmentation needed" (ICMPv6 "packet too big") sent to senders of packets too big
     /// for their egress link.
     pub frag_needed_sent: u64,
-    /// Later IPv4 fragments sent the way their datagram's first fragment went.
+    /// Later fragments (IPv4 or IPv6) sent the way their datagram's first fragment went.
     pub fragments_followed: u64,
     /// Sizes of the RX batches read from the sockets.
     pub rx_batches: BatchSizes,

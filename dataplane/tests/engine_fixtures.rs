@@ -892,6 +892,26 @@ fn an_sctp_chunk_other_than_init_opens_nothing_and_a_bad_crc_is_not_forwarded() 
     );
 }
 
+#[test]
+fn an_sctp_first_fragment_is_dropped_as_a_fragment_and_left_as_it_came() {
+    let mut fx = Fixture::new().service(Proto::Sctp, &[1]).next_hop(1);
+    // The INIT as the first fragment of a longer datagram: "more fragments" set, the IP
+    // header checksum made right again, so only the fragment bit differs.
+    let mut head = hex(SCTP_INIT_IN);
+    let ip = &mut head[14..34];
+    ip[6..8].copy_from_slice(&0x2000u16.to_be_bytes());
+    ip[10..12].fill(0);
+    let check = oxlb_dataplane::checksum::ipv4_header(ip);
+    ip[10..12].copy_from_slice(&check.to_be_bytes());
+    let before = head.clone();
+    assert_eq!(
+        fx.run(&mut head, LB0_IF),
+        Verdict::Drop(DropReason::Fragment)
+    );
+    assert_eq!(head, before, "nothing rewritten");
+    assert_eq!(fx.engine.conntrack().len(), 0, "no flow opened");
+}
+
 // Port ranges (loxilb's `portMax`). Expected frames: the SYN and reply fixtures above with
 // the service port changed to 2023 and the TCP checksum recomputed in full by a separate
 // script (not the engine's checksum code).

@@ -897,6 +897,21 @@ impl Topology {
         all.extend_from_slice(args);
         self.exec(node, &all)
     }
+
+    /// The answer to a UDP datagram with `payload` from the client to `target` (`ip:port` or
+    /// `[ip6]:port`), or None after three unanswered tries of 2 s each: the first datagram may
+    /// wait while the LB resolves the backend's MAC.
+    pub fn udp_answer(&self, target: &str, payload: &str) -> Option<Answer> {
+        (0..3).find_map(|_| {
+            let out = self.testpeer(
+                Node::Client,
+                &["udp-request", target, payload, "--timeout-ms", "2000"],
+            );
+            out.status
+                .success()
+                .then(|| parse_answer(&String::from_utf8_lossy(&out.stdout)))
+        })
+    }
 }
 
 impl Drop for Topology {

@@ -102,7 +102,7 @@ fn in_full_nat_mode_backends_see_the_vip_and_everything_passes() {
 }
 
 #[test]
-fn in_dsr_mode_backends_answer_the_client_themselves_and_see_its_address() {
+fn in_dsr_mode_backends_answer_the_client_themselves_see_its_address_and_hashing_sticks() {
     // The backends hold the VIP on their loopback and must not answer ARP for it; they answer
     // from the VIP straight back. This topology's only path to the client crosses the LB's
     // namespace, so its kernel forwards those answers (ip_forward on); oxlb sees only requests.
@@ -134,36 +134,52 @@ fn in_dsr_mode_backends_answer_the_client_themselves_and_see_its_address() {
         assert_eq!(a.peer_ip, CLIENT_IP, "the backend saw {a:?}");
     }
     checks::ten_megabyte_download_is_identical(&topo, &diag);
+    hashing_is_sticky(&topo, 3, &diag);
 }
 
-#[test]
-fn hashing_keeps_one_client_port_on_one_backend_for_twelve_requests() {
-    let topo = topology(false);
-    let _backends = topo.start_backends();
-    let oxlb = topo.start_oxlb(&[]);
-    topo.add_service("tcp", 0, 1, BACKEND_PORT);
-    let diag = log_of(&oxlb);
+/// With hashing (`sel` 1) in `mode`, twelve connections from one client port all reach one
+/// backend (which, where it sees the client's port, sees that port), and twelve from other
+/// ports spread over more than one.
+fn hashing_is_sticky(topo: &Topology, mode: u8, diag: &dyn Fn() -> String) {
+    // Replaces whatever TCP service the test had on the VIP.
+    let _ = topo.delete_vip("tcp");
+    let target_port = if mode == 3 { VIP_PORT } else { BACKEND_PORT };
+    topo.add_service("tcp", mode, 1, target_port);
     // The same source port twelve times: the client must not keep the previous connection in
     // TIME_WAIT, or binding the port again fails (the LB side handles the reuse itself).
     topo.exec_ok(
         Node::Client,
         &["sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0"],
     );
-
-    let answers = requests(&topo, 12, &["--local-port", "45678"], &diag);
+    let answers = requests(topo, 12, &["--local-port", "45678"], diag);
     let first = &answers[0].backend;
+    // DNAT and DSR leave the client's port in place; one-arm and full NAT replace it.
+    let keeps_port = matches!(mode, 0 | 3);
     assert!(
         answers
             .iter()
-            .all(|a| &a.backend == first && a.peer_port == 45678),
-        "answers moved between backends: {answers:?}"
+            .all(|a| &a.backend == first && (!keeps_port || a.peer_port == 45678)),
+        "mode {mode}: answers moved between backends: {answers:?}"
     );
-    // Other source ports spread over more than one backend.
-    let spread = requests(&topo, 12, &[], &diag);
+    let spread = requests(topo, 12, &[], diag);
     let mut names: Vec<&str> = spread.iter().map(|a| a.backend.as_str()).collect();
     names.sort();
     names.dedup();
-    assert!(names.len() > 1, "twelve ports all hashed to {names:?}");
+    assert!(
+        names.len() > 1,
+        "mode {mode}: twelve ports all hashed to {names:?}"
+    );
+}
+
+#[test]
+fn hashing_keeps_one_client_port_on_one_backend_for_twelve_requests_in_dnat_one_arm_and_full_nat() {
+    let topo = topology(false);
+    let _backends = topo.start_backends();
+    let oxlb = topo.start_oxlb(&[]);
+    let diag = log_of(&oxlb);
+    for mode in [0, 1, 2] {
+        hashing_is_sticky(&topo, mode, &diag);
+    }
 }
 
 #[test]

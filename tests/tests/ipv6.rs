@@ -331,6 +331,86 @@ fn an_ipv4_backends_port_unreachable_reaches_the_ipv6_client_as_icmpv6_from_the_
     }
 }
 
+/// Python on a backend: waits up to 10 s for one datagram on UDP port 9, answers it on a
+/// socket connected to its sender, then prints what that socket says within 3 s: "refused
+/// FROM TYPE CODE" (the ICMP error's sender, type and code, from the socket's error queue),
+/// "timeout" or "answer". As for the client, the kernel reports the refusal to this socket
+/// only when the error quotes the answer exactly as the socket sent it.
+const UDP_ANSWER_REFUSED: &str = r#"
+import socket, struct
+IP_RECVERR = 11
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 9))
+s.settimeout(10)
+_, peer = s.recvfrom(100)
+s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+s.connect(peer)
+s.settimeout(3)
+s.send(b"answer")
+try:
+    s.recv(100)
+    print("answer")
+except ConnectionRefusedError:
+    _, anc, _, _ = s.recvmsg(100, 512, socket.MSG_ERRQUEUE)
+    for level, kind, data in anc:
+        if level == socket.IPPROTO_IP and kind == IP_RECVERR:
+            # struct sock_extended_err, then the offender's sockaddr_in.
+            _, _, icmp_type, code = struct.unpack("=IBBB", data[:7])
+            sender = socket.inet_ntop(socket.AF_INET, data[16 + 4:16 + 8])
+            print("refused", sender, icmp_type, code)
+except socket.timeout:
+    print("timeout")
+"#;
+
+/// Python in the client namespace: one datagram to [argv1]:argv2 from a socket closed at
+/// once, so that the answer finds no socket and the client's kernel refuses it.
+const UDP6_SEND_AND_CLOSE: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.sendto(b"anyone?", (sys.argv[1], int(sys.argv[2])))
+s.close()
+"#;
+
+#[test]
+fn an_ipv6_clients_port_unreachable_reaches_the_ipv4_backend_as_icmpv4_from_us_in_nat64() {
+    let topo = topology();
+    let _backends = topo.start_backends();
+    let oxlb = topo.start_oxlb(&[]);
+    let diag = log_of(&oxlb);
+    // NAT64 in one-arm and full NAT: the client's ICMPv6 refusal of the backend's answer
+    // reaches the backend as ICMPv4 destination unreachable (3), port unreachable (3), RFC
+    // 7915's mapping, from our address the backend answered.
+    for mode in [1u8, 2] {
+        let port = VIP_PORT + 30 + u16::from(mode);
+        add_refusing_service6(&topo, port, mode, &BACKEND_IPS[..1]);
+        let mut backend = topo.spawn(
+            Node::Backend(1),
+            &["python3", "-c", UDP_ANSWER_REFUSED],
+            &format!("answer-refused-{mode}"),
+        );
+        // The backend's socket is bound before the datagram leaves.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let port = port.to_string();
+        topo.exec_ok(
+            Node::Client,
+            &["python3", "-c", UDP6_SEND_AND_CLOSE, VIP6, &port],
+        );
+        for _ in 0..100 {
+            if backend.try_wait().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert_eq!(
+            backend.log().trim(),
+            format!("refused {LB_BACKEND_SIDE_IP} 3 3"),
+            "mode {mode}: the backend did not learn of the refusal from us\n{}\n{}",
+            nonzero_counters(&topo),
+            diag()
+        );
+    }
+}
+
 /// Runs `oxlbctl ARGS` in the LB namespace; returns (exit code, stdout, stderr).
 fn oxlbctl(topo: &Topology, args: &[&str]) -> (Option<i32>, String, String) {
     let bin = binary("oxlbctl");

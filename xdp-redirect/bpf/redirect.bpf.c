@@ -260,28 +260,36 @@ static __always_inline int quotes_our_request(struct icmphdr *icmp, void *data_e
 // SNAT range (one-arm, full NAT), or one to an endpoint's port (DNAT). An
 // ICMPv6 error is addressed to the client, the VIP or our own address and
 // never carries ports of its own, so only its quote tells whether it is ours;
-// the workers translate it for the host it is meant for. The quote must hold
-// the quoted packet's ports right after its fixed header (no extension
-// headers).
+// the workers translate it for the host it is meant for. The quoted packet's
+// extension headers are walked to its ports as a packet's own are (skip_ext6);
+// a quote cut inside them is passed here, as the workers could not place it
+// either.
+static __always_inline int skip_ext6(void **l4, void *data_end, __u8 *proto);
+
 static __always_inline int quotes_our_packet6(void *l4, void *data_end)
 {
 	__u8 *type = l4;
 	struct ipv6hdr *quoted = l4 + ICMPV6_HEADER_LEN;
 	struct lb_key key = {};
 	__be16 *ports;
+	void *quoted_l4;
+	__u8 proto;
 
 	if ((void *)(quoted + 1) > data_end)
 		return 0;
 	if (*type < ICMPV6_FIRST_ERROR_TYPE || *type > ICMPV6_LAST_ERROR_TYPE)
 		return 0;
-	if (quoted->nexthdr != IPPROTO_TCP && quoted->nexthdr != IPPROTO_UDP &&
-	    quoted->nexthdr != IPPROTO_SCTP)
+	quoted_l4 = quoted + 1;
+	proto = quoted->nexthdr;
+	if (skip_ext6(&quoted_l4, data_end, &proto) != 0)
 		return 0;
-	ports = (void *)(quoted + 1);
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP)
+		return 0;
+	ports = quoted_l4;
 	if ((void *)(ports + 2) > data_end)
 		return 0;
 	key.family = KEY_FAMILY_V6;
-	key.proto = quoted->nexthdr;
+	key.proto = proto;
 	__builtin_memcpy(key.addr, &quoted->saddr, 16);
 	key.port = ports[0];
 	if (bpf_map_lookup_elem(&lb_dst, &key))
@@ -354,9 +362,9 @@ static __always_inline int skip_ext6(void **l4, void *data_end, __u8 *proto)
 }
 
 // later_fragment_is_ours for IPv6: to a VIP (its ICMPv6 key, port 0), to one
-// of our own addresses, or from an endpoint (its port-0 key). The workers do
-// not follow IPv6 fragments: they count and drop them, so a datagram of ours
-// is dropped as a whole and visibly rather than half of it reaching the kernel.
+// of our own addresses, or from an endpoint (its port-0 key). The workers send
+// it the way its first fragment went (or count and drop it), so a datagram of
+// ours never has half of it reaching the kernel.
 static __always_inline int later_fragment6_is_ours(struct ipv6hdr *ip6, __u8 proto)
 {
 	struct lb_key key = {};

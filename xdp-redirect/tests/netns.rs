@@ -655,6 +655,9 @@ fn ipv6_packets_with_extension_headers_are_steered_by_the_ports_behind_them() {
     let to_a = "IPv6(src='fd00::2', dst='fd00::1')";
     // The endpoint answering a client directly (DNAT), not our own address.
     let to_client = "IPv6(src='fd00::2', dst='fd00::5')";
+    // Our VIP's answer to a client, with extension headers, as an ICMPv6 error quotes it.
+    let quoted = format!("IPv6(src='fd00::1', dst='fd00::2')/{hbh}/{dst}");
+    let unreach = format!("{to_a}/ICMPv6DestUnreach(code=4)");
     assert_steering6(
         &pair,
         &xdp,
@@ -673,6 +676,22 @@ fn ipv6_packets_with_extension_headers_are_steered_by_the_ports_behind_them() {
             ),
             (
                 &format!("{to_client}/{hbh}/UDP(sport=7778, dport=30000)"),
+                false,
+            ),
+            // An echo request to the VIP behind extension headers: answered by the workers.
+            (&format!("{to_a}/{hbh}/ICMPv6EchoRequest()"), true),
+            // ICMPv6 errors from a client quoting our VIP's answer with extension headers,
+            // one quoting another port, and one whose quote ends inside them.
+            (
+                &format!("{unreach}/{quoted}/UDP(sport=9999, dport=5000)"),
+                true,
+            ),
+            (
+                &format!("{unreach}/{quoted}/UDP(sport=9998, dport=5000)"),
+                false,
+            ),
+            (
+                &format!("{unreach}/Raw(bytes({quoted}/UDP(sport=9999, dport=5000))[:52])"),
                 false,
             ),
         ],

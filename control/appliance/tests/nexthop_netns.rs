@@ -164,6 +164,32 @@ impl Lab {
             answers
         })
     }
+
+    /// Resolves `dst` from a until Ready and checks the answers: Pending for `next_hop` on
+    /// va0 first, then Ready with vb0's MAC, the gateway (if `dst` is behind one) and a's
+    /// `source` address of the family.
+    fn assert_ready_through_b(
+        &self,
+        dst: impl Into<IpAddr>,
+        next_hop: impl Into<IpAddr> + Copy,
+        gateway: Option<IpAddr>,
+        source: impl Into<IpAddr>,
+    ) {
+        let va0 = self.ifindex(&self.a, "va0");
+        let answers = self.resolve_in_a_until_ready(dst);
+        let expected = Resolution::Ready(Resolved {
+            ifindex: va0,
+            src_mac: self.mac(&self.a, "va0"),
+            dst_mac: self.mac(&self.b, "vb0"),
+            gateway,
+            source: Some(source.into()),
+        });
+        assert_eq!(
+            last_after_pending(&answers, va0, next_hop),
+            expected,
+            "{answers:?}"
+        );
+    }
 }
 
 impl Drop for Lab {
@@ -220,43 +246,13 @@ fn last_after_pending(
 #[test]
 fn a_connected_neighbour_that_answers_arp_resolves_to_ready_with_its_mac() {
     let lab = Lab::new();
-    let va0 = lab.ifindex(&lab.a, "va0");
-
-    let answers = lab.resolve_in_a_until_ready(B_ADDR);
-
-    let expected = Resolution::Ready(Resolved {
-        ifindex: va0,
-        src_mac: lab.mac(&lab.a, "va0"),
-        dst_mac: lab.mac(&lab.b, "vb0"),
-        gateway: None,
-        source: Some(A_ADDR.into()),
-    });
-    assert_eq!(
-        last_after_pending(&answers, va0, B_ADDR),
-        expected,
-        "{answers:?}"
-    );
+    lab.assert_ready_through_b(B_ADDR, B_ADDR, None, A_ADDR);
 }
 
 #[test]
 fn an_address_behind_a_gateway_resolves_to_the_gateways_mac_with_the_gateway_set() {
     let lab = Lab::new();
-    let va0 = lab.ifindex(&lab.a, "va0");
-
-    let answers = lab.resolve_in_a_until_ready(C_ADDR);
-
-    let expected = Resolution::Ready(Resolved {
-        ifindex: va0,
-        src_mac: lab.mac(&lab.a, "va0"),
-        dst_mac: lab.mac(&lab.b, "vb0"),
-        gateway: Some(B_ADDR.into()),
-        source: Some(A_ADDR.into()),
-    });
-    assert_eq!(
-        last_after_pending(&answers, va0, B_ADDR),
-        expected,
-        "{answers:?}"
-    );
+    lab.assert_ready_through_b(C_ADDR, B_ADDR, Some(B_ADDR.into()), A_ADDR);
     assert!(
         lab.neighbour_in_a(C_ADDR).is_none(),
         "no neighbour entry for the address behind the gateway"
@@ -447,43 +443,13 @@ fn a_stale_neighbour_is_still_ready_and_the_kernel_is_asked_to_confirm_it() {
 #[test]
 fn an_ipv6_neighbour_that_answers_neighbour_discovery_resolves_to_ready_with_its_mac() {
     let lab = Lab::new();
-    let va0 = lab.ifindex(&lab.a, "va0");
-
-    let answers = lab.resolve_in_a_until_ready(B6);
-
-    let expected = Resolution::Ready(Resolved {
-        ifindex: va0,
-        src_mac: lab.mac(&lab.a, "va0"),
-        dst_mac: lab.mac(&lab.b, "vb0"),
-        gateway: None,
-        source: Some(A6.into()),
-    });
-    assert_eq!(
-        last_after_pending(&answers, va0, B6),
-        expected,
-        "{answers:?}"
-    );
+    lab.assert_ready_through_b(B6, B6, None, A6);
 }
 
 #[test]
 fn an_ipv6_address_behind_a_gateway_resolves_to_the_gateways_mac_and_our_ipv6_source() {
     let lab = Lab::new();
-    let va0 = lab.ifindex(&lab.a, "va0");
-
-    let answers = lab.resolve_in_a_until_ready(C6);
-
-    let expected = Resolution::Ready(Resolved {
-        ifindex: va0,
-        src_mac: lab.mac(&lab.a, "va0"),
-        dst_mac: lab.mac(&lab.b, "vb0"),
-        gateway: Some(B6.into()),
-        source: Some(A6.into()),
-    });
-    assert_eq!(
-        last_after_pending(&answers, va0, B6),
-        expected,
-        "{answers:?}"
-    );
+    lab.assert_ready_through_b(C6, B6, Some(B6.into()), A6);
 }
 
 #[test]

@@ -40,6 +40,36 @@ pub struct UpperLayer {
     pub proto: u8,
     /// True when extension headers precede it.
     pub extended: bool,
+    /// The Fragment header of a first fragment (offset 0, more to come): the upper-layer
+    /// header describes the whole datagram, longer than this packet. `None` for a whole
+    /// packet, an atomic fragment (RFC 6946) included.
+    pub fragment: Option<Fragment>,
+}
+
+/// A Fragment header (RFC 8200 section 4.5), as read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragment {
+    /// The header's next-header value: the first header of the fragmentable part, the same
+    /// in every fragment of a datagram.
+    pub next_header: u8,
+    /// Where this fragment's data starts in the datagram, in 8-byte units.
+    pub offset: u16,
+    /// The M flag: more fragments follow.
+    pub more: bool,
+    /// The identification shared by every fragment of a datagram.
+    pub id: u32,
+}
+
+impl Fragment {
+    /// Offset zero with more to come: the fragment holding the transport header.
+    pub fn is_first(&self) -> bool {
+        self.offset == 0 && self.more
+    }
+
+    /// Offset zero and nothing to come (RFC 6946): a whole packet with a Fragment header.
+    pub fn is_atomic(&self) -> bool {
+        self.offset == 0 && !self.more
+    }
 }
 
 /// Why a packet's upper-layer header cannot be used as it is.
@@ -47,8 +77,9 @@ pub struct UpperLayer {
 pub enum ExtensionError {
     /// An extension header runs past the payload.
     Truncated,
-    /// A Fragment header: the packet is (a piece of) a fragmented datagram.
-    Fragment,
+    /// A Fragment header with a non-zero offset: a later fragment, without an upper-layer
+    /// header.
+    LaterFragment(Fragment),
     /// A Routing header with segments left: the destination address is not the final one,
     /// which the transport checksum is computed with.
     SegmentsLeft,
@@ -124,14 +155,19 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.buf.as_ref()[HOP_LIMIT]
     }
 
-    /// Walks the hop-by-hop, routing and destination options headers to the upper-layer
-    /// header. Any other next header is taken as the upper layer (the caller decides whether
+    /// Walks the hop-by-hop, routing, destination options and Fragment headers to the
+    /// upper-layer header. A first fragment's upper layer is found behind its Fragment header
+    /// (and reported in [`UpperLayer::fragment`]); a later fragment has none. Only one
+    /// Fragment header is walked: a second one is taken as the upper layer, which no caller
+    /// knows. Any other next header is taken as the upper layer (the caller decides whether
     /// it knows it). Never panics on a view made by `new_checked`: every length is checked
     /// against the payload.
     pub fn upper_layer(&self) -> Result<UpperLayer, ExtensionError> {
         let b = &self.buf.as_ref()[..self.total_len().min(self.buf.as_ref().len())];
         let mut proto = self.next_header();
         let mut offset = HEADER_LEN;
+        let mut fragment = None;
+        let mut fragment_seen = false;
         for _ in 0..=MAX_EXTENSION_HEADERS {
             match proto {
                 PROTO_HOP_BY_HOP | PROTO_ROUTING | PROTO_DEST_OPTIONS => {
@@ -148,17 +184,31 @@ impl<T: AsRef<[u8]>> Packet<T> {
                     proto = ext[0];
                     offset += len;
                 }
-                PROTO_FRAGMENT => {
-                    if offset + FRAGMENT_HEADER_LEN > b.len() {
-                        return Err(ExtensionError::Truncated);
+                PROTO_FRAGMENT if !fragment_seen => {
+                    let h = b
+                        .get(offset..offset + FRAGMENT_HEADER_LEN)
+                        .ok_or(ExtensionError::Truncated)?;
+                    let bits = u16::from_be_bytes([h[2], h[3]]);
+                    let f = Fragment {
+                        next_header: h[0],
+                        offset: bits >> 3,
+                        more: bits & 1 != 0,
+                        id: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+                    };
+                    if f.offset != 0 {
+                        return Err(ExtensionError::LaterFragment(f));
                     }
-                    return Err(ExtensionError::Fragment);
+                    fragment_seen = true;
+                    fragment = f.is_first().then_some(f);
+                    proto = f.next_header;
+                    offset += FRAGMENT_HEADER_LEN;
                 }
                 _ => {
                     return Ok(UpperLayer {
                         offset,
                         proto,
                         extended: offset != HEADER_LEN,
+                        fragment,
                     })
                 }
             }
@@ -283,7 +333,8 @@ mod tests {
     }
 
     /// A packet whose extension headers are `exts` (next header, length in 8-byte units
-    /// after the first, byte 3), in order, followed by 8 bytes of UDP.
+    /// after the first, byte 3), in order, followed by 8 bytes of UDP. A Fragment header's
+    /// length byte is its reserved byte: give it 0.
     fn extended(exts: &[(u8, u8, u8)]) -> Vec<u8> {
         let mut b = header(0);
         b[6] = exts.first().map_or(PROTO_UDP, |e| e.0);
@@ -321,12 +372,10 @@ mod tests {
     }
 
     #[test]
-    fn routing_with_segments_left_fragments_and_overlong_headers_are_refused() {
+    fn routing_with_segments_left_and_overlong_headers_are_refused() {
         let check = |b: &[u8]| Packet::new_checked(b).unwrap().upper_layer();
         let seg = extended(&[(PROTO_ROUTING, 0, 1)]);
         assert_eq!(check(&seg), Err(ExtensionError::SegmentsLeft));
-        let frag = extended(&[(PROTO_DEST_OPTIONS, 0, 0), (PROTO_FRAGMENT, 0, 0)]);
-        assert_eq!(check(&frag), Err(ExtensionError::Fragment));
         let mut long = extended(&[(PROTO_HOP_BY_HOP, 0, 0)]);
         // A length reaching past the payload.
         long[HEADER_LEN + 1] = 9;
@@ -335,6 +384,73 @@ mod tests {
         assert_eq!(check(&many), Err(ExtensionError::TooMany));
         let enough = extended(&[(PROTO_DEST_OPTIONS, 0, 0); MAX_EXTENSION_HEADERS]);
         assert!(check(&enough).is_ok());
+    }
+
+    /// `exts` with a Fragment header after them (offset in 8-byte units, M flag, id 0x01020304)
+    /// and 8 bytes of UDP.
+    fn fragment(exts: &[(u8, u8, u8)], offset: u16, more: bool) -> Vec<u8> {
+        let mut all = exts.to_vec();
+        all.push((PROTO_FRAGMENT, 0, 0));
+        let mut b = extended(&all);
+        let at = b.len() - 8 - FRAGMENT_HEADER_LEN;
+        let bits = offset << 3 | u16::from(more);
+        b[at + 2..at + 4].copy_from_slice(&bits.to_be_bytes());
+        b[at + 4..at + 8].copy_from_slice(&0x0102_0304u32.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn a_first_fragments_upper_layer_is_found_behind_its_fragment_header() {
+        let b = fragment(&[(PROTO_DEST_OPTIONS, 0, 0)], 0, true);
+        let u = Packet::new_checked(&b[..]).unwrap().upper_layer().unwrap();
+        assert_eq!((u.offset, u.proto), (HEADER_LEN + 8 + 8, PROTO_UDP));
+        let f = u.fragment.expect("a first fragment");
+        assert_eq!((f.offset, f.more, f.id), (0, true, 0x0102_0304));
+        assert_eq!(f.next_header, PROTO_UDP);
+        assert!(f.is_first() && !f.is_atomic());
+    }
+
+    #[test]
+    fn a_later_fragment_has_no_upper_layer_and_says_which_datagram_it_belongs_to() {
+        let b = fragment(&[(PROTO_HOP_BY_HOP, 0, 0)], 185, false);
+        let u = Packet::new_checked(&b[..]).unwrap().upper_layer();
+        let Err(ExtensionError::LaterFragment(f)) = u else {
+            panic!("{u:?}");
+        };
+        assert_eq!(
+            (f.offset, f.more, f.id, f.next_header),
+            (185, false, 0x0102_0304, PROTO_UDP)
+        );
+    }
+
+    #[test]
+    fn an_atomic_fragment_is_a_whole_packet() {
+        let b = fragment(&[], 0, false);
+        let u = Packet::new_checked(&b[..]).unwrap().upper_layer().unwrap();
+        assert_eq!(
+            (u.offset, u.proto, u.extended),
+            (HEADER_LEN + 8, PROTO_UDP, true)
+        );
+        assert_eq!(u.fragment, None);
+    }
+
+    #[test]
+    fn a_cut_fragment_header_or_a_second_one_is_not_walked() {
+        let b = fragment(&[], 0, true);
+        let cut = Packet::new_checked(&b[..HEADER_LEN + 4]);
+        // The payload length says more: the view itself refuses it.
+        assert!(cut.is_err());
+        let mut short = b[..HEADER_LEN + 4].to_vec();
+        short[4..6].copy_from_slice(&4u16.to_be_bytes());
+        let u = Packet::new_checked(&short[..]).unwrap().upper_layer();
+        assert_eq!(u, Err(ExtensionError::Truncated));
+        let mut nested = fragment(&[], 0, true);
+        nested[HEADER_LEN] = PROTO_FRAGMENT;
+        let u = Packet::new_checked(&nested[..])
+            .unwrap()
+            .upper_layer()
+            .unwrap();
+        assert_eq!((u.offset, u.proto), (HEADER_LEN + 8, PROTO_FRAGMENT));
     }
 
     #[test]

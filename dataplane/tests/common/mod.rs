@@ -1,6 +1,8 @@
 //! Helpers shared by the dataplane's integration tests (each test crate uses some of them).
 #![allow(dead_code)]
 
+pub mod v6;
+
 /// splitmix64: a small, fixed, deterministic source of test data, so a failing randomised
 /// test reproduces exactly.
 pub struct Rng(pub u64);
