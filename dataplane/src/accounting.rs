@@ -4,6 +4,9 @@
 //! counters, chosen when the flow opens, so counting a packet is two additions at a known
 //! index: no hashing on the per-packet path. The map from (service, endpoint) to slot is
 //! consulted only when a flow opens or ends. Slots of a deleted service are reused.
+//!
+//! The same slot carries whether the pair's flows end now (their endpoint is down and the
+//! service says so): marked once per snapshot, read per packet at the same known index.
 
 use crate::snapshot::{Endpoint, ServiceKey};
 use hashbrown::HashMap;
@@ -55,6 +58,8 @@ pub struct Accounting {
     slots: HashMap<(ServiceKey, EndpointId), u16>,
     counters: Vec<EndpointCounters>,
     owners: Vec<Option<(ServiceKey, EndpointId)>>,
+    /// Per slot: flows of the pair end at their next packet.
+    ending: Vec<bool>,
     free: Vec<u16>,
 }
 
@@ -77,6 +82,7 @@ impl Accounting {
                     (next != NO_SLOT).then(|| {
                         self.counters.push(EndpointCounters::default());
                         self.owners.push(None);
+                        self.ending.push(false);
                         next
                     })
                 }) else {
@@ -84,6 +90,8 @@ impl Accounting {
                 };
                 self.counters[usize::from(s)] = EndpointCounters::default();
                 self.owners[usize::from(s)] = Some((service, endpoint));
+                // A flow opens only toward a live endpoint; the next marking says otherwise.
+                self.ending[usize::from(s)] = false;
                 self.slots.insert((service, endpoint), s);
                 s
             }
@@ -104,6 +112,19 @@ impl Accounting {
         if let Some(c) = self.counters.get_mut(usize::from(slot)) {
             c.packets[dir] += 1;
             c.bytes[dir] += ip_len as u64;
+        }
+    }
+
+    /// Whether flows with this slot end at their next packet; false for [`NO_SLOT`].
+    #[inline]
+    pub fn ending(&self, slot: u16) -> bool {
+        self.ending.get(usize::from(slot)).copied().unwrap_or(false)
+    }
+
+    /// Marks, for every pair in use, whether its flows end at their next packet.
+    pub fn mark_ending(&mut self, mut ends: impl FnMut(ServiceKey, EndpointId) -> bool) {
+        for (owner, ending) in self.owners.iter().zip(self.ending.iter_mut()) {
+            *ending = owner.is_some_and(|(s, e)| ends(s, e));
         }
     }
 
@@ -178,6 +199,24 @@ mod tests {
         assert_eq!(c1.packets, [1, 1]);
         assert_eq!(c1.bytes, [60, 1500]);
         assert_eq!((c1.flows_created, c1.flows_active), (2, 1));
+    }
+
+    #[test]
+    fn only_the_pairs_marked_as_ending_say_so_and_a_reused_slot_starts_unmarked() {
+        let mut a = Accounting::default();
+        let (s1, s2) = (a.open(svc(80), ep(1)), a.open(svc(80), ep(2)));
+        a.mark_ending(|_, e| e == ep(2));
+        assert!(!a.ending(s1));
+        assert!(a.ending(s2));
+        assert!(!a.ending(NO_SLOT));
+        a.forget(&svc(80));
+        // Both slots are reused, the one that was ending among them.
+        let again = [a.open(svc(443), ep(1)), a.open(svc(443), ep(2))];
+        assert!(again.contains(&s2));
+        assert!(
+            again.iter().all(|&s| !a.ending(s)),
+            "a reused slot is not ending until marked"
+        );
     }
 
     #[test]

@@ -4,11 +4,11 @@
 //! the time, and returns a verdict. The worker does the sockets; tests and benchmarks drive
 //! the engine with byte arrays.
 
-use crate::accounting::{Accounting, EndpointCounters, EndpointId};
+use crate::accounting::{Accounting, EndpointCounters, EndpointId, NO_SLOT};
 use crate::checksum::{ipv4_header, update16};
 use crate::conntrack::{
     ClientL2, Conntrack, Direction, Flow, FlowAddr, FlowInfo, FlowKey, FlowState, InsertError,
-    NewFlow, Phase, Removal,
+    NewFlow, Phase, Removal, Slot,
 };
 use crate::fragments::{self, FragKey, Piece, Recent, Treatment};
 use crate::icmp6_error;
@@ -21,9 +21,10 @@ use crate::ports::PortPools;
 use crate::sctp_multihome::Associations;
 use crate::select::{EndpointKey, FlowTuple, SelectorState, SharedSelection};
 use crate::snapshot::{
-    Endpoint, NatMode, NextHop, PortRange, Proto, Service, ServiceKey, Snapshot,
+    Endpoint, NatMode, NextHop, OnEndpointDown, PortRange, Proto, Service, ServiceKey, Snapshot,
 };
 use crate::stats::{Counters, DropReason};
+use crate::tcp_reset;
 use crate::wire::{ethernet, icmp, icmpv6, ipv4, ipv6, sctp, tcp, udp, WireError};
 use hashbrown::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -123,6 +124,8 @@ pub struct Engine {
     fragments: Recent<Treatment>,
     /// Multi-homed SCTP associations, for their paths not seen yet.
     associations: Associations,
+    /// The snapshot generation the accounting's ending marks were taken from.
+    ending_marked: Option<u64>,
     pub counters: Counters,
 }
 
@@ -152,6 +155,7 @@ impl Engine {
             shared: None,
             fragments: Recent::default(),
             associations: Associations::default(),
+            ending_marked: None,
             counters: Counters::default(),
         }
     }
@@ -221,6 +225,9 @@ impl Engine {
         now_ms: u64,
     ) -> Verdict {
         self.counters.rx_packets += 1;
+        if self.ending_marked != Some(snap.generation) {
+            self.mark_ending(snap);
+        }
         let len = len.min(buf.len());
         let verdict = match self.process_inner(buf, len, ingress_ifindex, snap, now_ms) {
             Ok(v) => v,
@@ -239,6 +246,72 @@ impl Engine {
         self.tables.v4.sweep(now_ms, budget);
         self.tables.v6.sweep(now_ms, budget);
         self.settle(snap);
+    }
+
+    /// Marks which (service, endpoint) pairs' flows end at their next packet: those whose
+    /// endpoint `snap` has down, in a service that ends them. Once per snapshot, so that a
+    /// packet reads one flag at its flow's counter slot.
+    fn mark_ending(&mut self, snap: &Snapshot) {
+        self.ending_marked = Some(snap.generation);
+        self.accounting.mark_ending(|service, endpoint| {
+            snap.services.get(&service).is_some_and(|svc| {
+                svc.on_endpoint_down == OnEndpointDown::Reset
+                    && svc
+                        .endpoints
+                        .iter()
+                        .zip(&svc.live)
+                        .any(|(e, &live)| !live && EndpointId::from(*e) == endpoint)
+            })
+        });
+    }
+
+    /// Whether the flow in `slot` ends now (see [`Engine::mark_ending`]).
+    fn ends_now<A: Family>(&mut self, slot: Slot, snap: &Snapshot) -> bool {
+        let flow = A::table(&mut self.tables).flow(slot);
+        let stats_slot = flow.stats_slot();
+        if stats_slot != NO_SLOT {
+            return self.accounting.ending(stats_slot);
+        }
+        // A flow whose pair found no counter slot (every slot taken): looked up instead.
+        let (service, endpoint) = (flow.service(), flow.endpoint());
+        snap.services.get(&service).is_some_and(|svc| {
+            svc.on_endpoint_down == OnEndpointDown::Reset
+                && endpoint_index(svc, endpoint).is_some_and(|i| svc.live.get(i) == Some(&false))
+        })
+    }
+
+    /// Ends the flow in `slot`, whose endpoint is down, at this packet of it (in `frame`):
+    /// the answer to send, or `None` when the packet is to open a new flow (a UDP datagram,
+    /// a TCP SYN or SCTP INIT reusing the tuple). The endpoint's own packets are dropped and
+    /// the flow kept for the client's next packet, which ends it: the client is the one to
+    /// tell.
+    fn end_for_down_endpoint<A: Family>(
+        &mut self,
+        frame: &mut [u8],
+        pkt: &PacketRepr<A>,
+        slot: Slot,
+        dir: Direction,
+        ingress_ifindex: u32,
+    ) -> Result<Option<Verdict>, DropReason> {
+        if dir == Direction::Reply {
+            return Err(DropReason::EndpointDown);
+        }
+        // Its SNAT port and its endpoint's connection count are released by `settle`.
+        A::table(&mut self.tables).remove(slot);
+        self.counters.flows_ended_endpoint_down += 1;
+        match pkt.key.proto {
+            Proto::Udp => Ok(None),
+            Proto::Tcp | Proto::Sctp if is_opening(pkt) => Ok(None),
+            Proto::Tcp if pkt.tcp_flags & tcp::FLAG_RST == 0 => {
+                let len = tcp_reset::answer_in_place(frame).map_err(wire_drop)?;
+                Ok(Some(Verdict::TransmitFirst {
+                    ifindex: ingress_ifindex,
+                    len,
+                }))
+            }
+            // A client's RST ends the connection itself; SCTP restarts with an INIT.
+            Proto::Tcp | Proto::Sctp => Err(DropReason::EndpointDown),
+        }
     }
 
     /// Ends every flow of a service (it was deleted) and forgets its selection state. A flow
@@ -474,6 +547,17 @@ impl Engine {
         snap: &Snapshot,
         now_ms: u64,
     ) -> Result<Verdict, DropReason> {
+        let found = match found {
+            Some((slot, dir)) if self.ends_now::<A>(slot, snap) => {
+                let frame = &mut buf[..len];
+                match self.end_for_down_endpoint(frame, pkt, slot, dir, ingress_ifindex)? {
+                    Some(answer) => return Ok(answer),
+                    // The flow is gone: the packet opens a new one below.
+                    None => None,
+                }
+            }
+            found => found,
+        };
         let table = A::table(&mut self.tables);
         let (slot, dir) = match found {
             // A client reusing the ports of a connection that is closing opens a new one: it

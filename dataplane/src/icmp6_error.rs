@@ -357,7 +357,7 @@ pub fn from_icmpv4(
 }
 
 /// Writes an IPv6 header into `h` (40 bytes): traffic class from an IPv4 TOS, flow label 0.
-fn write_v6_header(
+pub(crate) fn write_v6_header(
     h: &mut [u8],
     tos: u8,
     payload_len: u16,
@@ -559,7 +559,7 @@ const DONT_FRAGMENT: u16 = 0x4000;
 /// Writes an IPv4 header without options into `h` (20 bytes), Identification 0, its checksum
 /// computed: TOS from an IPv6 traffic class.
 #[allow(clippy::too_many_arguments)]
-fn write_v4_header(
+pub(crate) fn write_v4_header(
     h: &mut [u8],
     tclass: u8,
     total_len: u16,

@@ -23,6 +23,7 @@ pub mod sctp_multihome;
 pub mod select;
 pub mod snapshot;
 pub mod stats;
+pub mod tcp_reset;
 pub mod wire;
 mod worker;
 pub mod xsk;

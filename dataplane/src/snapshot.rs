@@ -75,6 +75,20 @@ pub struct Endpoint {
     pub weight: u8,
 }
 
+/// What a service's established flows do when a health probe marks their endpoint down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnEndpointDown {
+    /// They continue until they end or time out, as in loxilb: a probe can fail while the
+    /// endpoint still serves its connections (a restart of the probed port, a busy endpoint).
+    #[default]
+    Keep,
+    /// They end at their next packet, so clients find out at once instead of waiting on an
+    /// endpoint that may be gone: a client's TCP segment is answered with a RST from the VIP,
+    /// a client's UDP datagram opens a new flow to a live endpoint, an SCTP packet is dropped
+    /// (the association restarts with an INIT); the endpoint's own packets are dropped.
+    Reset,
+}
+
 #[derive(Debug, Clone)]
 pub struct Service {
     /// The rule's key: its first port. Selection state, per-endpoint counters and deletion go
@@ -90,8 +104,10 @@ pub struct Service {
     pub selector: Arc<ServiceSelector>,
     pub endpoints: Vec<Endpoint>,
     /// Whether each endpoint (same index as `endpoints`) may take new flows: false while its
-    /// health probe says it is down. Established flows to it continue until they end.
+    /// health probe says it is down. What its established flows do then is
+    /// `on_endpoint_down`.
     pub live: Vec<bool>,
+    pub on_endpoint_down: OnEndpointDown,
     /// Idle time after which an established flow is forgotten.
     pub inactive_timeout: Duration,
     /// Full NAT: the source address written into requests; the VIP when not set (an IPv6
@@ -165,6 +181,7 @@ impl Service {
             allowed_sources_v6: Vec::new(),
             block_new_flows: false,
             secondaries: Vec::new(),
+            on_endpoint_down: OnEndpointDown::default(),
         })
     }
 }

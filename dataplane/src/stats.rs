@@ -78,10 +78,14 @@ pub enum DropReason {
     /// counterpart (unknown types and codes, a parameter problem pointing at a field IPv4
     /// lacks): its IPv4 endpoint cannot be told.
     IcmpUntranslatable,
+    /// A packet from an endpoint a health probe marked down, on a flow of a service whose
+    /// flows end when their endpoint goes down (`onEndpointDown: reset`); the client side's
+    /// next packet ends the flow.
+    EndpointDown,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 27] = [
+    pub const ALL: [DropReason; 28] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::NotIp,
@@ -109,6 +113,7 @@ impl DropReason {
         DropReason::Nat64ExtensionHeaders,
         DropReason::IcmpQuoteTruncated,
         DropReason::IcmpUntranslatable,
+        DropReason::EndpointDown,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -142,6 +147,7 @@ impl DropReason {
             DropReason::Nat64ExtensionHeaders => "nat64_extension_headers",
             DropReason::IcmpQuoteTruncated => "icmp_quote_truncated",
             DropReason::IcmpUntranslatable => "icmp_untranslatable",
+            DropReason::EndpointDown => "endpoint_down",
         }
     }
 }
@@ -189,6 +195,9 @@ pub struct Counters {
     pub kernel_packets: u64,
     pub flows_created: u64,
     pub flows_expired: u64,
+    /// Established flows ended at their client's next packet because a health probe marked
+    /// their endpoint down (`onEndpointDown: reset`).
+    pub flows_ended_endpoint_down: u64,
     /// Embryonic flows (handshake not completed, UDP not answered) removed from a full
     /// connection table to make room for a new flow; established flows are never evicted.
     pub flows_evicted: u64,
@@ -232,6 +241,7 @@ impl Counters {
         self.kernel_packets += o.kernel_packets;
         self.flows_created += o.flows_created;
         self.flows_expired += o.flows_expired;
+        self.flows_ended_endpoint_down += o.flows_ended_endpoint_down;
         self.flows_evicted += o.flows_evicted;
         self.flows_active += o.flows_active;
         self.icmp_echo_replies += o.icmp_echo_replies;
@@ -258,6 +268,7 @@ pub struct WorkerStats {
     kernel_packets: AtomicU64,
     flows_created: AtomicU64,
     flows_expired: AtomicU64,
+    flows_ended_endpoint_down: AtomicU64,
     flows_evicted: AtomicU64,
     flows_active: AtomicU64,
     icmp_echo_replies: AtomicU64,
@@ -284,6 +295,8 @@ impl WorkerStats {
             .store(c.kernel_packets, Ordering::Relaxed);
         self.flows_created.store(c.flows_created, Ordering::Relaxed);
         self.flows_expired.store(c.flows_expired, Ordering::Relaxed);
+        self.flows_ended_endpoint_down
+            .store(c.flows_ended_endpoint_down, Ordering::Relaxed);
         self.flows_evicted.store(c.flows_evicted, Ordering::Relaxed);
         self.flows_active.store(c.flows_active, Ordering::Relaxed);
         self.icmp_echo_replies
@@ -331,6 +344,7 @@ impl WorkerStats {
             kernel_packets: self.kernel_packets.load(Ordering::Relaxed),
             flows_created: self.flows_created.load(Ordering::Relaxed),
             flows_expired: self.flows_expired.load(Ordering::Relaxed),
+            flows_ended_endpoint_down: self.flows_ended_endpoint_down.load(Ordering::Relaxed),
             flows_evicted: self.flows_evicted.load(Ordering::Relaxed),
             flows_active: self.flows_active.load(Ordering::Relaxed),
             icmp_echo_replies: self.icmp_echo_replies.load(Ordering::Relaxed),

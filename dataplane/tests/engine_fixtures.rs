@@ -7,7 +7,7 @@ use oxlb_dataplane::engine::{Engine, EngineConfig, Verdict};
 use oxlb_dataplane::nat::l4_checksum_ok;
 use oxlb_dataplane::select::Algorithm;
 use oxlb_dataplane::snapshot::{
-    Endpoint, NatMode, NextHop, PortRange, Proto, Service, ServiceKey, Snapshot,
+    Endpoint, NatMode, NextHop, OnEndpointDown, PortRange, Proto, Service, ServiceKey, Snapshot,
 };
 use oxlb_dataplane::stats::DropReason;
 use std::net::{IpAddr, Ipv4Addr};
@@ -153,6 +153,20 @@ impl Fixture {
 
     fn run(&mut self, frame: &mut [u8], ingress: u32) -> Verdict {
         self.engine.process(frame, ingress, &self.snap, self.now)
+    }
+
+    /// Publishes a snapshot in which backend `n` is down (its health probe failed) and every
+    /// service treats established flows to a down endpoint as `policy` says.
+    fn endpoint_down(&mut self, n: u8, policy: OnEndpointDown) {
+        for s in self.snap.services.values_mut() {
+            s.on_endpoint_down = policy;
+            for (e, live) in s.endpoints.iter().zip(s.live.iter_mut()) {
+                if e.addr == IpAddr::from(backend(n)) {
+                    *live = false;
+                }
+            }
+        }
+        self.snap.generation += 1;
     }
 }
 
@@ -1115,4 +1129,126 @@ fn an_endpoint_with_port_zero_receives_the_port_the_client_came_to() {
     assert_eq!(fx.engine.conntrack().len(), 0);
     let counters = fx.engine.endpoint_counters();
     assert_eq!((counters[0].1.port, counters[0].2.flows_active), (0, 0));
+}
+
+// Established flows of an endpoint a health probe marked down (`onEndpointDown`). The
+// client's ACK after SYN_IN / REPLY_IN, and the RST oxlb answers it with from the VIP, made
+// with scapy.
+const ACK_IN: &str = "0200000000010200000000020800450000280002400040064aa6c6120002c61264019c4007e4000003e9000023295010faf0f9840000";
+const RST_OUT: &str = "0200000000020200000000010800450000280000400040064aa8c6126401c612000207e49c40000023290000000050040000f86a0000";
+
+#[test]
+fn with_reset_a_clients_segment_to_a_down_endpoint_gets_a_rst_from_the_vip_and_the_flow_ends() {
+    let mut fx = Fixture::new()
+        .service(Proto::Tcp, &[1, 2])
+        .next_hop(1)
+        .next_hop(2);
+    fx.run(&mut hex(SYN_IN), LB0_IF);
+    fx.run(&mut hex(REPLY_IN), LB1_IF);
+    fx.endpoint_down(1, OnEndpointDown::Reset);
+    let mut f = hex(ACK_IN);
+    let v = fx.run(&mut f, LB0_IF);
+    assert_eq!(
+        v,
+        Verdict::TransmitFirst {
+            ifindex: LB0_IF,
+            len: 54
+        }
+    );
+    assert_eq!(f[..54], hex(RST_OUT));
+    assert_eq!(fx.engine.conntrack().len(), 0, "the flow ended");
+    assert_eq!(fx.engine.counters.flows_ended_endpoint_down, 1);
+}
+
+#[test]
+fn with_reset_the_down_endpoints_own_packets_are_dropped_and_the_flow_waits_for_the_client() {
+    let mut fx = Fixture::new().service(Proto::Tcp, &[1, 2]).next_hop(1);
+    fx.run(&mut hex(SYN_IN), LB0_IF);
+    fx.endpoint_down(1, OnEndpointDown::Reset);
+    assert_eq!(
+        fx.run(&mut hex(REPLY_IN), LB1_IF),
+        Verdict::Drop(DropReason::EndpointDown)
+    );
+    assert_eq!(fx.engine.conntrack().len(), 1);
+    assert_eq!(fx.engine.counters.dropped(DropReason::EndpointDown), 1);
+}
+
+#[test]
+fn with_keep_established_flows_to_a_down_endpoint_continue_both_ways() {
+    let mut fx = Fixture::new().service(Proto::Tcp, &[1, 2]).next_hop(1);
+    fx.run(&mut hex(SYN_IN), LB0_IF);
+    fx.endpoint_down(1, OnEndpointDown::Keep);
+    let mut r = hex(REPLY_IN);
+    assert_eq!(
+        fx.run(&mut r, LB1_IF),
+        Verdict::Transmit { ifindex: LB0_IF }
+    );
+    assert_eq!(r, hex(REPLY_OUT));
+    assert_eq!(
+        fx.run(&mut hex(ACK_IN), LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
+    assert_eq!(fx.engine.counters.flows_ended_endpoint_down, 0);
+}
+
+#[test]
+fn with_reset_a_udp_datagram_of_a_flow_to_a_down_endpoint_opens_a_flow_to_a_live_one() {
+    let mut fx = Fixture::new()
+        .service(Proto::Udp, &[1, 2])
+        .next_hop(1)
+        .next_hop(2);
+    let mut first = hex(UDP_IN);
+    fx.run(&mut first, LB0_IF);
+    assert_eq!(first[30..34], backend(1).octets());
+    fx.endpoint_down(1, OnEndpointDown::Reset);
+    let mut next = hex(UDP_IN);
+    assert_eq!(
+        fx.run(&mut next, LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
+    assert_eq!(
+        next[30..34],
+        backend(2).octets(),
+        "moved to the live endpoint"
+    );
+    assert!(l4_checksum_ok(&next[14..]));
+    assert_eq!(fx.engine.conntrack().len(), 1);
+    assert_eq!(fx.engine.counters.flows_ended_endpoint_down, 1);
+}
+
+#[test]
+fn with_reset_an_ended_full_nat_flow_gives_its_snat_port_back() {
+    let mut fx = Fixture::new()
+        .snat_ports(SNAT_FIRST, SNAT_FIRST + 99)
+        .service(Proto::Tcp, &[1, 2])
+        .next_hop(1)
+        .mode(NatMode::FullNat);
+    let all = fx.engine.free_snat_ports(VIP.into(), Proto::Tcp);
+    fx.run(&mut hex(SYN_IN), LB0_IF);
+    assert_eq!(fx.engine.free_snat_ports(VIP.into(), Proto::Tcp), all - 1);
+    fx.endpoint_down(1, OnEndpointDown::Reset);
+    let v = fx.run(&mut hex(ACK_IN), LB0_IF);
+    assert!(matches!(v, Verdict::TransmitFirst { .. }), "{v:?}");
+    assert_eq!(fx.engine.free_snat_ports(VIP.into(), Proto::Tcp), all);
+}
+
+#[test]
+fn with_reset_a_rule_update_that_removes_another_endpoint_ends_no_flow() {
+    let mut fx = Fixture::new()
+        .service(Proto::Tcp, &[1, 2])
+        .next_hop(1)
+        .next_hop(2);
+    fx.run(&mut hex(SYN_IN), LB0_IF);
+    fx.endpoint_down(3, OnEndpointDown::Reset);
+    // The rule now has backend 1 only: the flow's endpoint is still there and up.
+    fx = fx.service(Proto::Tcp, &[1]);
+    for s in fx.snap.services.values_mut() {
+        s.on_endpoint_down = OnEndpointDown::Reset;
+    }
+    fx.snap.generation += 1;
+    assert_eq!(
+        fx.run(&mut hex(ACK_IN), LB0_IF),
+        Verdict::Transmit { ifindex: LB1_IF }
+    );
+    assert_eq!(fx.engine.counters.flows_ended_endpoint_down, 0);
 }

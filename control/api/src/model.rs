@@ -104,6 +104,13 @@ pub struct ServiceArguments {
     pub proxyprotocolv2: bool,
     #[serde(default, skip_serializing_if = "is_default")]
     pub egress: bool,
+    /// oxlb's own (loxilb has no such field): what established flows do when a health probe
+    /// marks their endpoint down. `keep` (the default, loxilb's behaviour): they continue
+    /// until they end or time out. `reset`: they end at their next packet; a TCP client gets
+    /// a RST from the VIP, a UDP client's next datagram goes to a live endpoint.
+    #[serde(rename = "onEndpointDown", default, skip_serializing_if = "is_default")]
+    #[schema(example = "reset")]
+    pub on_endpoint_down: String,
 }
 
 /// One item of `endpoints`. `state` and `counter` are output fields of listings; input values

@@ -140,6 +140,29 @@ pub struct ServiceSpec {
     /// address's family, sorted): further addresses of the service that a multi-homed SCTP
     /// association may use as paths. Each takes the rule's ports as the external address does.
     pub secondary_ips: Vec<IpAddr>,
+    /// What established flows do when a health probe marks their endpoint down
+    /// (`onEndpointDown`, oxlb's own).
+    pub on_endpoint_down: OnEndpointDown,
+}
+
+/// What a rule's established flows do when a health probe marks their endpoint down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OnEndpointDown {
+    /// They continue until they end or time out (loxilb's behaviour).
+    #[default]
+    Keep,
+    /// They end at their next packet (a TCP client gets a RST).
+    Reset,
+}
+
+impl OnEndpointDown {
+    /// The API's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnEndpointDown::Keep => "keep",
+            OnEndpointDown::Reset => "reset",
+        }
+    }
 }
 
 impl ServiceSpec {

@@ -3,9 +3,9 @@
 
 use crate::model::{AllowedSource, Endpoint, LoadBalancerEntry, SecondaryIp, ServiceArguments};
 use crate::spec::{
-    EndpointSpec, IpPrefix, NatMode, ProbeKind, ProbeSpec, Protocol, Selection, ServiceKey,
-    ServiceSpec, DEFAULT_INACTIVE_TIMEOUT_SECS, DEFAULT_PROBE_RETRIES, DEFAULT_PROBE_TIMEOUT_SECS,
-    MAX_PORT_RANGE, MAX_SECONDARY_IPS,
+    EndpointSpec, IpPrefix, NatMode, OnEndpointDown, ProbeKind, ProbeSpec, Protocol, Selection,
+    ServiceKey, ServiceSpec, DEFAULT_INACTIVE_TIMEOUT_SECS, DEFAULT_PROBE_RETRIES,
+    DEFAULT_PROBE_TIMEOUT_SECS, MAX_PORT_RANGE, MAX_SECONDARY_IPS,
 };
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -156,6 +156,8 @@ pub enum ValidationError {
     /// the service; `why` says what to send instead.
     #[error("{field}: {why}")]
     BadSecondary { field: String, why: String },
+    #[error("onEndpointDown {0:?} is unknown: use keep (established flows continue, the default) or reset (they end at their next packet)")]
+    UnknownOnEndpointDown(String),
 }
 
 impl ValidationError {
@@ -187,6 +189,7 @@ impl ValidationError {
             ProbeTypeNotImplemented(_) | UnknownProbeType(_) => "serviceArguments.probetype",
             NoEndpoints => "endpoints",
             ProbePortNeeded { .. } => "serviceArguments.probeport",
+            UnknownOnEndpointDown(_) => "serviceArguments.onEndpointDown",
         };
         fixed.to_owned()
     }
@@ -258,7 +261,17 @@ pub fn validate(entry: &LoadBalancerEntry) -> Result<ServiceSpec, ValidationErro
         monitor,
         bgp: sa.bgp,
         secondary_ips,
+        on_endpoint_down: on_endpoint_down(&sa.on_endpoint_down)?,
     })
+}
+
+/// oxlb's `onEndpointDown`; empty (absent) is the default, `keep`.
+fn on_endpoint_down(value: &str) -> Result<OnEndpointDown, ValidationError> {
+    match value {
+        "" | "keep" => Ok(OnEndpointDown::Keep),
+        "reset" => Ok(OnEndpointDown::Reset),
+        other => Err(ValidationError::UnknownOnEndpointDown(other.to_owned())),
+    }
 }
 
 /// loxilb's `secondaryIPs`: further addresses of an SCTP service for multi-homed associations,
@@ -504,6 +517,11 @@ pub fn to_entry(spec: &ServiceSpec) -> LoadBalancerEntry {
             host: String::new(),
             proxyprotocolv2: false,
             egress: false,
+            // The default is left out, as for loxilb's own fields.
+            on_endpoint_down: match spec.on_endpoint_down {
+                OnEndpointDown::Keep => String::new(),
+                reset => reset.as_str().to_owned(),
+            },
         },
         endpoints: spec
             .endpoints

@@ -847,3 +847,28 @@ fn block_is_accepted_and_listed_back() {
     assert!(spec.block_new_flows);
     assert_eq!(to_entry(&spec).service_arguments.block, 1);
 }
+
+#[test]
+fn on_endpoint_down_takes_keep_or_reset_lists_back_only_reset_and_refuses_the_rest_by_name() {
+    let keep = validate_modified(|_| {}).unwrap();
+    assert_eq!(keep.on_endpoint_down, oxlb_api::OnEndpointDown::Keep);
+    assert_eq!(
+        validate_modified(set_arg("onEndpointDown", json!("keep")))
+            .unwrap()
+            .on_endpoint_down,
+        oxlb_api::OnEndpointDown::Keep
+    );
+    let reset = validate_modified(set_arg("onEndpointDown", json!("reset"))).unwrap();
+    assert_eq!(reset.on_endpoint_down, oxlb_api::OnEndpointDown::Reset);
+    // Listed back as sent; the default stays out of the listing like loxilb's own fields.
+    let listed = serde_json::to_value(oxlb_api::to_entry(&reset)).unwrap();
+    assert_eq!(listed["serviceArguments"]["onEndpointDown"], json!("reset"));
+    let listed = serde_json::to_value(oxlb_api::to_entry(&keep)).unwrap();
+    assert!(listed["serviceArguments"].get("onEndpointDown").is_none());
+    let e = refused(set_arg("onEndpointDown", json!("drain")));
+    assert_eq!(e.field(), "serviceArguments.onEndpointDown");
+    assert!(
+        e.to_string().contains("keep") && e.to_string().contains("reset"),
+        "{e}"
+    );
+}

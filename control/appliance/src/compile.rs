@@ -4,7 +4,7 @@
 use crate::state::DesiredState;
 use oxlb_api::{Protocol, ServiceSpec};
 use oxlb_dataplane::select::Algorithm;
-use oxlb_dataplane::snapshot::{self, Endpoint, NextHop, Proto, Service, Snapshot};
+use oxlb_dataplane::snapshot::{self, Endpoint, NextHop, OnEndpointDown, Proto, Service, Snapshot};
 use oxlb_xdp::LbKey;
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -111,6 +111,10 @@ fn service(spec: &ServiceSpec, down: &Down) -> Result<Service, String> {
         svc.allowed_sources_v6 = spec.allowed_sources.iter().filter_map(|p| p.v6()).collect();
         svc.block_new_flows = spec.block_new_flows;
         svc.secondaries = spec.secondary_ips.clone();
+        svc.on_endpoint_down = match spec.on_endpoint_down {
+            oxlb_api::OnEndpointDown::Keep => OnEndpointDown::Keep,
+            oxlb_api::OnEndpointDown::Reset => OnEndpointDown::Reset,
+        };
         if spec.monitor.is_some() {
             svc.live = spec
                 .endpoints
@@ -329,6 +333,25 @@ mod tests {
         assert_eq!(svc.key, primary);
         assert_eq!(svc.secondaries, [sec]);
         assert!(snap.vips.contains(&sec));
+    }
+
+    #[test]
+    fn a_rules_on_endpoint_down_policy_reaches_its_service_in_the_snapshot() {
+        for (policy, want) in [
+            (oxlb_api::OnEndpointDown::Keep, OnEndpointDown::Keep),
+            (oxlb_api::OnEndpointDown::Reset, OnEndpointDown::Reset),
+        ] {
+            let mut s = DesiredState::default();
+            s.upsert(ServiceSpec {
+                on_endpoint_down: policy,
+                ..crate::state::test_spec(2020, &[1])
+            });
+            let snap = snapshot(&s, &reach(), &Down::new()).unwrap();
+            assert_eq!(
+                snap.services.values().next().unwrap().on_endpoint_down,
+                want
+            );
+        }
     }
 
     #[test]

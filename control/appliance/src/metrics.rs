@@ -97,6 +97,13 @@ pub fn render(s: &Sample<'_>) -> String {
     );
     family(
         &mut out,
+        "oxlb_flows_ended_endpoint_down_total",
+        "counter",
+        "Established flows ended because a health probe marked their endpoint down (onEndpointDown reset).",
+        &per_worker(w, |c| c.flows_ended_endpoint_down),
+    );
+    family(
+        &mut out,
         "oxlb_flows_evicted_total",
         "counter",
         "Flows never established (TCP handshake incomplete, UDP unanswered) evicted from a full connection table for a new flow.",

@@ -102,6 +102,7 @@ pub(crate) fn test_spec(port: u16, endpoints: &[u8]) -> ServiceSpec {
         block_new_flows: false,
         monitor: None,
         bgp: false,
+        on_endpoint_down: Default::default(),
     }
 }
 

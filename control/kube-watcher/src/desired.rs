@@ -396,6 +396,7 @@ pub fn desired_rules(
                     host: String::new(),
                     proxyprotocolv2: opts.proxy_protocol_v2,
                     egress: opts.egress,
+                    on_endpoint_down: String::new(),
                 },
                 endpoints: endpoints.clone(),
                 secondary_ips: Vec::new(),

@@ -704,6 +704,7 @@ mod tests {
                 host: String::new(),
                 proxyprotocolv2: false,
                 egress: false,
+                on_endpoint_down: String::new(),
             },
             endpoints: vec![ep("198.18.31.2"), ep("198.18.31.1")],
             secondary_ips: vec![],
